@@ -1,0 +1,56 @@
+"""Parsing of master addresses: ``host:port`` or ``https://host:port``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from hivemind_worker.errors import ConfigError
+
+DEFAULT_PORT = 50051
+
+
+@dataclass(frozen=True)
+class MasterAddress:
+    host: str
+    port: int
+    tls: bool = True
+
+    @property
+    def target(self) -> str:
+        """The gRPC target string."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+
+    def __str__(self) -> str:
+        return self.target
+
+
+def parse_master_address(text: str) -> MasterAddress:
+    """Accept ``host:port``, ``host`` (port 50051), ``https://host:port`` or ``http://``
+    (plain, loopback only; checked by the caller)."""
+    raw = text.strip()
+    if not raw:
+        raise ConfigError("master address is empty; give HOST:PORT, e.g. master.example:50051")
+    tls = True
+    if "://" in raw:
+        parts = urlsplit(raw)
+        if parts.scheme not in ("https", "http", "grpc", "grpcs"):
+            raise ConfigError(f"master address {text!r}: scheme must be https:// (or http:// on loopback)")
+        tls = parts.scheme in ("https", "grpcs")
+        host, port = parts.hostname, parts.port
+        if parts.path not in ("", "/"):
+            raise ConfigError(f"master address {text!r}: no path allowed, give https://HOST:PORT")
+    else:
+        parts = urlsplit("//" + raw)
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ConfigError(f"master address {text!r}: port must be a number 1-65535") from exc
+    if not host:
+        raise ConfigError(f"master address {text!r}: no host; give HOST:PORT")
+    return MasterAddress(host=host, port=port or DEFAULT_PORT, tls=tls)

@@ -1,0 +1,1 @@
+"""The `hivemind-worker` command line: thin wrappers over the core."""

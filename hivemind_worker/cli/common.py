@@ -1,0 +1,57 @@
+"""What every command shares: building settings from the global options, and
+turning the core's errors into one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import typer
+
+from hivemind_worker.config import Settings, load_settings
+from hivemind_worker.errors import WorkerError
+from hivemind_worker.logs import setup_logging
+
+T = TypeVar("T")
+
+
+@dataclass
+class GlobalOptions:
+    config: Path | None = None
+    debug: bool = False
+    log_file: Path | None = None
+    master_url: str | None = None
+    log_format: str | None = None
+
+
+def settings_from(ctx: typer.Context, **overrides: Any) -> Settings:
+    """Settings for this invocation; sets up logging as a side effect (CLI only)."""
+    opts: GlobalOptions = ctx.find_root().obj or GlobalOptions()
+    flags = {
+        "log_level": "DEBUG" if opts.debug else None,
+        "log_file": opts.log_file,
+        "master_url": opts.master_url,
+        "log_format": opts.log_format,
+        **overrides,
+    }
+    settings = guard(lambda: load_settings(flags, config_file=opts.config))
+    setup_logging(settings.log_level, settings.log_format, settings.log_file)
+    return settings
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def guard(fn: Callable[[], T]) -> T:
+    """Run a core call; a WorkerError becomes one line on stderr and its exit code."""
+    try:
+        return fn()
+    except WorkerError as exc:
+        logging.getLogger("hivemind_worker.cli").debug("command failed", exc_info=True)
+        raise fail(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None

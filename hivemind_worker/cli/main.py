@@ -1,0 +1,56 @@
+"""Entry point of `hivemind-worker`. Each command group lives in its own module and
+registers itself here; the global options are parsed once into GlobalOptions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from hivemind_worker import __version__
+from hivemind_worker.cli import host_cmds, master_cmds, node_cmds, status_cmd
+from hivemind_worker.cli.common import GlobalOptions
+
+app = typer.Typer(
+    name="hivemind-worker",
+    help=(
+        "Worker node of the HiveMind distributed computing platform.\n\n"
+        "First run: `hivemind-worker demo`. On a real node: `sudo hivemind-worker install`, "
+        "then `hivemind-worker enroll --master HOST:PORT --token TOKEN --ca-hash sha256:...`, "
+        "then `systemctl start hivemind-worker`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hivemind-worker {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Config file (default /etc/hivemind-worker/worker.toml).", envvar="HIVEMIND_CONFIG"
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Log at DEBUG level."),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", help="Write logs to this file instead of stderr."),
+    master_url: Optional[str] = typer.Option(None, "--master-url", help="Master address HOST:PORT (overrides the config)."),
+    log_format: Optional[str] = typer.Option(None, "--log-format", help="auto (JSON under systemd), json or text."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    ctx.obj = GlobalOptions(config=config, debug=debug, log_file=log_file, master_url=master_url, log_format=log_format)
+
+
+for module in (node_cmds, master_cmds, host_cmds, status_cmd):
+    module.register(app)
+
+
+def main() -> None:
+    app()
