@@ -1,0 +1,151 @@
+"""The task vocabulary shared by the task manager, the agent and the monitor.
+
+These are plain values, independent of the wire format: the agent translates them
+to and from protobuf messages at the session boundary.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Protocol
+
+
+class TaskStatus(str, enum.Enum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    FETCHING = "fetching"
+    PULLING = "pulling"
+    RUNNING = "running"
+    EXITED = "exited"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    OOM_KILLED = "oom_killed"
+    UPLOADING = "uploading"
+    DONE = "done"
+
+    @property
+    def finished(self) -> bool:
+        """The task's process will not run (again); only result delivery may remain."""
+        return self in _FINISHED
+
+
+_FINISHED = {
+    TaskStatus.REJECTED,
+    TaskStatus.EXITED,
+    TaskStatus.FAILED,
+    TaskStatus.CANCELLED,
+    TaskStatus.TIMED_OUT,
+    TaskStatus.OOM_KILLED,
+    TaskStatus.UPLOADING,
+    TaskStatus.DONE,
+}
+
+
+class NetworkPolicy(str, enum.Enum):
+    NONE = "none"
+    BRIDGE = "bridge"
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_millicores: int = 0  # 1000 = one core
+    memory_bytes: int = 0
+    gpu_count: int = 0
+
+    def fits_in(self, other: "Resources") -> bool:
+        return (
+            self.cpu_millicores <= other.cpu_millicores
+            and self.memory_bytes <= other.memory_bytes
+            and self.gpu_count <= other.gpu_count
+        )
+
+    def __add__(self, other: "Resources") -> "Resources":
+        return Resources(
+            self.cpu_millicores + other.cpu_millicores,
+            self.memory_bytes + other.memory_bytes,
+            self.gpu_count + other.gpu_count,
+        )
+
+    def __sub__(self, other: "Resources") -> "Resources":
+        return Resources(
+            self.cpu_millicores - other.cpu_millicores,
+            self.memory_bytes - other.memory_bytes,
+            self.gpu_count - other.gpu_count,
+        )
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """What the master asked for (TaskSpec on the wire)."""
+
+    task_id: str
+    image: str = ""  # empty = the node's default task image
+    command: tuple[str, ...] = ()  # empty = the bundle's entry point
+    entrypoint: str = ""  # file in the bundle; empty = main.py
+    env: Mapping[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    priority: int = 0
+    timeout_s: float = 0  # 0 = the node's default
+    network: NetworkPolicy = NetworkPolicy.NONE
+    bundle_size: int = 0  # 0 = no bundle
+    bundle_sha256: str = ""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    task_id: str
+    status: TaskStatus
+    reason: str = ""
+    exit_code: int = 0
+    detail: str = ""
+    time_ms: int = field(default_factory=now_ms)
+
+
+class LogStream(str, enum.Enum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    SYSTEM = "system"  # lines the worker adds, e.g. "[hivemind] dropped 12 MB of output"
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    seq: int  # per task, from 1, without gaps
+    stream: LogStream
+    text: str
+    time_ms: int
+
+
+@dataclass(frozen=True)
+class HeldTask:
+    """A task the node still holds, reported in the session's hello."""
+
+    task_id: str
+    status: TaskStatus
+    last_log_seq: int
+    result_pending: bool
+
+
+class TaskHost(Protocol):
+    """What the task manager needs from the outside world; the agent implements it
+    over the control session. Tests give a hand-written fake."""
+
+    async def emit_event(self, event: TaskEvent) -> None:
+        """Send a state change to the master (best effort; the journal is the truth)."""
+
+    async def emit_logs(self, task_id: str, lines: list[LogRecord]) -> None:
+        """Send log lines; the master acknowledges them later through ack_logs()."""
+
+    async def fetch_bundle(self, task_id: str, dest: Path, size: int, sha256: str) -> None:
+        """Download the task's bundle into ``dest``, verified; raises on failure."""
+
+    async def upload_result(self, task_id: str, archive: Path) -> None:
+        """Upload the archive, resuming where the master left off; returns when the
+        master holds all of it (it then acknowledges through ack_result())."""
