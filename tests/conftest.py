@@ -1,0 +1,61 @@
+"""Fixtures shared by every test area. Area-specific fixtures live in the area's
+own conftest.py (tests/<kind>/<area>/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TASK_IMAGE = os.environ.get("HIVEMIND_TEST_TASK_IMAGE", "hivemind-task-runtime:local")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+def cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """Run `hivemind-worker ARGS` as a real subprocess of the installed package."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "hivemind_worker", *args],
+        env=full_env, capture_output=True, text=True, check=check, timeout=timeout, **kw,
+    )
+
+
+def docker_available() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    if not docker_available():
+        pytest.skip("needs a running Docker engine (start dockerd; see README 'Running the tests')")
+    import docker
+
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def task_image(docker_client) -> str:
+    """The default task image, built from Debian packages once and cached by Docker."""
+    script = REPO / "images" / "task-runtime" / "build-from-debian.sh"
+    subprocess.run(["bash", str(script), TASK_IMAGE], check=True, timeout=900)
+    return TASK_IMAGE
