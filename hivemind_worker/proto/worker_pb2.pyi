@@ -440,3 +440,13 @@ class UploadResultResponse(_message.Message):
     offset: int
     complete: bool
     def __init__(self, offset: _Optional[int] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class GetCARequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCAResponse(_message.Message):
+    __slots__ = ("ca_pem",)
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    ca_pem: bytes
+    def __init__(self, ca_pem: _Optional[bytes] = ...) -> None: ...

@@ -59,6 +59,11 @@ class NodeControlStub:
                 request_serializer=hivemind__worker_dot_proto_dot_worker__pb2.ResultChunk.SerializeToString,
                 response_deserializer=hivemind__worker_dot_proto_dot_worker__pb2.UploadResultResponse.FromString,
                 _registered_method=True)
+        self.GetCA = channel.unary_unary(
+                '/hivemind.worker.v1.NodeControl/GetCA',
+                request_serializer=hivemind__worker_dot_proto_dot_worker__pb2.GetCARequest.SerializeToString,
+                response_deserializer=hivemind__worker_dot_proto_dot_worker__pb2.GetCAResponse.FromString,
+                _registered_method=True)
 
 
 class NodeControlServicer:
@@ -99,6 +104,16 @@ class NodeControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCA(self, request, context):
+        """The master's CA certificate, unauthenticated. A client calls it before it
+        trusts the master (over TLS without verification), checks
+        "sha256:" + hex(sha256(DER of the CA certificate)) against the pinned hash,
+        then reconnects with that CA as its only root.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +141,11 @@ def add_NodeControlServicer_to_server(servicer, server):
                     servicer.UploadResult,
                     request_deserializer=hivemind__worker_dot_proto_dot_worker__pb2.ResultChunk.FromString,
                     response_serializer=hivemind__worker_dot_proto_dot_worker__pb2.UploadResultResponse.SerializeToString,
+            ),
+            'GetCA': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCA,
+                    request_deserializer=hivemind__worker_dot_proto_dot_worker__pb2.GetCARequest.FromString,
+                    response_serializer=hivemind__worker_dot_proto_dot_worker__pb2.GetCAResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +283,33 @@ class NodeControl:
             '/hivemind.worker.v1.NodeControl/UploadResult',
             hivemind__worker_dot_proto_dot_worker__pb2.ResultChunk.SerializeToString,
             hivemind__worker_dot_proto_dot_worker__pb2.UploadResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCA(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.worker.v1.NodeControl/GetCA',
+            hivemind__worker_dot_proto_dot_worker__pb2.GetCARequest.SerializeToString,
+            hivemind__worker_dot_proto_dot_worker__pb2.GetCAResponse.FromString,
             options,
             channel_credentials,
             insecure,
