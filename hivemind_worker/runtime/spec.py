@@ -1,0 +1,165 @@
+"""Values that cross the runtime boundary, and the one place that turns a
+ContainerSpec into Docker's create arguments (the hardening lives here).
+
+Pure: no Docker calls, no I/O, so the hardening can be read and unit-tested at a
+glance. It must never produce a privileged container, a capability, the Docker
+socket or a host network.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import docker.types
+
+from hivemind_worker.tasks.model import NetworkPolicy
+
+LABEL_TASK = "hivemind.task_id"
+LABEL_NODE = "hivemind.node_id"
+LABEL_MANAGED = "hivemind.managed"
+LABEL_GPUS = "hivemind.gpu_device_ids"
+
+WORKSPACE = "/workspace"
+OUTPUT_DIR = "/workspace/output"
+CA_BUNDLE_PATH = "/etc/hivemind/ca-bundle.pem"
+
+# run_task.sh's own exit codes (see run_task.sh).
+EXIT_DEPS_FAILED = 97
+EXIT_NO_ENTRYPOINT = 98
+EXIT_OOM = 137  # SIGKILL, as the kernel's OOM killer sends it
+
+LOG_MAX_SIZE = "100m"  # Docker's own log file per container, rotated: bounded disk
+LOG_MAX_FILES = "3"
+TMPFS_MAX_BYTES = 512 * 1024**2
+TMPFS_MIN_BYTES = 64 * 1024**2
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """One task container. ``cpu_millicores`` / ``memory_bytes`` of 0 mean no limit
+    (admission normally always sets them). ``workspace`` is a host directory,
+    mounted read-write at /workspace; create() makes it owned by ``user``."""
+
+    task_id: str
+    node_id: str
+    image: str
+    command: tuple[str, ...]
+    env: Mapping[str, str]
+    workspace: Path
+    cpu_millicores: int
+    memory_bytes: int
+    pids_limit: int
+    gpu_device_ids: tuple[str, ...]
+    network: NetworkPolicy
+    user: str = "1000:1000"
+    ca_bundle: Path | None = None
+    cpu_shares: int = 1024
+    entrypoint: str = ""  # the bundle's entry file for run_task.sh; "" = main.py
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    exit_code: int
+    oom_killed: bool
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    container_id: str
+    task_id: str
+    running: bool
+    exit_code: int | None  # None while running
+    oom_killed: bool
+    node_id: str = ""
+    image: str = ""
+    gpu_device_ids: tuple[str, ...] = ()
+    started_at_ms: int = 0  # 0 = never started
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    cpu_percent: float  # of one core: 250.0 = two and a half cores busy
+    memory_bytes: int  # working set (page cache excluded)
+    read_bytes: int  # block I/O since start
+    write_bytes: int
+    memory_limit_bytes: int = 0
+    pids: int = 0
+
+
+def container_name(task_id: str) -> str:
+    """A readable, valid, unique-per-task container name (`docker ps` shows it)."""
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", task_id)[:100]
+    return f"hivemind-task-{safe}"
+
+
+def container_env(spec: ContainerSpec) -> dict[str, str]:
+    env = dict(spec.env)
+    # Ours win over the task's: they describe the sandbox the task is in.
+    env.update(
+        {
+            "HIVEMIND_TASK_ID": spec.task_id,
+            "HIVEMIND_WORKSPACE": WORKSPACE,
+            "HIVEMIND_OUTPUT_DIR": OUTPUT_DIR,
+            "HIVEMIND_NETWORK": spec.network.value,
+            "HOME": "/tmp",  # the root file system is read-only
+            "PYTHONUNBUFFERED": "1",  # lines reach the log as they are printed
+        }
+    )
+    if spec.entrypoint:
+        env["HIVEMIND_ENTRYPOINT"] = spec.entrypoint
+    if spec.ca_bundle is not None:
+        for key in ("HIVEMIND_CA_BUNDLE", "SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            env[key] = CA_BUNDLE_PATH
+    return env
+
+
+def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
+    """Keyword arguments for ``docker.DockerClient.containers.create``."""
+    if not spec.workspace.is_absolute():
+        raise ValueError(f"workspace must be an absolute path, got {spec.workspace}")
+    mounts = [docker.types.Mount(WORKSPACE, str(spec.workspace), type="bind", read_only=False)]
+    if spec.ca_bundle is not None:
+        mounts.append(docker.types.Mount(CA_BUNDLE_PATH, str(spec.ca_bundle), type="bind", read_only=True))
+    tmpfs_bytes = TMPFS_MAX_BYTES
+    if spec.memory_bytes:
+        # tmpfs pages are charged to the container's memory: keep room for the task.
+        tmpfs_bytes = max(TMPFS_MIN_BYTES, min(TMPFS_MAX_BYTES, spec.memory_bytes // 2))
+    labels = {LABEL_TASK: spec.task_id, LABEL_NODE: spec.node_id, LABEL_MANAGED: "1"}
+    kwargs: dict[str, Any] = dict(
+        image=spec.image,
+        command=list(spec.command) or None,
+        name=container_name(spec.task_id),
+        labels=labels,
+        environment=container_env(spec),
+        user=spec.user,
+        working_dir=WORKSPACE,
+        mounts=mounts,
+        read_only=True,
+        tmpfs={"/tmp": f"rw,nosuid,nodev,size={tmpfs_bytes}"},
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
+        privileged=False,
+        network_mode="bridge" if spec.network is NetworkPolicy.BRIDGE else "none",
+        pids_limit=spec.pids_limit,
+        cpu_shares=spec.cpu_shares,
+        init=True,  # reaps zombies (fork bombs) and passes signals on
+        oom_score_adj=500,  # under host memory pressure a task dies before the agent
+        log_config=docker.types.LogConfig(
+            type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES}
+        ),
+        detach=True,
+    )
+    if spec.cpu_millicores:
+        kwargs["nano_cpus"] = spec.cpu_millicores * 1_000_000
+    if spec.memory_bytes:
+        kwargs["mem_limit"] = spec.memory_bytes
+        kwargs["memswap_limit"] = spec.memory_bytes  # no swap: the limit is the limit
+    if spec.gpu_device_ids:
+        labels[LABEL_GPUS] = ",".join(spec.gpu_device_ids)
+        kwargs["device_requests"] = [
+            docker.types.DeviceRequest(driver="nvidia", device_ids=list(spec.gpu_device_ids), capabilities=[["gpu"]])
+        ]
+    return kwargs
