@@ -1,7 +1,69 @@
-"""Placeholder: commands of this group are added by their issue."""
+"""Commands for this node: enroll, run (the daemon), demo."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
 
 import typer
 
+from hivemind_worker.cli.common import GlobalOptions, guard, settings_from
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command(help="Enroll this machine with a master (one-time, with a token from the master).")(enroll)
+    app.command(help="Run the worker daemon in the foreground (what the systemd unit starts).")(run)
+    app.command(help="Try it out: a local dev-master, this machine enrolled to it, one sample task.")(demo)
+
+
+def enroll(
+    ctx: typer.Context,
+    master: str = typer.Option(..., "--master", "-m", help="Master address HOST:PORT or https://HOST:PORT."),
+    token: str = typer.Option(..., "--token", "-t", help="Enrollment token from the master (single use, short-lived).", envvar="HIVEMIND_ENROLL_TOKEN"),
+    ca_hash: Optional[str] = typer.Option(None, "--ca-hash", help="The master's CA pin, sha256:<hex> (printed by the master)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing enrollment."),
+) -> None:
+    """Generates the node's WireGuard key pair here (the private key never leaves the
+    node), sends the node's facts and public key, and stores the credential, the pinned
+    CA and wg0.conf (all mode 0600)."""
+    from hivemind_worker.agent.enrollment import enroll_node
+    from hivemind_worker.agent.facts import gather_facts
+    from hivemind_worker.hostsetup.install import chown_to_service_user
+
+    settings = settings_from(ctx)
+
+    async def go():
+        facts = await gather_facts()
+        return await enroll_node(settings, master, token, ca_hash, facts, force=force)
+
+    result = guard(lambda: asyncio.run(go()))
+    chown_to_service_user(result.files)
+    typer.echo(f"Enrolled as {result.identity.node_id} with {result.identity.master}.")
+    typer.echo("Next: `hivemind-worker up` (VPN), then `systemctl start hivemind-worker` (or `hivemind-worker run`).")
+
+
+def run(ctx: typer.Context) -> None:
+    """Connects to the master, runs assigned tasks, reports telemetry and serves the
+    monitor. SIGTERM drains and exits 0; SIGHUP reloads settings."""
+    from hivemind_worker.agent.app import run_agent
+    from hivemind_worker.config import load_settings
+
+    settings = settings_from(ctx)
+    opts: GlobalOptions = ctx.find_root().obj
+
+    def reload():
+        return load_settings({"log_file": opts.log_file, "master_url": opts.master_url}, config_file=opts.config)
+
+    guard(lambda: asyncio.run(run_agent(settings, reload)))
+
+
+def demo(
+    ctx: typer.Context,
+    keep: bool = typer.Option(False, "--keep", help="Keep the temporary state directory afterwards."),
+) -> None:
+    """Everything on loopback in a temporary directory; needs no root when Docker is
+    reachable by this user."""
+    from hivemind_worker.agent.demo import run_demo
+
+    settings_from(ctx)
+    guard(lambda: run_demo(echo=typer.echo, keep=keep))

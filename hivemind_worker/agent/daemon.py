@@ -1,0 +1,230 @@
+"""The daemon's lifecycle, after uvicorn's Server: startup() -> main_loop() -> shutdown(),
+driven by ``should_exit``; signal handlers only set flags.
+
+SIGTERM/SIGINT drain (no new tasks, running ones finish or are cancelled at the
+deadline, the master is told) and exit cleanly; SIGHUP reloads what can change at
+run time. The watchdog is pinged from the event loop only while the loop and every
+subsystem are healthy, so a wedged loop or a dead subsystem gets us restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from hivemind_worker.agent.convert import resources_to_pb
+from hivemind_worker.agent.report import report_from_sample
+from hivemind_worker.agent.router import Router, TaskService
+from hivemind_worker.config import Settings
+from hivemind_worker.control.session import ControlSession
+from hivemind_worker.errors import CredentialRevoked, WorkerError
+from hivemind_worker.identity import NodeIdentity
+from hivemind_worker.proto import worker_pb2 as pb
+from hivemind_worker.systemd.notify import Notifier, watchdog_interval
+
+logger = logging.getLogger(__name__)
+
+Sampler = Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class AgentParts:
+    """Everything the agent drives, injected so tests can replace any seam."""
+
+    channel_factory: Callable[[], Any]
+    notifier: Notifier
+    sample: Sampler
+    tasks: TaskService | None = None
+    task_start: Callable[[], Awaitable[None]] | None = None
+    task_drain: Callable[[float], Awaitable[None]] | None = None
+    task_close: Callable[[], Awaitable[None]] | None = None
+    monitor: Callable[[asyncio.Event], Awaitable[None]] | None = None
+    on_report: Callable[[dict[str, Any]], None] | None = None
+    reload_settings: Callable[[], Settings] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(self, settings: Settings, identity: NodeIdentity, parts: AgentParts) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.parts = parts
+        self.should_exit = asyncio.Event()
+        self.force_exit = False
+        self.reload_requested = False
+        self.router = Router(identity.node_id, identity.credential, settings.max_message_bytes)
+        self.router.tasks = parts.tasks
+        self.session = ControlSession(
+            parts.channel_factory,
+            identity.node_id,
+            identity.credential,
+            self.router,
+            reconnect_initial_s=settings.reconnect_initial_s,
+            reconnect_max_s=settings.reconnect_max_s,
+            target=identity.master,
+        )
+        self.router.session = self.session
+        self.started_at = time.time()
+        self.last_report: dict[str, Any] = {}
+        self.fatal: BaseException | None = None
+        self._background: dict[str, asyncio.Task] = {}
+        self._log_extra = {"node_id": identity.node_id}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def serve(self) -> None:
+        """Run until told to stop. Raises the error that ended the agent, if any."""
+        self._install_signal_handlers()
+        await self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def startup(self) -> None:
+        self.parts.notifier.status("Starting: reconciling tasks")
+        if self.parts.task_start is not None:
+            await self.parts.task_start()
+        self._spawn("session", self._run_session())
+        self._spawn("telemetry", self._report_loop())
+        if self.parts.monitor is not None:
+            self._spawn("monitor", self.parts.monitor(self.should_exit))
+        interval = watchdog_interval()
+        if interval:
+            self._spawn("watchdog", self._watchdog_loop(interval))
+        self.parts.notifier.ready(f"Running as {self.identity.node_id}; connecting to {self.identity.master}")
+        logger.info("agent started as %s, master %s", self.identity.node_id, self.identity.master, extra=self._log_extra)
+
+    async def main_loop(self) -> None:
+        last_status = ""
+        while not self.should_exit.is_set():
+            try:
+                await asyncio.wait_for(self.should_exit.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+            if self.reload_requested:
+                self.reload_requested = False
+                self._reload()
+            status = self.status_line()
+            if status != last_status:
+                self.parts.notifier.status(status)
+                last_status = status
+
+    async def shutdown(self) -> None:
+        self.parts.notifier.stopping("Draining: no new tasks")
+        logger.info("draining (deadline %.0f s)", self.settings.drain_timeout_s, extra=self._log_extra)
+        self.router.draining = True
+        self.router.send(pb.WorkerMessage(drain=pb.Drain(draining=True, reason="node is shutting down")))
+        if self.parts.task_drain is not None and not self.force_exit:
+            try:
+                await asyncio.wait_for(self.parts.task_drain(self.settings.drain_timeout_s), self.settings.drain_timeout_s + 10)
+            except asyncio.TimeoutError:
+                logger.warning("drain did not finish in time")
+        self.session.close_stream()
+        session = self._background.get("session")
+        if session is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(session), timeout=3)
+            except (asyncio.TimeoutError, Exception):
+                pass
+        for task in self._background.values():
+            task.cancel()
+        await asyncio.gather(*self._background.values(), return_exceptions=True)
+        if self.parts.task_close is not None:
+            await self.parts.task_close()
+        logger.info("agent stopped", extra=self._log_extra)
+
+    # ------------------------------------------------------------------ loops
+    async def _run_session(self) -> None:
+        try:
+            await self.session.run(self.should_exit)
+        except CredentialRevoked as exc:
+            logger.error("%s", exc, extra=self._log_extra)
+            self.fatal = exc
+            self.force_exit = True
+            self.should_exit.set()
+
+    async def _report_loop(self) -> None:
+        while not self.should_exit.is_set():
+            try:
+                sample = await self.parts.sample()
+                self.last_report = sample
+                if self.parts.on_report is not None:
+                    self.parts.on_report(sample)
+                report = report_from_sample(sample)
+                if self.parts.tasks is not None:
+                    report.free.CopyFrom(resources_to_pb(self.parts.tasks.free()))
+                self.router.send(pb.WorkerMessage(telemetry=report))
+            except WorkerError as exc:
+                logger.warning("telemetry sample failed: %s", exc)
+            interval = self.router.report_interval_override or self.settings.report_interval_s
+            try:
+                await asyncio.wait_for(self.should_exit.wait(), timeout=interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _watchdog_loop(self, interval: float) -> None:
+        while True:
+            if self.healthy():
+                self.parts.notifier.watchdog()
+            else:
+                logger.error("unhealthy (%s); withholding the watchdog ping", self.unhealthy_parts())
+            await asyncio.sleep(interval)
+
+    # ------------------------------------------------------------------ health
+    def unhealthy_parts(self) -> list[str]:
+        return [name for name, task in self._background.items() if name != "watchdog" and task.done()]
+
+    def healthy(self) -> bool:
+        return not self.unhealthy_parts()
+
+    def status_line(self) -> str:
+        s = self.session
+        if s.connected:
+            line = f"Connected to {self.identity.master} as {self.identity.node_id}"
+        else:
+            line = f"Master {self.identity.master} unreachable, retrying ({s.reconnects} reconnects)"
+        if self.router.draining:
+            line += "; draining"
+        return line
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._handle_exit, sig)
+            loop.add_signal_handler(signal.SIGHUP, self._handle_reload)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+
+    def _handle_exit(self, sig: int) -> None:
+        if self.should_exit.is_set():
+            self.force_exit = True  # a second signal skips the drain
+        self.should_exit.set()
+
+    def _handle_reload(self) -> None:
+        self.reload_requested = True
+
+    def _reload(self) -> None:
+        if self.parts.reload_settings is None:
+            return
+        self.parts.notifier.reloading()
+        try:
+            new = self.parts.reload_settings()
+        except WorkerError as exc:
+            logger.error("reload refused, keeping the old settings: %s", exc)
+        else:
+            self.settings = new
+            self.session.update_settings(new.reconnect_initial_s, new.reconnect_max_s)
+            logging.getLogger().setLevel(new.log_level)
+            logger.info("settings reloaded (report interval %.0f s, log level %s)", new.report_interval_s, new.log_level)
+        self.parts.notifier.ready(self.status_line())
+
+    def _spawn(self, name: str, coro: Awaitable[None]) -> None:
+        self._background[name] = asyncio.create_task(coro, name=name)

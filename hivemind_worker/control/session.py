@@ -1,0 +1,193 @@
+"""The long-lived Connect session: dial, hello, pump messages, reconnect with capped
+exponential backoff and jitter, stop for good when the credential is refused.
+
+The session knows nothing about tasks or telemetry; a SessionHandler (the agent)
+builds the hello and handles what the master sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from typing import Callable, Protocol
+
+import grpc
+
+from hivemind_worker.control.channel import auth_metadata
+from hivemind_worker.control.errors import translate
+from hivemind_worker.errors import CredentialRevoked, MasterUnreachable
+from hivemind_worker.proto import worker_pb2 as pb
+from hivemind_worker.proto import worker_pb2_grpc as rpc
+
+logger = logging.getLogger(__name__)
+
+# A session that lived this long resets the backoff: the master is healthy again.
+STABLE_AFTER_S = 10.0
+_CLOSE = object()
+
+
+class SessionState(str, enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    REVOKED = "revoked"
+    CLOSED = "closed"
+
+
+class SessionHandler(Protocol):
+    def hello(self) -> pb.Hello: ...
+
+    async def on_connected(self, welcome: pb.Welcome) -> None: ...
+
+    async def on_message(self, message: pb.MasterMessage) -> None: ...
+
+    async def on_disconnected(self) -> None: ...
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Equal jitter: half the capped exponential delay is fixed, half random, so a
+    fleet that lost its master does not come back in one wave, yet no node waits
+    longer than ``max_s``."""
+    ceiling = min(max_s, initial_s * (2 ** attempt))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+class ControlSession:
+    def __init__(
+        self,
+        channel_factory: Callable[[], grpc.aio.Channel],
+        node_id: str,
+        credential: str,
+        handler: SessionHandler,
+        *,
+        reconnect_initial_s: float,
+        reconnect_max_s: float,
+        target: str = "",
+        rng: random.Random | None = None,
+    ) -> None:
+        self._channel_factory = channel_factory
+        self._node_id = node_id
+        self._credential = credential
+        self._handler = handler
+        self._initial = reconnect_initial_s
+        self._max = reconnect_max_s
+        self._target = target
+        self._rng = rng or random.Random()
+        self._outbox: asyncio.Queue | None = None
+        self.channel: grpc.aio.Channel | None = None
+        self.state = SessionState.CONNECTING
+        self.reconnects = 0
+        self.session_id = ""
+        self.last_error = ""
+        self.connected_since: float | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.state is SessionState.CONNECTED
+
+    def send(self, message: pb.WorkerMessage) -> bool:
+        """Queue a message for the current stream; False when there is none (the
+        caller's journal or spool keeps what must not be lost and resends it)."""
+        if self._outbox is None or not self.connected:
+            return False
+        self._outbox.put_nowait(message)
+        return True
+
+    def update_settings(self, initial_s: float, max_s: float) -> None:
+        self._initial, self._max = initial_s, max_s
+
+    def close_stream(self) -> None:
+        """Half-close the stream after what is queued: the master sees us leave."""
+        if self._outbox is not None:
+            self._outbox.put_nowait(_CLOSE)
+
+    async def run(self, should_exit: asyncio.Event) -> None:
+        """Keep a session up until ``should_exit`` is set. Raises CredentialRevoked."""
+        attempt = 0
+        while not should_exit.is_set():
+            self.state = SessionState.CONNECTING
+            started = time.monotonic()
+            try:
+                await self._one_session(should_exit)
+            except CredentialRevoked as exc:
+                self.state = SessionState.REVOKED
+                self.last_error = str(exc)
+                raise
+            except Exception as exc:  # any failure of one session: log, back off, retry
+                self.last_error = str(exc)
+                logger.warning("session to the master ended: %s", exc)
+            finally:
+                await self._teardown()
+            if should_exit.is_set():
+                break
+            if time.monotonic() - started > STABLE_AFTER_S:
+                attempt = 0
+            delay = backoff_delay(attempt, self._initial, self._max, self._rng)
+            attempt += 1
+            self.reconnects += 1
+            self.state = SessionState.BACKOFF
+            logger.info("reconnecting to the master in %.1f s (attempt %d)", delay, attempt)
+            try:
+                await asyncio.wait_for(should_exit.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+        self.state = SessionState.CLOSED
+
+    async def _one_session(self, should_exit: asyncio.Event) -> None:
+        self.channel = self._channel_factory()
+        outbox: asyncio.Queue = asyncio.Queue()
+        outbox.put_nowait(pb.WorkerMessage(hello=self._handler.hello()))
+
+        async def outgoing():
+            while True:
+                item = await outbox.get()
+                if item is _CLOSE:
+                    return
+                yield item
+
+        stub = rpc.NodeControlStub(self.channel)
+        call = stub.Connect(outgoing(), metadata=auth_metadata(self._credential))
+        try:
+            first = await call.read()
+            if first is grpc.aio.EOF or not first.HasField("welcome"):
+                raise _closed(self._target)
+            self._outbox = outbox
+            self.session_id = first.welcome.session_id
+            self.state = SessionState.CONNECTED
+            self.connected_since = time.time()
+            self.last_error = ""
+            logger.info("session %s open with the master at %s", self.session_id, self._target)
+            await self._handler.on_connected(first.welcome)
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    if should_exit.is_set():
+                        return
+                    raise _closed(self._target)
+                await self._handler.on_message(message)
+        except grpc.RpcError as exc:
+            raise translate(exc, "session", self._target) from exc
+        finally:
+            call.cancel()
+
+    async def _teardown(self) -> None:
+        was_connected = self.connected
+        self._outbox = None
+        self.connected_since = None
+        if self.state is not SessionState.REVOKED:
+            self.state = SessionState.BACKOFF
+        if was_connected:
+            await self._handler.on_disconnected()
+        if self.channel is not None:
+            await self.channel.close()
+            self.channel = None
+
+
+
+def _closed(target: str) -> MasterUnreachable:
+    # A non-OK status raises from call.read(); EOF means the master ended us cleanly
+    # (restart, replaced session), which is worth a reconnect, not an alarm.
+    return MasterUnreachable(f"the master at {target} closed the session")

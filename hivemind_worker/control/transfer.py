@@ -1,0 +1,92 @@
+"""Bulk data over gRPC: bundle download and resumable result upload, in chunks.
+
+Large data never travels as one message; both directions are verified by SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import AsyncIterator
+
+import grpc
+
+from hivemind_worker.control.channel import auth_metadata
+from hivemind_worker.control.errors import translate
+from hivemind_worker.errors import ControlError, ProtocolError
+from hivemind_worker.proto import worker_pb2 as pb
+from hivemind_worker.proto import worker_pb2_grpc as rpc
+
+logger = logging.getLogger(__name__)
+CHUNK_BYTES = 512 * 1024
+
+
+async def fetch_bundle(channel: grpc.aio.Channel, credential: str, task_id: str, dest: Path, size: int, sha256: str) -> None:
+    """Download a task's bundle into ``dest``, resuming a partial file, and verify it."""
+    stub = rpc.NodeControlStub(channel)
+    digest = hashlib.sha256()
+    offset = dest.stat().st_size if dest.exists() else 0
+    if 0 < offset < size:  # resume a partial download
+        with dest.open("rb") as held:
+            for block in iter(lambda: held.read(1 << 20), b""):
+                digest.update(block)
+    else:
+        offset = 0
+    mode = "ab" if offset else "wb"
+    try:
+        with dest.open(mode) as out:
+            call = stub.FetchBundle(pb.FetchBundleRequest(task_id=task_id, offset=offset), metadata=auth_metadata(credential))
+            async for chunk in call:
+                if chunk.offset != offset:
+                    raise ProtocolError(f"bundle of {task_id}: chunk at {chunk.offset}, expected {offset}")
+                out.write(chunk.data)
+                digest.update(chunk.data)
+                offset += len(chunk.data)
+                if offset > size:
+                    raise ProtocolError(f"bundle of {task_id} is larger than announced ({size} bytes)")
+    except grpc.RpcError as exc:
+        raise translate(exc, f"downloading the bundle of {task_id}") from exc
+    if offset != size or digest.hexdigest() != sha256.lower():
+        dest.unlink(missing_ok=True)
+        raise ProtocolError(f"bundle of {task_id} failed its check ({offset}/{size} bytes, sha256 mismatch or short)")
+
+
+async def _chunks(task_id: str, path: Path, offset: int, total: int, sha256: str) -> AsyncIterator[pb.ResultChunk]:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        while True:
+            data = fh.read(CHUNK_BYTES)
+            if not data and offset < total:
+                raise ProtocolError(f"result of {task_id} shrank while uploading")
+            yield pb.ResultChunk(task_id=task_id, offset=offset, data=data, total_bytes=total, sha256=sha256)
+            offset += len(data)
+            if offset >= total:
+                return
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+async def upload_result(channel: grpc.aio.Channel, credential: str, task_id: str, archive: Path, sha256: str) -> None:
+    """Upload from the offset the master already holds; returns once it holds all."""
+    stub = rpc.NodeControlStub(channel)
+    meta = auth_metadata(credential)
+    total = archive.stat().st_size
+    try:
+        held = await stub.ResultOffset(pb.ResultOffsetRequest(task_id=task_id), metadata=meta)
+        if held.complete:
+            return
+        offset = held.offset if held.offset <= total else 0
+        if offset:
+            logger.info("resuming result upload at %d of %d bytes", offset, total, extra={"task_id": task_id})
+        reply = await stub.UploadResult(_chunks(task_id, archive, offset, total, sha256), metadata=meta)
+    except grpc.RpcError as exc:
+        raise translate(exc, f"uploading the result of {task_id}") from exc
+    if not reply.complete:
+        raise ControlError(f"result of {task_id}: master holds {reply.offset}/{total} bytes and did not accept it")
