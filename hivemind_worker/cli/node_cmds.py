@@ -63,7 +63,7 @@ def demo(
 ) -> None:
     """Everything on loopback in a temporary directory; needs no root when Docker is
     reachable by this user."""
-    from hivemind_worker.agent.demo import run_demo
+    from hivemind_worker.demo import run_demo
 
     settings_from(ctx)
     guard(lambda: run_demo(echo=typer.echo, keep=keep))
