@@ -2,8 +2,10 @@
 
 ``WireGuardHub`` brings up its own interface (default ``hm-hub0``, 10.88.0.1/24)
 with a listen port, adds each enrolled node as a peer (``add_peer(public_key,
-"10.88.0.N/32")``) and removes it again. The dev-master allocates the addresses and
-puts ``public_key``/``endpoint()`` into the node's VpnAssignment. Needs root. The
+"10.88.0.N/32")``) and removes it again. It satisfies devmaster.hub.VpnHub: the
+dev-master allocates the addresses and puts ``public_key``/``endpoint`` into the
+node's VpnAssignment (``subnet`` as AllowedIPs, ``hub_ip`` for master_address).
+Call ``up()`` before handing it to the dev-master. Needs root. The
 methods block (subprocess): call them through ``asyncio.to_thread`` from a loop,
 or use the ``a*`` variants.
 """
@@ -36,6 +38,7 @@ class WireGuardHub:
         address: str = DEFAULT_ADDRESS,
         private_key: str | None = None,
         work_dir: Path | None = None,
+        endpoint_host: str = "127.0.0.1",
     ) -> None:
         self.interface = interface
         self.listen_port = listen_port
@@ -43,6 +46,7 @@ class WireGuardHub:
         self._private_key = private_key or generate_keypair().private_key
         self.public_key = public_key_of(self._private_key)
         self._work_dir = work_dir
+        self.endpoint_host = endpoint_host  # how nodes reach this machine
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._conf: Path | None = None
 
@@ -56,8 +60,10 @@ class WireGuardHub:
         """The hub's own address inside the tunnel, e.g. ``10.88.0.1``."""
         return str(self.address.ip)
 
-    def endpoint(self, host: str) -> str:
-        """``host:port`` nodes dial (``host`` is how nodes reach this machine)."""
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` (UDP) nodes dial; goes into their VpnAssignment."""
+        host = f"[{self.endpoint_host}]" if ":" in self.endpoint_host else self.endpoint_host
         return f"{host}:{self.listen_port}"
 
     def up(self) -> None:
