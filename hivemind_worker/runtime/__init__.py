@@ -58,6 +58,7 @@ Errors: RuntimeUnavailable (Docker unreachable/broken), TaskError (this task's c
 or image failed), TaskRejected (GPU request impossible). Docker errors never escape.
 """
 
+from hivemind_worker.runtime.docker_runtime import DockerRuntime
 from hivemind_worker.runtime.gpu import (
     GpuAllocator,
     GpuDevice,
@@ -97,11 +98,3 @@ __all__ = [
     "LABEL_TASK",
 ]
 
-
-def __getattr__(name: str):
-    # DockerRuntime imports docker-py's client machinery; load it on first use only.
-    if name == "DockerRuntime":
-        from hivemind_worker.runtime.docker_runtime import DockerRuntime
-
-        return DockerRuntime
-    raise AttributeError(name)

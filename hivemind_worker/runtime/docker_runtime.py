@@ -1,0 +1,346 @@
+"""DockerRuntime: the adapter over docker-py that runs task containers.
+
+Every blocking Docker call runs off the event loop: short ones through
+``asyncio.to_thread``, the ones that last as long as a task (wait, pull, log
+following) in daemon threads, so a shutting-down agent never waits for a task.
+Errors are translated once, in ``_call`` (see translate.py). This module must not
+know task states, the journal or the master, and it never runs a task on the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
+
+import docker
+
+from hivemind_worker.errors import TaskError, WorkerError
+from hivemind_worker.runtime import logstream
+from hivemind_worker.runtime.gpu import GpuInventory, NvmlGpuInventory
+from hivemind_worker.runtime.images import ImageGc
+from hivemind_worker.runtime.spec import (
+    LABEL_GPUS,
+    LABEL_MANAGED,
+    LABEL_NODE,
+    LABEL_TASK,
+    ContainerInfo,
+    ContainerSpec,
+    ContainerStats,
+    ExitInfo,
+    create_kwargs,
+)
+from hivemind_worker.runtime.stats import StatsReader
+from hivemind_worker.runtime.translate import is_conflict, is_not_found, translate
+from hivemind_worker.tasks.model import LogStream
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+PROGRESS_EVERY_S = 1.0
+
+
+def default_client() -> docker.DockerClient:
+    # Each running task holds two connections (logs, wait) for its whole life.
+    return docker.from_env(max_pool_size=64)
+
+
+class DockerRuntime:
+    def __init__(
+        self,
+        client_factory: Callable[[], docker.DockerClient] = default_client,
+        gpu_inventory: GpuInventory | None = None,
+    ) -> None:
+        self._client_factory = client_factory
+        self._client: docker.DockerClient | None = None
+        self._client_lock = threading.Lock()
+        self._gpu_inventory = gpu_inventory
+        self._stats = StatsReader()
+        self._images = ImageGc()
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _docker(self) -> docker.DockerClient:
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._client_factory()
+            return self._client
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except WorkerError:
+            raise
+        except Exception as exc:
+            raise translate(exc, what) from exc
+
+    async def _call_long(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """Like _call, in a daemon thread of its own (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if not future.done():
+                future.set_result(value) if ok else future.set_exception(value)
+
+        def run() -> None:
+            try:
+                result: Any = (True, fn(*args))
+            except BaseException as exc:
+                result = (False, exc)
+            try:
+                loop.call_soon_threadsafe(settle, *result)
+            except RuntimeError:
+                pass  # the loop is gone; nobody waits for this any more
+
+        threading.Thread(target=run, name=f"hivemind-{what[:40]}", daemon=True).start()
+        try:
+            return await future
+        except WorkerError:
+            raise
+        except Exception as exc:
+            raise translate(exc, what) from exc
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    # -- engine and images -----------------------------------------------------
+
+    async def version(self) -> str:
+        return await self._call("ask Docker for its version", lambda: self._docker().version()["Version"])
+
+    async def gpu_inventory(self) -> GpuInventory:
+        if self._gpu_inventory is None:
+
+            def detect() -> GpuInventory:
+                runtimes = self._docker().info().get("Runtimes") or {}
+                hook = shutil.which("nvidia-container-runtime-hook") or shutil.which("nvidia-container-runtime")
+                return NvmlGpuInventory(nvidia_runtime="nvidia" in runtimes or hook is not None)
+
+            self._gpu_inventory = await self._call("ask Docker for its runtimes", detect)
+        return self._gpu_inventory
+
+    async def has_image(self, image: str) -> bool:
+        def look() -> bool:
+            try:
+                self._docker().api.inspect_image(image)
+                return True
+            except docker.errors.ImageNotFound:
+                return False
+
+        return await self._call(f"look up image {image}", look)
+
+    async def pull(self, image: str, progress: Callable[[str], None]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def report(text: str) -> None:
+            try:
+                progress(text)
+            except Exception:
+                logger.exception("pull progress callback failed")
+
+        def run() -> None:
+            layers: dict[str, tuple[int, int]] = {}
+            last = 0.0
+            for event in self._docker().api.pull(image, stream=True, decode=True):
+                if "error" in event:
+                    detail = event.get("errorDetail", {}).get("message") or event["error"]
+                    raise TaskError(f"pulling {image} failed: {detail}")
+                layer, status = event.get("id", ""), event.get("status", "")
+                numbers = event.get("progressDetail") or {}
+                if status == "Downloading" and numbers.get("total"):
+                    layers[layer] = (int(numbers.get("current", 0)), int(numbers["total"]))
+                elif status in ("Download complete", "Pull complete") and layer in layers:
+                    layers[layer] = (layers[layer][1], layers[layer][1])
+                now = time.monotonic()
+                if layers and now - last >= PROGRESS_EVERY_S:
+                    last = now
+                    done = sum(c for c, _ in layers.values()) / 1e6
+                    total = sum(t for _, t in layers.values()) / 1e6
+                    loop.call_soon_threadsafe(report, f"pulling {done:.1f}/{total:.1f} MB")
+            loop.call_soon_threadsafe(report, f"pulled {image}")
+
+        await self._call_long(f"pull image {image}", run)
+        self._images.touch(image)
+
+    async def gc_images(
+        self,
+        in_use: set[str],
+        keep: set[str],
+        high_percent: float,
+        low_percent: float,
+        candidates: Iterable[str] | None = None,
+    ) -> list[str]:
+        refs = list(candidates) if candidates is not None else None
+        return await self._call(
+            "remove unused task images",
+            self._images.collect,
+            self._docker(),
+            in_use,
+            keep,
+            high_percent,
+            low_percent,
+            refs,
+        )
+
+    # -- containers ------------------------------------------------------------
+
+    async def create(self, spec: ContainerSpec) -> str:
+        kwargs = create_kwargs(spec)
+
+        def run() -> str:
+            _prepare_workspace(spec.workspace, spec.user)
+            try:
+                container = self._docker().containers.create(**kwargs)
+            except docker.errors.APIError as exc:
+                if is_conflict(exc):
+                    raise TaskError(
+                        f"a container for task {spec.task_id} already exists ({kwargs['name']}); "
+                        "remove it before creating another"
+                    ) from exc
+                raise
+            return container.id
+
+        container_id = await self._call(f"create container for task {spec.task_id}", run)
+        self._images.touch(spec.image)
+        logger.info(
+            "created container %s for task %s", container_id[:12], spec.task_id,
+            extra={"task_id": spec.task_id, "node_id": spec.node_id},
+        )
+        return container_id
+
+    async def start(self, container_id: str) -> None:
+        await self._call(f"start container {container_id[:12]}", lambda: self._docker().api.start(container_id))
+
+    def follow_logs(self, container_id: str, since_s: float | None = None) -> AsyncIterator[tuple[LogStream, str, int]]:
+        what = f"follow logs of container {container_id[:12]}"
+        return logstream.follow(
+            lambda: logstream.open_log_stream(self._docker().api, container_id, since_s),
+            lambda: self._docker().api,
+            lambda exc: translate(exc, what),
+            container_id[:12],
+        )
+
+    async def wait(self, container_id: str) -> ExitInfo:
+        def run() -> ExitInfo:
+            api = self._docker().api
+            api.wait(container_id, timeout=None)  # no read timeout: tasks run for hours
+            state = api.inspect_container(container_id)["State"]
+            return ExitInfo(exit_code=int(state.get("ExitCode", -1)), oom_killed=bool(state.get("OOMKilled")))
+
+        return await self._call_long(f"wait for container {container_id[:12]}", run)
+
+    async def kill(self, container_id: str) -> None:
+        def run() -> None:
+            try:
+                self._docker().api.kill(container_id)
+            except docker.errors.APIError as exc:
+                if not (is_not_found(exc) or is_conflict(exc)):  # gone, or not running
+                    raise
+
+        await self._call(f"kill container {container_id[:12]}", run)
+
+    async def remove(self, container_id: str) -> None:
+        def run() -> None:
+            try:
+                self._docker().api.remove_container(container_id, force=True, v=True)
+            except docker.errors.APIError as exc:
+                if not (is_not_found(exc) or is_conflict(exc)):  # gone, or removal in progress
+                    raise
+
+        await self._call(f"remove container {container_id[:12]}", run)
+        self._stats.forget(container_id)
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        def run() -> ContainerInfo | None:
+            try:
+                return _info(self._docker().api.inspect_container(container_id))
+            except docker.errors.NotFound:
+                return None
+
+        return await self._call(f"inspect container {container_id[:12]}", run)
+
+    async def list_managed(self) -> list[ContainerInfo]:
+        def run() -> list[ContainerInfo]:
+            api = self._docker().api
+            found = []
+            for summary in api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=1"}):
+                try:
+                    found.append(_info(api.inspect_container(summary["Id"])))
+                except docker.errors.NotFound:
+                    continue  # removed between the listing and the inspection
+            return found
+
+        return await self._call("list task containers", run)
+
+    async def set_cpu_shares(self, container_id: str, shares: int) -> None:
+        await self._call(
+            f"update CPU weight of container {container_id[:12]}",
+            lambda: self._docker().api.update_container(container_id, cpu_shares=max(2, int(shares))),
+        )
+
+    async def stats(self, container_id: str) -> ContainerStats | None:
+        def run() -> ContainerStats | None:
+            try:
+                raw = self._docker().api.stats(container_id, stream=False, one_shot=True)
+            except docker.errors.NotFound:
+                return None
+            return self._stats.read(container_id, raw)
+
+        return await self._call(f"read stats of container {container_id[:12]}", run)
+
+
+def _prepare_workspace(workspace: Path, user: str) -> None:
+    """The task's user must own its workspace (it runs unprivileged)."""
+    if not workspace.is_dir():
+        raise TaskError(f"workspace {workspace} does not exist; the task manager creates it before the container")
+    (workspace / "output").mkdir(exist_ok=True)
+    if os.geteuid() != 0:
+        return  # cannot chown; the caller must have made it writable
+    uid_text, _, gid_text = user.partition(":")
+    if not uid_text.isdigit():
+        return  # a user name: resolved inside the image, not here
+    uid, gid = int(uid_text), int(gid_text) if gid_text.isdigit() else -1
+    os.lchown(workspace, uid, gid)
+    for root, dirs, files in os.walk(workspace):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, gid)
+
+
+def _ms(stamp: str | None) -> int:
+    if not stamp or stamp.startswith("0001-"):
+        return 0
+    head, _, rest = stamp.partition(".")
+    try:
+        seconds = calendar.timegm(time.strptime(head.rstrip("Z"), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return 0
+    digits = "".join(c for c in rest[:3] if c.isdigit())
+    return seconds * 1000 + (int(digits.ljust(3, "0")) if digits else 0)
+
+
+def _info(attrs: dict[str, Any]) -> ContainerInfo:
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    state = attrs.get("State") or {}
+    running = bool(state.get("Running") or state.get("Restarting") or state.get("Paused"))
+    started = _ms(state.get("StartedAt"))
+    # A container created but never started has no exit code yet either.
+    exit_code = None if running or not started else int(state.get("ExitCode", -1))
+    gpus = labels.get(LABEL_GPUS, "")
+    return ContainerInfo(
+        container_id=attrs["Id"],
+        task_id=labels.get(LABEL_TASK, ""),
+        running=running,
+        exit_code=exit_code,
+        oom_killed=bool(state.get("OOMKilled")),
+        node_id=labels.get(LABEL_NODE, ""),
+        image=(attrs.get("Config") or {}).get("Image", ""),
+        gpu_device_ids=tuple(g for g in gpus.split(",") if g),
+        started_at_ms=started,
+    )
