@@ -1,0 +1,146 @@
+"""The dev-master's SQLite database: schema and connections.
+
+Every CLI command opens its own connection on ``state.db``; `serve` holds one for
+its whole life. WAL mode lets the CLI write (submit, token create, revoke, cancel)
+while `serve` reads; `serve` notices such writes cheaply through
+``PRAGMA data_version`` (see ``changed()``), so no extra signalling is needed.
+
+Statements here are short and local; the server calls them from its event loop
+directly, because a thread hop would cost more than the statement itself.
+Times are unix seconds (float) unless a column name ends in ``_ms``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    uses_left INTEGER NOT NULL,
+    uses_total INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    facts_json TEXT NOT NULL,
+    wg_public_key TEXT NOT NULL,
+    vpn_address TEXT NOT NULL,
+    credential_hash TEXT NOT NULL UNIQUE,
+    enrolled_at REAL NOT NULL,
+    revoked_at REAL,
+    draining INTEGER NOT NULL DEFAULT 0,
+    session_state TEXT NOT NULL DEFAULT 'never',
+    agent_version TEXT NOT NULL DEFAULT '',
+    capacity_json TEXT NOT NULL DEFAULT '{}',
+    last_seen_at REAL,
+    last_report_at REAL,
+    last_telemetry TEXT
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    connected_at REAL NOT NULL,
+    disconnected_at REAL,
+    end_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    spec_json TEXT NOT NULL,
+    bundle_size INTEGER NOT NULL DEFAULT 0,
+    bundle_sha256 TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'queued',
+    node_id TEXT,
+    assigned_at REAL,
+    outcome TEXT,
+    exit_code INTEGER,
+    reason TEXT NOT NULL DEFAULT '',
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    cancel_sent INTEGER NOT NULL DEFAULT 0,
+    result_size INTEGER,
+    result_sha256 TEXT,
+    result_complete INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (state, priority DESC, created_at);
+CREATE TABLE IF NOT EXISTS task_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    node_id TEXT,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    exit_code INTEGER,
+    detail TEXT NOT NULL DEFAULT '',
+    time_ms INTEGER,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, id);
+CREATE TABLE IF NOT EXISTS logs (
+    task_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    text TEXT NOT NULL,
+    time_ms INTEGER,
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (explicit BEGIN where a transaction matters)."""
+    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    conn = connect(path)
+    conn.executescript(SCHEMA)
+    if path.exists():
+        path.chmod(0o600)
+    return conn
+
+
+class ChangeWatch:
+    """Tells whether *another* connection committed since the last call."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._version = self._read()
+
+    def _read(self) -> int:
+        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def changed(self) -> bool:
+        version = self._read()
+        if version != self._version:
+            self._version = version
+            return True
+        return False
+
+
+class Tx:
+    """``with Tx(conn):`` -> BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,181 @@
+"""Lifecycle of `dev-master serve`: startup -> main loop -> shutdown, as uvicorn's.
+
+Startup makes the state directory, the CA (first start) and a fresh server
+certificate, opens the database, starts the gRPC server (grpc.aio) and writes
+master.json. The main loop wakes on in-process events or every ``poll_interval_s``
+and, when another process committed to the database (``PRAGMA data_version``) or a
+session changed, runs the assignment / cancellation / revocation pass. Signal
+handlers only set ``should_exit``. This module never prints; ``on_ready`` tells
+the caller the address and the CA hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import grpc
+
+from hivemind_worker.devmaster import ca, registry
+from hivemind_worker.devmaster.db import ChangeWatch, open_db
+from hivemind_worker.devmaster.hub import VpnHub
+from hivemind_worker.devmaster.layout import StateDir, is_loopback_host, split_listen
+from hivemind_worker.devmaster.service import ControlService, VpnSettings
+from hivemind_worker.devmaster.sessions import SessionHub
+from hivemind_worker.errors import ConfigError
+from hivemind_worker.proto import worker_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+MIN_MESSAGE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class MasterConfig:
+    state_dir: Path
+    listen: str = "127.0.0.1:50051"  # port 0 picks a free one (see DevMaster.address)
+    insecure: bool = False
+    max_message_bytes: int = 4 * 1024 * 1024
+    heartbeat_s: int = 30
+    vpn_subnet: str = registry.DEFAULT_SUBNET
+    poll_interval_s: float = 0.2
+    extra_hosts: tuple[str, ...] = field(default=())  # more names for the server certificate
+
+    def validate(self) -> None:
+        host, _ = split_listen(self.listen)
+        if self.insecure and not is_loopback_host(host):
+            raise ConfigError(
+                f"--insecure is refused for {self.listen}: plain text is allowed on loopback only "
+                "(127.0.0.1, ::1, localhost); drop --insecure to serve TLS"
+            )
+        if self.max_message_bytes < MIN_MESSAGE_BYTES:
+            raise ConfigError(f"--max-message-bytes must be at least {MIN_MESSAGE_BYTES}")
+        if self.heartbeat_s < 1:
+            raise ConfigError("--report-interval must be at least 1 second")
+
+
+class DevMaster:
+    def __init__(self, config: MasterConfig, hub: VpnHub | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.hub = hub
+        self.state = StateDir(Path(config.state_dir).absolute())
+        self.should_exit = False
+        self.address = ""
+        self.ca_hash = ""
+        self._wake = asyncio.Event()
+        self._server: grpc.aio.Server | None = None
+        self.conn = None
+        self.sessions: SessionHub | None = None
+
+    async def startup(self) -> None:
+        host, port = split_listen(self.config.listen)
+        self.state.create()
+        ca.ensure_ca(self.state)
+        self.ca_hash = ca.ca_hash(self.state)
+        self.conn = open_db(self.state.db)
+        registry.reset_sessions(self.conn)
+        self.sessions = SessionHub(self.conn, self._wake)
+        hub_ip = registry.hub_address(self.config.vpn_subnet).split("/")[0] if self.hub else ""
+        limit = self.config.max_message_bytes
+        self._server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ])
+        service = ControlService(
+            self.state, self.conn, self.sessions, heartbeat_s=self.config.heartbeat_s, hub=self.hub,
+            vpn=VpnSettings(subnet=self.config.vpn_subnet, master_port=port), max_message_bytes=limit,
+        )
+        pb_grpc.add_NodeControlServicer_to_server(service, self._server)
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            if self.config.insecure:
+                bound = self._server.add_insecure_port(target)
+            else:
+                chain, key = ca.issue_server_cert(self.state, [host, hub_ip, *self.config.extra_hosts])
+                creds = grpc.ssl_server_credentials([(key, chain)])
+                bound = self._server.add_secure_port(target, creds)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {self.config.listen}: {exc}; is the port in use?") from exc
+        if not bound:
+            raise ConfigError(f"cannot listen on {self.config.listen}; is the port in use or the address not local?")
+        await self._server.start()
+        self.address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        if self.hub is not None:
+            for key, address in registry.active_peers(self.conn):
+                await asyncio.to_thread(self.hub.add_peer, key, address)
+        self.state.write_master_info({
+            "listen": self.address, "tls": not self.config.insecure, "ca_hash": self.ca_hash,
+            "pid": os.getpid(), "max_message_bytes": limit,
+        })
+        logger.info("dev-master serving on %s (%s)", self.address, "plain text" if self.config.insecure else "TLS")
+
+    async def main_loop(self) -> None:
+        watch = ChangeWatch(self.conn)
+        self.sessions.dispatch()
+        while not self.should_exit:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            woken = self._wake.is_set()
+            self._wake.clear()
+            if watch.changed() or woken:
+                self._dispatch()
+
+    def _dispatch(self) -> None:
+        try:
+            self.sessions.dispatch()
+        except Exception:  # one bad row must not stop the master; it is logged and retried
+            logger.exception("assignment pass failed")
+
+    async def shutdown(self) -> None:
+        if self.sessions is not None:
+            self.sessions.end_all()
+        if self._server is not None:
+            await self._server.stop(grace=2.0)
+        if self.hub is not None:
+            try:
+                await asyncio.to_thread(self.hub.down)
+            except Exception:  # shutting down anyway; the operator sees why
+                logger.exception("WireGuard hub did not go down cleanly")
+        if self.conn is not None:
+            self.conn.close()
+        logger.info("dev-master stopped")
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_exit)
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+        self._wake.set()
+
+    async def serve(self, on_ready: Callable[["DevMaster"], None] | None = None) -> None:
+        await self.startup()
+        try:
+            if on_ready is not None:
+                on_ready(self)
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+
+
+def run(config: MasterConfig, hub: VpnHub | None = None,
+        on_ready: Callable[[DevMaster], None] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (blocking; the CLI's entry point)."""
+
+    async def main() -> None:
+        master = DevMaster(config, hub)
+        master.install_signal_handlers()
+        await master.serve(on_ready)
+
+    asyncio.run(main())

@@ -1,0 +1,216 @@
+"""The dev-master's gRPC servicer: the master side of every NodeControl call.
+
+Enroll and GetCA are open; every other call needs ``authorization: Bearer <credential>``
+of an enrolled, unrevoked node (UNAUTHENTICATED otherwise). Errors become gRPC
+status codes with a message a user can act on; this is the one place where the
+project's errors turn into statuses on the master side.
+
+Bulk data: bundles go out in chunks of at most 1 MiB (less when the message limit
+is smaller); results come in at an offset that must equal what is already held
+(FAILED_PRECONDITION names the size to resume from), are checked against their
+sha256 when complete and then renamed to results/<task_id>.tar.gz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import json_format
+
+from hivemind_worker.devmaster import registry, taskdb
+from hivemind_worker.devmaster.hub import VpnHub
+from hivemind_worker.devmaster.layout import StateDir
+from hivemind_worker.devmaster.sessions import REVOKED_MESSAGE, SessionHub
+from hivemind_worker.errors import EnrollmentError
+from hivemind_worker.proto import worker_pb2 as pb
+from hivemind_worker.proto import worker_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class VpnSettings:
+    subnet: str = registry.DEFAULT_SUBNET
+    keepalive_s: int = 25
+    master_port: int = 0  # the master's port, reachable at the hub address inside the tunnel
+
+
+def _sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _valid_wg_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+class ControlService(pb_grpc.NodeControlServicer):
+    def __init__(self, state: StateDir, conn: sqlite3.Connection, sessions: SessionHub, *,
+                 heartbeat_s: int = 30, vpn: VpnSettings = VpnSettings(), hub: VpnHub | None = None,
+                 max_message_bytes: int = 4 * 1024 * 1024) -> None:
+        self.state, self.conn, self.sessions = state, conn, sessions
+        self.heartbeat_s, self.vpn, self.hub = heartbeat_s, vpn, hub
+        # Room for the chunk's other fields and framing.
+        self.chunk_bytes = max(16 * 1024, min(CHUNK_BYTES, max_message_bytes - 16 * 1024))
+
+    # ------------------------------------------------------------ open calls
+
+    async def GetCA(self, request: pb.GetCARequest, context) -> pb.GetCAResponse:
+        return pb.GetCAResponse(ca_pem=self.state.ca_cert.read_bytes())
+
+    async def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:
+        key = request.wireguard_public_key
+        if key and not _valid_wg_key(key):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "wireguard_public_key is not a base64 WireGuard key (32 bytes)")
+        if self.hub is not None and not key:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "this master runs a WireGuard hub; send the node's WireGuard public key")
+        facts = json_format.MessageToDict(request.facts, preserving_proto_field_name=True)
+        hostname = request.facts.hostname or "unknown"
+        try:
+            node = registry.enroll(self.conn, request.token, hostname, facts, key, self.vpn.subnet)
+        except EnrollmentError as exc:
+            logger.info("enrollment of %s refused: %s", hostname, exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        vpn = pb.VpnAssignment(
+            address=node.vpn_address,
+            allowed_ips=[self.vpn.subnet],
+            persistent_keepalive_s=self.vpn.keepalive_s,
+        )
+        if self.hub is not None:
+            await asyncio.to_thread(self.hub.add_peer, key, node.vpn_address)
+            vpn.server_public_key = self.hub.public_key
+            vpn.endpoint = self.hub.endpoint
+            if self.vpn.master_port:
+                vpn.master_address = f"{registry.hub_address(self.vpn.subnet).split('/')[0]}:{self.vpn.master_port}"
+        logger.info("enrolled %s as %s (%s)", hostname, node.node_id, node.vpn_address, extra={"node_id": node.node_id})
+        return pb.EnrollResponse(
+            node_id=node.node_id, node_credential=node.credential, vpn=vpn,
+            heartbeat_interval_s=self.heartbeat_s, server_time_ms=int(time.time() * 1000),
+        )
+
+    # ------------------------------------------------------------ authenticated calls
+
+    async def _node(self, context) -> sqlite3.Row:
+        credential = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                credential = value[len("Bearer "):].strip()
+        node = registry.node_for_credential(self.conn, credential)
+        if node is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED_MESSAGE)
+        return node
+
+    async def _own_task(self, context, node: sqlite3.Row, task_id: str) -> sqlite3.Row:
+        row = taskdb.get_task(self.conn, task_id)
+        if row is None or row["node_id"] != node["node_id"]:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id!r} is not assigned to node {node['node_id']}")
+        return row
+
+    async def Connect(self, request_iterator, context) -> None:
+        node = await self._node(context)
+        await self.sessions.connect(node["node_id"], request_iterator, context)
+
+    async def FetchBundle(self, request: pb.FetchBundleRequest, context):
+        node = await self._node(context)
+        row = await self._own_task(context, node, request.task_id)
+        path = self.state.bundle(request.task_id)
+        if not row["bundle_size"] or not path.exists():
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} has no bundle")
+        total, digest = row["bundle_size"], row["bundle_sha256"]
+        if request.offset > total:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                f"offset {request.offset} is past the bundle's end ({total} bytes)")
+        with open(path, "rb") as fh:
+            fh.seek(request.offset)
+            offset = request.offset
+            while offset < total:
+                data = fh.read(self.chunk_bytes)
+                if not data:
+                    break
+                yield pb.BundleChunk(offset=offset, data=data, total_bytes=total, sha256=digest)
+                offset += len(data)
+
+    def _held(self, task_id: str) -> tuple[int, bool]:
+        final = self.state.result(task_id)
+        if final.exists():
+            return final.stat().st_size, True
+        part = self.state.result_part(task_id)
+        return (part.stat().st_size if part.exists() else 0), False
+
+    async def ResultOffset(self, request: pb.ResultOffsetRequest, context) -> pb.ResultOffsetResponse:
+        node = await self._node(context)
+        await self._own_task(context, node, request.task_id)
+        offset, complete = self._held(request.task_id)
+        return pb.ResultOffsetResponse(offset=offset, complete=complete)
+
+    async def UploadResult(self, request_iterator, context) -> pb.UploadResultResponse:
+        node = await self._node(context)
+        task_id, fh, size, complete = None, None, 0, False
+        try:
+            async for chunk in request_iterator:
+                if task_id is None:
+                    task_id = chunk.task_id
+                    await self._own_task(context, node, task_id)
+                    size, complete = self._held(task_id)
+                    if not complete:
+                        fh = open(self.state.result_part(task_id), "ab")
+                elif chunk.task_id != task_id:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "one UploadResult call carries one task's result")
+                if complete:
+                    continue  # idempotent: already whole, nothing is rewritten
+                if chunk.offset != size:
+                    await context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"result of {task_id}: chunk offset {chunk.offset} but the master holds {size} bytes; "
+                        f"resume from offset {size}",
+                    )
+                if size + len(chunk.data) > chunk.total_bytes:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"result of {task_id}: more bytes than total_bytes={chunk.total_bytes}")
+                fh.write(chunk.data)
+                size += len(chunk.data)
+                if size == chunk.total_bytes:
+                    fh.close()
+                    complete = await self._finish(context, node["node_id"], task_id, size, chunk.sha256)
+        finally:
+            if fh is not None and not fh.closed:
+                fh.close()
+        if task_id is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "UploadResult carried no chunk")
+        return pb.UploadResultResponse(offset=size, complete=complete)
+
+    async def _finish(self, context, node_id: str, task_id: str, size: int, expected: str) -> bool:
+        part = self.state.result_part(task_id)
+        actual = await asyncio.to_thread(_sha256_file, part)
+        if actual != expected.lower():
+            part.unlink(missing_ok=True)
+            taskdb.set_result(self.conn, task_id, 0, "", False)
+            await context.abort(
+                grpc.StatusCode.DATA_LOSS,
+                f"result of {task_id}: sha256 {actual} does not match the announced {expected}; "
+                "the partial upload was discarded, upload again from offset 0",
+            )
+        os.replace(part, self.state.result(task_id))
+        taskdb.set_result(self.conn, task_id, size, actual, True)
+        logger.info("result stored (%d bytes)", size, extra={"node_id": node_id, "task_id": task_id})
+        self.sessions.result_stored(node_id, task_id)
+        return True
