@@ -9,7 +9,7 @@ import time
 
 import typer
 
-from hivemind_worker.cli.common import guard, settings_from
+from hivemind_worker.cli.common import GlobalOptions, guard, settings_from
 from hivemind_worker.systemd.unit import DEFAULT_USER
 
 
@@ -73,10 +73,25 @@ def doctor_cmd(
     user: str = typer.Option(DEFAULT_USER, "--user", help="The service user to check."),
 ) -> None:
     """Check this host: config, enrollment, Docker, GPU, WireGuard, master, unit, port."""
+    from hivemind_worker.config import Settings, load_settings
     from hivemind_worker.doctor import Outcome, run_doctor
+    from hivemind_worker.errors import ConfigError
+    from hivemind_worker.logs import setup_logging
 
-    settings = settings_from(ctx)
-    results = guard(lambda: asyncio.run(run_doctor(settings, timeout_s=timeout, user=user)))
+    # A broken config is one of the doctor's findings, not a reason to stop.
+    opts = ctx.find_root().obj or GlobalOptions()
+    config_error = None
+    try:
+        load_settings({"master_url": opts.master_url}, config_file=opts.config)
+    except ConfigError as exc:
+        config_error = str(exc)
+    if config_error is None:
+        settings = settings_from(ctx)
+    else:
+        settings = Settings()
+        setup_logging("DEBUG" if opts.debug else "INFO", "text", opts.log_file)
+    results = guard(lambda: asyncio.run(
+        run_doctor(settings, timeout_s=timeout, user=user, config_error=config_error)))
     if as_json:
         typer.echo(json.dumps({"ok": not any(r.outcome is Outcome.FAIL for r in results),
                                "checks": [r.as_dict() for r in results]}, indent=2))
