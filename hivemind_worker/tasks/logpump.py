@@ -1,0 +1,126 @@
+"""Moving a task's log lines: container -> spool (the pump) -> host (the sender).
+
+The pump follows the container's log stream (Docker pushes lines; nothing polls)
+into the task's LogSpool, which batches them (FLUSH_LINES lines / FLUSH_BYTES) and
+a ticker flushes what is left every BATCH_INTERVAL_S, so a quiet task's lines still
+leave within 50 ms. The sender reads flushed lines back from the spool and hands
+them to the host in order, at most FLUSH_LINES per call; it never holds more than
+one batch, so a slow or absent master costs disk (bounded by the spool), not memory.
+
+After a restart the pump resumes from the spool's resume point: it follows the
+container from the last spooled line's time (Docker's ``since`` is inclusive) and
+skips the lines it already has, so no line is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from hivemind_worker.tasks.logspool import FLUSH_LINES, LogSpool
+
+logger = logging.getLogger(__name__)
+
+BATCH_INTERVAL_S = 0.05
+
+
+class LogSender:
+    """Sends a task's spooled lines to the host in seq order; resends after resync."""
+
+    def __init__(self, task_id: str, spool: LogSpool, host: Any, acked_seq: int) -> None:
+        self.task_id = task_id
+        self.spool = spool
+        self.host = host
+        self.acked_seq = acked_seq
+        self.sent_seq = acked_seq
+        self.online = True
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"logs-{self.task_id}")
+            self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def ack(self, seq: int) -> None:
+        self.acked_seq = max(self.acked_seq, min(seq, self.spool.flushed_seq))
+        self.sent_seq = max(self.sent_seq, self.acked_seq)
+
+    def resync(self) -> None:
+        """A new session: everything not acknowledged goes again, with the same seqs."""
+        self.sent_seq = self.acked_seq
+        self.online = True
+        self._wake.set()
+
+    @property
+    def caught_up(self) -> bool:
+        return self.sent_seq >= self.spool.flushed_seq
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.online and self.sent_seq < self.spool.flushed_seq:
+                batch = self.spool.read(self.sent_seq + 1, FLUSH_LINES)
+                if not batch:
+                    break
+                try:
+                    await self.host.emit_logs(self.task_id, batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the session is down: resync() resends
+                    logger.info(
+                        "log lines of %s not sent (%s); they stay spooled until the next session",
+                        self.task_id, exc, extra={"task_id": self.task_id},
+                    )
+                    self.online = False
+                    break
+                self.sent_seq = max(self.sent_seq, batch[-1].seq)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+
+async def _tick(spool: LogSpool, sender: LogSender) -> None:
+    while True:
+        await asyncio.sleep(BATCH_INTERVAL_S)
+        if spool.pending:
+            spool.flush()
+        if not sender.caught_up:
+            sender.wake()
+
+
+async def pump(runtime: Any, container_id: str, spool: LogSpool, sender: LogSender) -> None:
+    """Follow the container's logs into the spool until the container exits."""
+    last_ms, skip = spool.resume_point()
+    since = last_ms / 1000 if last_ms else None
+    skipping = last_ms > 0
+    ticker = asyncio.create_task(_tick(spool, sender))
+    flushed = spool.flushed_seq
+    try:
+        async for stream, line, time_ms in runtime.follow_logs(container_id, since_s=since):
+            if skipping:
+                if time_ms < last_ms:
+                    continue
+                if time_ms == last_ms and skip > 0:
+                    skip -= 1
+                    continue
+                skipping = False
+            spool.add(stream, line, time_ms)
+            if spool.flushed_seq != flushed:
+                flushed = spool.flushed_seq
+                sender.wake()
+    finally:
+        ticker.cancel()
+        spool.flush()
+        sender.wake()

@@ -1,0 +1,200 @@
+"""A task's log lines on disk: sequence-numbered, bounded, readable back from any seq.
+
+One append-only file per task, one record per line:
+``<seq>\\t<o|e|s>\\t<time_ms>\\t<text>\\n``. Sequence numbers start at 1 and have no
+gaps. The file is the spool the sender re-reads after a reconnect (lines the master
+has not acknowledged are sent again with the same seqs) and, once the task ended, the
+``logs`` file of its result archive.
+
+Bounded: once the file would pass ``max_bytes`` every further line is dropped (the
+log stays a contiguous prefix) and ``finish()`` appends ONE system line saying how
+many lines and bytes were dropped. Memory stays flat whatever the task prints: a
+small write buffer, a sparse seq -> offset index and the last few lines for the
+monitor.
+
+Recovery: ``LogSpool(path, ...)`` on an existing file re-reads it, cuts a torn last
+record (the agent was killed mid-write) and restores the position, so the log pump
+can resume from the container's logs without a duplicate: ``resume_point()`` gives the
+last spooled container line's time and how many spooled lines share it.
+
+This module does file I/O only (small buffered writes to the page cache, done on the
+event loop on purpose: they cost microseconds and keep lines strictly ordered); it
+knows nothing about Docker or the master.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import os
+from pathlib import Path
+
+from hivemind_worker.tasks.model import LogRecord, LogStream
+
+_CODE = {LogStream.STDOUT: "o", LogStream.STDERR: "e", LogStream.SYSTEM: "s"}
+_STREAM = {v: k for k, v in _CODE.items()}
+_INDEX_EVERY = 256  # one offset per this many lines: ~100 KB of index per million lines
+FLUSH_LINES = 500
+FLUSH_BYTES = 256 * 1024
+TAIL_LINES = 200
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB"
+
+
+def parse_record(raw: bytes) -> LogRecord:
+    seq, code, time_ms, text = raw.rstrip(b"\n").split(b"\t", 3)
+    return LogRecord(int(seq), _STREAM[code.decode()], text.decode("utf-8", "replace"), int(time_ms))
+
+
+class LogSpool:
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.last_seq = 0  # last seq written to the file (or buffered)
+        self.flushed_seq = 0  # last seq readable from the file
+        self.size = 0  # bytes in the file + buffer
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+        self.finished = False  # the drop marker / end was written
+        self._last_time_ms = 0  # of the last *container* line spooled
+        self._same_time = 0  # container lines spooled with exactly that time
+        self._index_seq: list[int] = []
+        self._index_off: list[int] = []
+        self._buf: list[bytes] = []
+        self._buf_bytes = 0
+        self._tail: collections.deque[LogRecord] = collections.deque(maxlen=TAIL_LINES)
+        self._cursor = (0, 0)  # (next seq, its offset) for sequential reads
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._recover()
+        self._w = open(path, "ab", buffering=0)
+        self._r = open(path, "rb")
+
+    # -- recovery -------------------------------------------------------------------
+    def _recover(self) -> None:
+        if not self.path.exists():
+            return
+        good = 0
+        with open(self.path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # torn record: the agent died mid-write; cut it
+                try:
+                    rec = parse_record(raw)
+                except (ValueError, KeyError):
+                    break
+                if rec.seq != self.last_seq + 1:
+                    break
+                self._note(rec, good)
+                good += len(raw)
+        if good != self.path.stat().st_size:
+            os.truncate(self.path, good)
+        self.size = good
+        self.flushed_seq = self.last_seq
+
+    def _note(self, rec: LogRecord, offset: int) -> None:
+        self.last_seq = rec.seq
+        if (rec.seq - 1) % _INDEX_EVERY == 0:
+            self._index_seq.append(rec.seq)
+            self._index_off.append(offset)
+        if rec.stream is LogStream.SYSTEM:
+            if rec.text.startswith("[hivemind] log limit"):
+                self.finished = True
+        elif rec.time_ms == self._last_time_ms:
+            self._same_time += 1
+        else:
+            self._last_time_ms, self._same_time = rec.time_ms, 1
+        self._tail.append(rec)
+
+    def resume_point(self) -> tuple[int, int]:
+        """(time_ms of the last spooled container line, how many spooled lines have
+        exactly that time): follow the container from that time and skip that many."""
+        return self._last_time_ms, self._same_time
+
+    # -- writing --------------------------------------------------------------------
+    def add(self, stream: LogStream, text: str, time_ms: int) -> None:
+        if self.finished:
+            return
+        data = text.encode("utf-8", "replace")
+        if self.dropped_lines or self.size + len(data) + 32 > self.max_bytes:
+            # Once over the limit every later line goes too, so the log stays a prefix.
+            self.dropped_lines += 1
+            self.dropped_bytes += len(data) + 1
+            return
+        self._append(stream, text, data, time_ms)
+        if len(self._buf) >= FLUSH_LINES or self._buf_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def _append(self, stream: LogStream, text: str, data: bytes, time_ms: int) -> None:
+        seq = self.last_seq + 1
+        raw = b"%d\t%s\t%d\t%s\n" % (seq, _CODE[stream].encode(), time_ms, data.replace(b"\n", b" "))
+        self._note(LogRecord(seq, stream, text, time_ms), self.size)
+        self._buf.append(raw)
+        self._buf_bytes += len(raw)
+        self.size += len(raw)
+
+    def system(self, text: str, time_ms: int) -> None:
+        """A line of the worker's own (it counts against the limit but is never dropped)."""
+        if not self.finished:
+            self._append(LogStream.SYSTEM, text, text.encode(), time_ms)
+
+    def flush(self) -> int:
+        """Write buffered lines to the file; returns the last readable seq."""
+        if self._buf:
+            self._w.write(b"".join(self._buf))
+            self._buf.clear()
+            self._buf_bytes = 0
+        self.flushed_seq = self.last_seq
+        return self.flushed_seq
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def finish(self, time_ms: int) -> None:
+        """The container's output has ended: write the drop marker if lines were dropped."""
+        if self.finished:
+            return
+        if self.dropped_lines:
+            self.system(
+                f"[hivemind] log limit of {_mib(self.max_bytes)} reached: dropped "
+                f"{self.dropped_lines} lines ({self.dropped_bytes} bytes, {_mib(self.dropped_bytes)})",
+                time_ms,
+            )
+            self.finished = True
+        self.flush()
+
+    # -- reading --------------------------------------------------------------------
+    def read(self, from_seq: int, max_lines: int = FLUSH_LINES, max_bytes: int = 1024 * 1024) -> list[LogRecord]:
+        """Records from ``from_seq`` on (already flushed ones), at most max_lines/bytes."""
+        if from_seq > self.flushed_seq or from_seq < 1:
+            return []
+        seq, off = self._cursor
+        if seq != from_seq:
+            i = bisect.bisect_right(self._index_seq, from_seq) - 1
+            seq, off = self._index_seq[i], self._index_off[i]
+        self._r.seek(off)
+        out: list[LogRecord] = []
+        size = 0
+        while seq <= self.flushed_seq and len(out) < max_lines and size < max_bytes:
+            raw = self._r.readline()
+            if not raw.endswith(b"\n"):
+                break
+            off += len(raw)
+            if seq >= from_seq:
+                out.append(parse_record(raw))
+                size += len(raw)
+            seq += 1
+        self._cursor = (seq, off)
+        return out
+
+    def tail(self, n: int) -> list[LogRecord]:
+        return list(self._tail)[-n:] if n > 0 else []
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._w.close()
+            self._r.close()

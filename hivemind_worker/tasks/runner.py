@@ -1,0 +1,388 @@
+"""One task's life, from admission to acknowledged result (an asyncio task per task).
+
+    ACCEPTED -> FETCHING -> PULLING -> RUNNING -> EXITED | FAILED | CANCELLED | TIMED_OUT
+    | OOM_KILLED -> UPLOADING -> DONE
+
+Each step is written to the journal before it is acted on, then told to the host as
+a TaskEvent (best effort: the journal is the truth, the master sees the state again
+through the hello and resync). ``TaskRun.life()`` can start from any journaled state,
+which is how a restarted agent re-attaches to a running container or delivers a
+result it had not delivered. Whatever fails, the task ends with a status, an exit
+code and a reason, and its result (maybe only the exit record and logs) is uploaded.
+Nothing here ever runs task code on the host: no container, no task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from hivemind_worker.config import Settings
+from hivemind_worker.errors import ResultError, WorkerError
+from hivemind_worker.runtime.spec import EXIT_DEPS_FAILED, EXIT_NO_ENTRYPOINT, ContainerInfo, ContainerSpec
+from hivemind_worker.tasks.journal import Journal, TaskRow
+from hivemind_worker.tasks.logpump import LogSender, pump
+from hivemind_worker.tasks.logspool import LogSpool
+from hivemind_worker.tasks.model import Resources, TaskEvent, TaskStatus
+from hivemind_worker.tasks.workspace import TaskDirs
+
+logger = logging.getLogger(__name__)
+
+PREPARING = {TaskStatus.ACCEPTED, TaskStatus.FETCHING, TaskStatus.PULLING}
+LOG_DRAIN_S = 30.0  # how long to wait for the last log lines after the container exited
+
+
+@dataclass
+class RunContext:
+    """What every TaskRun shares (the manager hands it over)."""
+
+    settings: Settings
+    runtime: Any
+    host: Any
+    journal: Journal
+    node_id: str
+    clock: Callable[[], float]
+    release: Callable[[str], None]  # free a task's reserved resources (and GPUs)
+    on_done: Callable[["TaskRun"], None]
+
+
+def _ms(clock: Callable[[], float]) -> int:
+    return int(clock() * 1000)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:.0f} MiB"
+
+
+class TaskRun:
+    def __init__(self, ctx: RunContext, row: TaskRow, resources: Resources) -> None:
+        self.ctx = ctx
+        self.row = row
+        self.resources = resources
+        self.dirs = TaskDirs(ctx.settings.state_dir / "tasks", row.task_id)
+        self.spool: LogSpool | None = None
+        self.sender: LogSender | None = None
+        self.task: asyncio.Task | None = None
+        self.closing = False
+        self.result_acked = asyncio.Event()
+        self.resynced = asyncio.Event()
+        self._kill = asyncio.Event()
+        self._prepare: asyncio.Task | None = None
+        self.cpu_shares = 1024
+
+    @property
+    def task_id(self) -> str:
+        return self.row.task_id
+
+    @property
+    def _extra(self) -> dict:
+        return {"task_id": self.task_id, "node_id": self.ctx.node_id}
+
+    # -- journal + events -----------------------------------------------------------
+    async def _record(self, **changes: Any) -> None:
+        new = await self.ctx.journal.put(self.row.with_(**changes))
+        # ack_logs() may have moved acked_seq while the write was in flight.
+        self.row = new.with_(acked_seq=max(new.acked_seq, self.row.acked_seq))
+
+    async def _emit(self, status: TaskStatus, reason: str = "", exit_code: int = 0, detail: str = "") -> None:
+        try:
+            await self.ctx.host.emit_event(
+                TaskEvent(self.task_id, status, reason, exit_code, detail, _ms(self.ctx.clock))
+            )
+        except Exception as exc:  # best effort: the journal is the truth
+            logger.info("event %s of %s not sent: %s", status.value, self.task_id, exc, extra=self._extra)
+
+    async def _step(self, status: TaskStatus, reason: str = "", **changes: Any) -> None:
+        await self._record(status=status, reason=reason, **changes)
+        logger.info("task %s %s %s", self.task_id, status.value, reason, extra=self._extra)
+        await self._emit(status, reason, self.row.exit_code)
+
+    async def reemit(self) -> None:
+        await self._emit(self.row.status, self.row.reason, self.row.exit_code)
+
+    def open_spool(self) -> LogSpool:
+        if self.spool is None:
+            self.spool = LogSpool(self.dirs.spool, self.ctx.settings.log_spool_max_bytes)
+            self.sender = LogSender(self.task_id, self.spool, self.ctx.host, self.row.acked_seq)
+            self.sender.start()
+        return self.spool
+
+    # -- the life -------------------------------------------------------------------
+    async def life(self, container: ContainerInfo | None = None, lost: bool = False) -> None:
+        """Carry the task on from its journaled state. ``container`` is what Docker
+        has for it after a restart; ``lost``: the journal says RUNNING but Docker has
+        no container for it any more."""
+        try:
+            self.open_spool()
+            if lost and self.row.status is TaskStatus.RUNNING:
+                await self._finish(
+                    TaskStatus.FAILED, -1, "the task's container disappeared while the agent was down"
+                )
+            if self.row.status in PREPARING:
+                if container is not None:  # created by an interrupted earlier attempt
+                    await self.ctx.runtime.remove(container.container_id)
+                    container = None
+                await self._run_prepare()
+            if self.row.status is TaskStatus.RUNNING:
+                await self._watch(container)
+            if self.row.status.finished and self.row.status not in (TaskStatus.UPLOADING, TaskStatus.DONE):
+                await self._archive()
+            if self.row.status is TaskStatus.UPLOADING:
+                await self._deliver()
+        except asyncio.CancelledError:
+            raise  # close(): the container keeps running; a new agent re-attaches
+        except Exception:
+            logger.exception("task %s: unexpected failure in the task manager", self.task_id, extra=self._extra)
+            raise
+
+    async def _run_prepare(self) -> None:
+        if self.row.kill_reason:
+            await self._finish(TaskStatus.CANCELLED, -1, self.row.kill_reason)
+            return
+        self._prepare = asyncio.create_task(self._prepare_container())
+        try:
+            await self._prepare
+        except asyncio.CancelledError:
+            if self.closing or not self.row.kill_reason:
+                raise
+            # cancel() during fetch/pull/create: the task never ran.
+            if self.row.container_id:
+                await self.ctx.runtime.remove(self.row.container_id)
+            await self._finish(TaskStatus.CANCELLED, -1, self.row.kill_reason)
+        except WorkerError as exc:
+            if self.row.container_id:
+                await self.ctx.runtime.remove(self.row.container_id)
+            await self._finish(TaskStatus.FAILED, -1, str(exc))
+        finally:
+            self._prepare = None
+
+    async def _prepare_container(self) -> None:
+        s, req, rt = self.ctx.settings, self.row.request, self.ctx.runtime
+        await asyncio.to_thread(self.dirs.create, s.task_user)
+        if req.bundle_size > 0:
+            await self._step(TaskStatus.FETCHING)
+            await self.ctx.host.fetch_bundle(self.task_id, self.dirs.bundle, req.bundle_size, req.bundle_sha256)
+            from hivemind_worker.tasks.bundle import unpack_bundle
+
+            await asyncio.to_thread(
+                unpack_bundle, self.dirs.bundle, self.dirs.workspace, s.bundle_max_files, s.bundle_max_bytes
+            )
+            await asyncio.to_thread(self._after_unpack)
+        image = req.image or s.task_image
+        if not await rt.has_image(image):
+            await self._step(TaskStatus.PULLING, f"pulling {image}")
+            loop = asyncio.get_running_loop()
+
+            def progress(text: str) -> None:
+                loop.create_task(self._emit(TaskStatus.PULLING, f"pulling {image}", detail=text))
+
+            await rt.pull(image, progress)
+        spec = ContainerSpec(
+            task_id=self.task_id,
+            node_id=self.ctx.node_id,
+            image=image,
+            command=tuple(req.command),
+            env=dict(req.env),
+            workspace=self.dirs.workspace.resolve(),
+            cpu_millicores=self.resources.cpu_millicores,
+            memory_bytes=self.resources.memory_bytes,
+            pids_limit=s.task_pids_limit,
+            gpu_device_ids=self.row.gpu_ids,
+            network=req.network,
+            user=s.task_user,
+            ca_bundle=s.container_ca_bundle,
+            cpu_shares=self.cpu_shares,
+            entrypoint=req.entrypoint,
+        )
+        cid = await rt.create(spec)
+        await self._record(container_id=cid)
+        await self._step(TaskStatus.RUNNING, started_ms=_ms(self.ctx.clock))
+        await rt.start(cid)
+
+    def _after_unpack(self) -> None:
+        self.dirs.bundle.unlink(missing_ok=True)
+        self.dirs.ensure_output()
+        self.dirs.give_to_task(self.ctx.settings.task_user)
+
+    def request_kill(self, reason: str) -> None:
+        self._kill.set()
+        if self._prepare is not None:
+            self._prepare.cancel()
+
+    async def _watch(self, container: ContainerInfo | None) -> None:
+        rt, cid = self.ctx.runtime, self.row.container_id
+        spool = self.open_spool()
+        assert self.sender is not None
+        if container is not None and not container.running:
+            exit_info: Any = container
+        else:
+            follower = asyncio.create_task(pump(rt, cid, spool, self.sender))
+            waiter = asyncio.create_task(rt.wait(cid))
+            try:
+                exit_info = await self._supervise(waiter)
+                try:
+                    await asyncio.wait_for(asyncio.shield(follower), LOG_DRAIN_S)
+                except asyncio.TimeoutError:
+                    logger.warning("task %s: log stream did not end after exit", self.task_id, extra=self._extra)
+                except WorkerError as exc:
+                    logger.warning("task %s: log stream failed: %s", self.task_id, exc, extra=self._extra)
+            finally:
+                for t in (waiter, follower):
+                    if not t.done():
+                        t.cancel()
+                await asyncio.gather(waiter, follower, return_exceptions=True)
+        if container is not None and not container.running:
+            # Exited while no agent was watching: collect what was not spooled yet.
+            try:
+                await asyncio.wait_for(pump(rt, cid, spool, self.sender), LOG_DRAIN_S)
+            except Exception as exc:
+                logger.warning("task %s: could not read the last log lines: %s", self.task_id, exc, extra=self._extra)
+        status, reason = self._verdict(exit_info.exit_code or 0, bool(exit_info.oom_killed))
+        await self._finish(status, exit_info.exit_code or 0, reason)
+
+    async def _supervise(self, waiter: asyncio.Task) -> Any:
+        """Wait for the container's exit; kill it at the timeout or on cancel()."""
+        timeout = self.row.request.timeout_s or self.ctx.settings.task_timeout_s
+        deadline = self.row.started_ms / 1000 + timeout
+        killer = asyncio.create_task(self._kill.wait())
+        try:
+            while not waiter.done():
+                if self.row.kill_reason:
+                    await self.ctx.runtime.kill(self.row.container_id)
+                    await asyncio.wait({waiter})
+                    break
+                remaining = max(0.0, deadline - self.ctx.clock())
+                await asyncio.wait({waiter, killer}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if waiter.done():
+                    break
+                if not self.row.kill_reason and self.ctx.clock() >= deadline:
+                    await self._record(kill_reason=f"timeout: ran longer than {timeout:g} s; killed")
+            return waiter.result()
+        finally:
+            killer.cancel()
+
+    def _verdict(self, code: int, oom: bool) -> tuple[TaskStatus, str]:
+        kill = self.row.kill_reason
+        if kill.startswith("cancel"):
+            return TaskStatus.CANCELLED, kill
+        if kill.startswith("timeout"):
+            return TaskStatus.TIMED_OUT, kill
+        if oom:
+            limit = _mib(self.resources.memory_bytes)
+            return TaskStatus.OOM_KILLED, f"out of memory: the task passed its {limit} limit and was killed"
+        if code == EXIT_DEPS_FAILED:
+            return TaskStatus.FAILED, "dependency install failed: pip could not install requirements.txt (see the log)"
+        if code == EXIT_NO_ENTRYPOINT:
+            return TaskStatus.FAILED, "no entry point: no command given and the entry point file is missing"
+        return TaskStatus.EXITED, f"exited with code {code}"
+
+    async def _finish(self, status: TaskStatus, code: int, reason: str) -> None:
+        if self.spool is not None:
+            self.spool.finish(_ms(self.ctx.clock))
+            if self.sender:
+                self.sender.wake()
+        await self._step(status, reason, exit_code=code, ended_ms=_ms(self.ctx.clock))
+        self.ctx.release(self.task_id)
+
+    async def _archive(self) -> None:
+        from hivemind_worker.tasks.archive import make_result_archive
+
+        s = self.ctx.settings
+        spool = self.open_spool()
+        spool.flush()
+        record = {
+            "task_id": self.task_id,
+            "status": self.row.status.value,
+            "exit_code": self.row.exit_code,
+            "reason": self.row.reason,
+            "image": self.row.request.image or s.task_image,
+            "started_ms": self.row.started_ms,
+            "ended_ms": self.row.ended_ms,
+            "log_lines": spool.last_seq,
+            "log_dropped_lines": spool.dropped_lines,
+            "log_dropped_bytes": spool.dropped_bytes,
+        }
+        output = self.dirs.ensure_output() if self.dirs.root.exists() else self.dirs.output
+        try:
+            await asyncio.to_thread(output.mkdir, parents=True, exist_ok=True)
+            size, sha = await asyncio.to_thread(
+                make_result_archive, output, spool.path, record, self.dirs.result, s.result_max_bytes
+            )
+        except (ResultError, OSError) as exc:
+            # The task ran but its result cannot be shipped: say so, ship logs + record.
+            reason = f"{self.row.reason}; result not delivered: {exc}"
+            record.update(status=TaskStatus.FAILED.value, reason=reason, output_dropped=True)
+            empty = self.dirs.root / "empty-output"
+            await asyncio.to_thread(empty.mkdir, parents=True, exist_ok=True)
+            size, sha = await asyncio.to_thread(
+                make_result_archive, empty, spool.path, record, self.dirs.result, s.result_max_bytes
+            )
+            await self._step(TaskStatus.FAILED, reason)
+        await self._step(
+            TaskStatus.UPLOADING,
+            self.row.reason,
+            result_path=str(self.dirs.result),
+            result_size=size,
+            result_sha256=sha,
+        )
+
+    async def _deliver(self) -> None:
+        while not self.result_acked.is_set():
+            self.resynced.clear()
+            try:
+                await self.ctx.host.upload_result(self.task_id, self.dirs.result)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.info("result of %s not uploaded (%s); retried on the next session", self.task_id, exc, extra=self._extra)
+            acked = asyncio.create_task(self.result_acked.wait())
+            resynced = asyncio.create_task(self.resynced.wait())
+            try:
+                await asyncio.wait({acked, resynced}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                acked.cancel()
+                resynced.cancel()
+        await self._done()
+
+    async def _done(self) -> None:
+        await self._step(TaskStatus.DONE, self.row.reason)
+        if self.row.container_id:
+            try:
+                await self.ctx.runtime.remove(self.row.container_id)
+            except WorkerError as exc:
+                logger.warning("task %s: container not removed: %s", self.task_id, exc, extra=self._extra)
+        await self.close_logs()
+        await asyncio.to_thread(self.dirs.remove)
+        self.ctx.on_done(self)
+
+    async def close_logs(self) -> None:
+        if self.sender is not None:
+            await self.sender.stop()
+        if self.spool is not None:
+            self.spool.close()
+
+    def snapshot(self) -> dict:
+        r = self.row
+        return {
+            "task_id": r.task_id,
+            "status": r.status.value,
+            "image": r.request.image or self.ctx.settings.task_image,
+            "created_ms": r.created_ms,
+            "started_ms": r.started_ms,
+            "ended_ms": r.ended_ms,
+            "exit_code": r.exit_code,
+            "reason": r.reason,
+            "priority": r.request.priority,
+            "resources": {
+                "cpu_millicores": self.resources.cpu_millicores,
+                "memory_bytes": self.resources.memory_bytes,
+                "gpu_count": self.resources.gpu_count,
+                "gpu_ids": list(r.gpu_ids),
+            },
+            "cpu_shares": self.cpu_shares,
+            "log_lines": self.spool.last_seq if self.spool else 0,
+            "last_log": [rec.text for rec in (self.spool.tail(5) if self.spool else [])],
+        }
+
