@@ -1,0 +1,67 @@
+"""Serve the monitor app with uvicorn inside the daemon's own event loop.
+
+The daemon owns signals (uvicorn's handlers are disabled) and stops the server by
+setting ``should_exit``. The socket is bound here, before uvicorn starts, so a busy
+port is a clear ``ConfigError`` instead of uvicorn's ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+import uvicorn
+from starlette.applications import Starlette
+
+from hivemind_worker.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # the daemon, not uvicorn, handles SIGTERM/SIGINT
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"monitor: cannot listen on {host}:{port} ({exc.strerror}); set monitor_port (or monitor_enabled = false) "
+            "in worker.toml"
+        ) from exc
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(app: Starlette, host: str, port: int, should_exit: asyncio.Event,
+                sock: socket.socket | None = None) -> None:
+    """Run until ``should_exit`` is set. Raises ConfigError if the port is taken."""
+    sock = sock or bind(host, port)
+    config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False,
+                            timeout_graceful_shutdown=2, server_header=False)
+    server = _Server(config)
+    stop = getattr(app.state, "stop", None)
+
+    async def watch() -> None:
+        await should_exit.wait()
+        if stop is not None:  # ends open event streams so shutdown does not wait on them
+            stop.set()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(watch())
+    logger.info("monitor listening on http://%s:%d/monitor.html", host, sock.getsockname()[1])
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        watcher.cancel()
+        sock.close()
