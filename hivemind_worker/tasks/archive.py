@@ -1,0 +1,146 @@
+"""The result archive of a finished task: its output directory, its logs and an
+exit record, as one gzip-compressed tar file.
+
+Never follows a link: links inside the output that resolve within it are stored
+as links, others are skipped (and listed in exit.json), and only regular files
+are read (a FIFO left behind by a task cannot hang the agent). The archive is
+written to a temporary name and renamed, so a crash never leaves half an archive
+under the final name; past ``max_bytes`` (compressed) it fails with ResultError.
+
+Synchronous: callers run it with ``asyncio.to_thread``. Knows nothing of uploads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from hivemind_worker.errors import ResultError
+
+OUTPUT_PREFIX = "output"
+LOGS_NAME = "logs.txt"
+EXIT_NAME = "exit.json"
+GZIP_LEVEL = 6  # tarfile's default 9 costs much CPU for little gain
+
+
+class _Sink(io.RawIOBase):
+    """Counts and hashes what is written; refuses to grow past the limit."""
+
+    def __init__(self, out: BinaryIO, max_bytes: int) -> None:
+        self._out = out
+        self._max = max_bytes
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.size += len(view)
+        if self.size > self._max:
+            raise ResultError(
+                f"the task's result is larger than the limit of {self._max} bytes compressed; "
+                "write less to the output directory or raise result_max_bytes"
+            )
+        self.sha256.update(view)
+        self._out.write(view)
+        return len(view)
+
+
+def make_result_archive(
+    output_dir: Path, logs_file: Path | None, exit_record: dict, dest: Path, max_bytes: int
+) -> tuple[int, str]:
+    """Write the archive to ``dest``; return (size in bytes, sha256 hex)."""
+    output_dir, dest = Path(output_dir), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    skipped: list[str] = []
+    try:
+        with open(part, "wb") as raw:
+            sink = _Sink(raw, max_bytes)
+            with tarfile.open(fileobj=sink, mode="w:gz", compresslevel=GZIP_LEVEL) as tar:
+                if output_dir.is_dir() and not output_dir.is_symlink():
+                    _add_tree(tar, output_dir, skipped)
+                if logs_file is not None and Path(logs_file).is_file():
+                    _add_file(tar, Path(logs_file), LOGS_NAME)
+                record = dict(exit_record)
+                if skipped:
+                    record["skipped_from_output"] = skipped
+                _add_bytes(tar, EXIT_NAME, json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(part, dest)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return sink.size, sink.sha256.hexdigest()
+
+
+def _add_tree(tar: tarfile.TarFile, root: Path, skipped: list[str]) -> None:
+    real_root = os.path.realpath(root)
+    _add_dir(tar, root, OUTPUT_PREFIX)
+    for here, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in sorted(dirs) + sorted(files):
+            path = Path(here) / name
+            arcname = f"{OUTPUT_PREFIX}/{path.relative_to(root).as_posix()}"
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                resolved = os.path.realpath(path)
+                if resolved == real_root or resolved.startswith(real_root + os.sep):
+                    link = tarfile.TarInfo(arcname)
+                    link.type = tarfile.SYMTYPE
+                    link.linkname = os.readlink(path)
+                    link.mtime = int(info.st_mtime)
+                    tar.addfile(link)
+                else:
+                    skipped.append(f"{arcname} (link to outside the output directory)")
+            elif stat.S_ISDIR(info.st_mode):
+                _add_dir(tar, path, arcname)
+            elif stat.S_ISREG(info.st_mode):
+                _add_file(tar, path, arcname)
+            else:
+                skipped.append(f"{arcname} (not a regular file)")
+
+
+def _add_dir(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+    info = tarfile.TarInfo(arcname)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    info.mtime = int(path.lstat().st_mtime)
+    tar.addfile(info)
+
+
+def _add_file(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return  # replaced by a link or removed meanwhile: nothing to read safely
+    with os.fdopen(fd, "rb") as src:
+        st = os.fstat(src.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return
+        info = tarfile.TarInfo(arcname)
+        info.size = st.st_size
+        info.mode = 0o755 if st.st_mode & 0o111 else 0o644
+        info.mtime = int(st.st_mtime)
+        tar.addfile(info, src)
+
+
+def _add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes) -> None:
+    info = tarfile.TarInfo(arcname)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = int(time.time())
+    tar.addfile(info, io.BytesIO(data))

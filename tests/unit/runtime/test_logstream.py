@@ -1,0 +1,60 @@
+"""Docker's multiplexed log frames -> lines, and one-shot stats -> ContainerStats."""
+
+from __future__ import annotations
+
+from hivemind_worker.runtime.logstream import MAX_LINE_BYTES, FrameParser
+from hivemind_worker.runtime.stats import StatsReader
+from hivemind_worker.tasks.model import LogStream
+
+T = b"2026-11-28T17:20:01.123456789Z "
+
+
+def frame(stream: int, payload: bytes) -> bytes:
+    return bytes([stream, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
+
+
+def test_lines_streams_and_times():
+    data = frame(1, T + b"hello\n") + frame(2, T + b"oops\r\n") + frame(1, T + b"no newline")
+    parser = FrameParser()
+    lines = []
+    for i in range(0, len(data), 5):  # frames split anywhere by the transport
+        lines += parser.feed(data[i : i + 5])
+    lines += parser.flush()
+    ms = 1795886401123
+    assert lines == [
+        (LogStream.STDOUT, "hello", ms),
+        (LogStream.STDERR, "oops", ms),
+        (LogStream.STDOUT, "no newline", ms),
+    ]
+
+
+def test_partial_messages_join_and_long_lines_are_cut():
+    parser = FrameParser()
+    out = parser.feed(frame(1, T + b"a" * 10) + frame(1, T + b"b" * 10 + b"\n"))
+    assert [l[1] for l in out] == ["a" * 10 + "b" * 10]
+    out = parser.feed(frame(1, T + b"x" * (MAX_LINE_BYTES + 5)))
+    assert [len(l[1]) for l in out] == [MAX_LINE_BYTES]
+    assert [len(l[1]) for l in parser.flush()] == [5]
+
+
+def test_invalid_utf8_is_replaced_not_fatal():
+    (line,) = FrameParser().feed(frame(1, T + b"\xff\xfe ok\n"))
+    assert line[1].endswith(" ok")
+
+
+def test_cpu_percent_from_consecutive_one_shot_readings():
+    reader = StatsReader()
+
+    def raw(cpu: int, system: int) -> dict:
+        return {
+            "cpu_stats": {"cpu_usage": {"total_usage": cpu}, "system_cpu_usage": system, "online_cpus": 4},
+            "memory_stats": {"usage": 300, "limit": 1000, "stats": {"total_inactive_file": 100}},
+            "blkio_stats": {"io_service_bytes_recursive": [{"op": "Read", "value": 7}, {"op": "Write", "value": 9}]},
+            "pids_stats": {"current": 3},
+        }
+
+    first = reader.read("c", raw(0, 1000))
+    assert first.cpu_percent == 0.0
+    second = reader.read("c", raw(500, 2000))  # half of all 4 cores' time = 2 cores
+    assert second.cpu_percent == 200.0
+    assert (second.memory_bytes, second.read_bytes, second.write_bytes, second.pids) == (200, 7, 9, 3)
