@@ -48,6 +48,16 @@ def parse_record(raw: bytes) -> LogRecord:
     return LogRecord(int(seq), _STREAM[code.decode()], text.decode("utf-8", "replace"), int(time_ms))
 
 
+def render_text(spool_path: Path, dest: Path) -> None:
+    """The spool as a plain log file (one line per record, text only) for the result
+    archive. Blocking: run it in a thread."""
+    with open(spool_path, "rb") as src, open(dest, "wb") as out:
+        for raw in src:
+            parts = raw.split(b"\t", 3)
+            if len(parts) == 4:
+                out.write(parts[3] if parts[3].endswith(b"\n") else parts[3] + b"\n")
+
+
 class LogSpool:
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path

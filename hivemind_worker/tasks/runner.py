@@ -24,7 +24,7 @@ from hivemind_worker.errors import ResultError, WorkerError
 from hivemind_worker.runtime.spec import EXIT_DEPS_FAILED, EXIT_NO_ENTRYPOINT, ContainerInfo, ContainerSpec
 from hivemind_worker.tasks.journal import Journal, TaskRow
 from hivemind_worker.tasks.logpump import LogSender, pump
-from hivemind_worker.tasks.logspool import LogSpool
+from hivemind_worker.tasks.logspool import LogSpool, render_text
 from hivemind_worker.tasks.model import Resources, TaskEvent, TaskStatus
 from hivemind_worker.tasks.workspace import TaskDirs
 
@@ -304,11 +304,13 @@ class TaskRun:
             "log_dropped_lines": spool.dropped_lines,
             "log_dropped_bytes": spool.dropped_bytes,
         }
-        output = self.dirs.ensure_output() if self.dirs.root.exists() else self.dirs.output
+        output = self.dirs.output
+        logs = self.dirs.root / "logs.txt"
         try:
+            await asyncio.to_thread(render_text, spool.path, logs)
             await asyncio.to_thread(output.mkdir, parents=True, exist_ok=True)
             size, sha = await asyncio.to_thread(
-                make_result_archive, output, spool.path, record, self.dirs.result, s.result_max_bytes
+                make_result_archive, output, logs, record, self.dirs.result, s.result_max_bytes
             )
         except (ResultError, OSError) as exc:
             # The task ran but its result cannot be shipped: say so, ship logs + record.
@@ -317,9 +319,11 @@ class TaskRun:
             empty = self.dirs.root / "empty-output"
             await asyncio.to_thread(empty.mkdir, parents=True, exist_ok=True)
             size, sha = await asyncio.to_thread(
-                make_result_archive, empty, spool.path, record, self.dirs.result, s.result_max_bytes
+                make_result_archive, empty, logs if logs.exists() else None, record, self.dirs.result, s.result_max_bytes
             )
             await self._step(TaskStatus.FAILED, reason)
+        finally:
+            logs.unlink(missing_ok=True)
         await self._step(
             TaskStatus.UPLOADING,
             self.row.reason,

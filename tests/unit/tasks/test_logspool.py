@@ -1,0 +1,78 @@
+"""The log spool: contiguous seqs, bounded size with one marker, recovery after a kill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hivemind_worker.tasks.logspool import LogSpool
+from hivemind_worker.tasks.model import LogStream
+
+OUT = LogStream.STDOUT
+
+
+def test_seqs_from_one_without_gaps_and_read_back(tmp_path: Path) -> None:
+    spool = LogSpool(tmp_path / "s", max_bytes=10**9)
+    for i in range(2000):
+        spool.add(OUT if i % 2 else LogStream.STDERR, f"line {i}\twith tab", 1000 + i // 7)
+    spool.flush()
+    recs = spool.read(1, max_lines=5000)
+    assert [r.seq for r in recs] == list(range(1, 2001))
+    assert recs[3].text == "line 3\twith tab" and recs[3].stream is OUT
+    # read from the middle (index lookup) and in pieces (cursor)
+    assert [r.seq for r in spool.read(777, max_lines=3)] == [777, 778, 779]
+    assert spool.read(780, max_lines=1)[0].text == "line 779\twith tab"
+    assert spool.read(2001) == []
+    spool.close()
+
+
+def test_unflushed_lines_are_not_readable_yet(tmp_path: Path) -> None:
+    spool = LogSpool(tmp_path / "s", max_bytes=10**9)
+    spool.add(OUT, "a", 1)
+    assert spool.read(1) == [] and spool.pending == 1
+    spool.flush()
+    assert [r.text for r in spool.read(1)] == ["a"]
+    spool.close()
+
+
+def test_limit_drops_the_rest_with_one_marker_and_flat_size(tmp_path: Path) -> None:
+    spool = LogSpool(tmp_path / "s", max_bytes=10_000)
+    for i in range(100_000):
+        spool.add(OUT, f"line {i:08d} " + "x" * 40, 5)
+    spool.finish(9)
+    size = (tmp_path / "s").stat().st_size
+    assert size < 10_000 + 200
+    recs = spool.read(1, max_lines=10**6)
+    assert [r.seq for r in recs] == list(range(1, len(recs) + 1))
+    markers = [r for r in recs if r.stream is LogStream.SYSTEM]
+    assert len(markers) == 1 and markers[0] is recs[-1]
+    kept = len(recs) - 1
+    assert f"dropped {100_000 - kept} lines" in markers[0].text
+    # the kept lines are the first ones: a prefix, no holes
+    assert recs[kept - 1].text.startswith(f"line {kept - 1:08d}")
+    spool.finish(10)  # idempotent: still one marker
+    spool.close()
+    again = LogSpool(tmp_path / "s", max_bytes=10_000)
+    again.add(OUT, "late", 11)
+    again.finish(12)
+    again.flush()
+    assert len([r for r in again.read(1, 10**6) if r.stream is LogStream.SYSTEM]) == 1
+    again.close()
+
+
+def test_recovery_cuts_a_torn_record_and_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    spool = LogSpool(path, max_bytes=10**9)
+    for i in range(10):
+        spool.add(OUT, f"l{i}", 100 + i // 4)  # times 100,100,100,100,101,...,102,102
+    spool.close()
+    with open(path, "ab") as fh:
+        fh.write(b"11\to\t103\thalf a li")  # killed mid-write
+    again = LogSpool(path, max_bytes=10**9)
+    assert again.last_seq == 10 and again.flushed_seq == 10
+    assert again.resume_point() == (102, 2)
+    again.add(OUT, "next", 103)
+    again.flush()
+    assert [r.text for r in again.read(10, 5)] == ["l9", "next"]
+    assert [r.seq for r in again.read(1, 100)] == list(range(1, 12))
+    assert [r.text for r in again.tail(2)] == ["l9", "next"]
+    again.close()
