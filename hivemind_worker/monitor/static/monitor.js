@@ -151,7 +151,7 @@ function prepare(canvas) {
 
 function drawLine(canvas, lines, t0, t1) {
   const { ctx, w, h } = prepare(canvas);
-  const pad = { l: 34, r: 8, t: 8, b: 20 };
+  const pad = { l: 40, r: 8, t: 8, b: 20 };
   const pw = w - pad.l - pad.r, ph = h - pad.t - pad.b;
   ctx.font = "11px system-ui, sans-serif"; ctx.fillStyle = "#6b7685"; ctx.strokeStyle = "#e9edf3"; ctx.lineWidth = 1;
   for (const v of [0, 25, 50, 75, 100]) {
@@ -221,7 +221,8 @@ function drawBars(canvas, days) {
     ctx.fillText("no rewards yet", w / 2, h / 2); canvas.dataset.points = "0"; return;
   }
   const max = Math.max(...days.map((d) => d.reward), 1);
-  const bw = (w - pad.l - pad.r) / days.length;
+  const bw = Math.min(48, (w - pad.l - pad.r) / days.length);
+  pad.l = (w - bw * days.length) / 2;  // centre a short series instead of stretching it
   ctx.font = "10px system-ui, sans-serif"; ctx.textAlign = "center";
   days.forEach((d, i) => {
     const bh = ((h - pad.t - pad.b) * d.reward) / max;

@@ -29,7 +29,10 @@ class FakeNodeView:
     """What the agent's view returns, driven by the test. Thread-safe enough for a
     server thread reading while the test thread writes (one lock)."""
 
-    def __init__(self, state_dir: Path, fixture: str = "gpus1.json", interval_s: float = 30.0) -> None:
+    def __init__(self, state_dir: Path, fixture: str = "gpus1.json", interval_s: float = 30.0,
+                 vary: bool = True) -> None:
+        self.vary = vary  # shape the replayed figures so that charts have something to show
+        self.reports = 0
         rec = json.loads((FIXTURES / fixture).read_text())
         disks = rec["psutil"]["disk_paths"]
         self.collector = TelemetryCollector(Path(disks["workspace"]), Path(disks["docker"]),
@@ -49,8 +52,9 @@ class FakeNodeView:
     def report(self, time_ms: int | None = None, wave: float | None = None) -> int:
         """Take a (replayed) sample, varied by ``wave`` in 0..1 so charts have shape."""
         sample = self.collector.sample({t: "0" * 64 for t in self.running()})
-        if time_ms is not None or wave is not None:
-            w = 0.5 if wave is None else wave
+        self.reports += 1
+        if self.vary:
+            w = 0.5 + 0.45 * math.sin(self.reports / 7.0) if wave is None else wave
             host = dataclasses.replace(sample.host, cpu_percent=round(15 + 70 * w, 1),
                                        memory_percent=round(35 + 25 * w, 1))
             gpus = tuple(dataclasses.replace(g, utilization_percent=round(min(100, (g.utilization_percent or 0) * w + 10 * g.index), 1))
@@ -67,7 +71,7 @@ class FakeNodeView:
         now = int(time.time() * 1000)
         for i in range(minutes * 60 // step_s, 0, -1):
             t = now - i * step_s * 1000
-            self.report(t, 0.5 + 0.45 * math.sin(i / 7.0))
+            self.report(t)
 
     def start_task(self, task_id: str, image: str = "hivemind-task-runtime:local") -> None:
         now = int(time.time() * 1000)
@@ -207,3 +211,18 @@ def server_factory():
     for server in started:
         if server.thread.is_alive():
             server.stop()
+
+
+@pytest.fixture
+def view_factory(tmp_path):
+    """FakeNodeView over another recorded fixture (e.g. "nvml_failing.json")."""
+    made: list[FakeNodeView] = []
+
+    def make(fixture: str = "gpus1.json") -> FakeNodeView:
+        view = FakeNodeView(tmp_path / f"v{len(made)}", fixture)
+        made.append(view)
+        return view
+
+    yield make
+    for view in made:
+        view.ledger.close()
