@@ -140,14 +140,17 @@ def list_nodes(conn: sqlite3.Connection) -> list[dict]:
     return out
 
 
-def mark_session(conn: sqlite3.Connection, node_id: str, session_id: str, connected: bool, reason: str = "") -> None:
+def mark_session(conn: sqlite3.Connection, node_id: str, session_id: str, connected: bool, reason: str = "",
+                 current: bool = True) -> None:
+    """Record a session's start or end; ``current=False`` (a replaced session) leaves the node's state."""
     t = now()
     if connected:
         conn.execute("INSERT INTO sessions (session_id, node_id, connected_at) VALUES (?,?,?)", (session_id, node_id, t))
         conn.execute("UPDATE nodes SET session_state='connected', last_seen_at=? WHERE node_id=?", (t, node_id))
     else:
         conn.execute("UPDATE sessions SET disconnected_at=?, end_reason=? WHERE session_id=?", (t, reason, session_id))
-        conn.execute("UPDATE nodes SET session_state='disconnected', last_seen_at=? WHERE node_id=?", (t, node_id))
+        if current:
+            conn.execute("UPDATE nodes SET session_state='disconnected', last_seen_at=? WHERE node_id=?", (t, node_id))
 
 
 def record_hello(conn: sqlite3.Connection, node_id: str, agent_version: str, capacity: dict, draining: bool) -> None:

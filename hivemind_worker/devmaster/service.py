@@ -109,12 +109,15 @@ class ControlService(pb_grpc.NodeControlServicer):
 
     # ------------------------------------------------------------ authenticated calls
 
-    async def _node(self, context) -> sqlite3.Row:
+    def _lookup(self, context) -> sqlite3.Row | None:
         credential = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
                 credential = value[len("Bearer "):].strip()
-        node = registry.node_for_credential(self.conn, credential)
+        return registry.node_for_credential(self.conn, credential)
+
+    async def _node(self, context) -> sqlite3.Row:
+        node = self._lookup(context)
         if node is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED_MESSAGE)
         return node
@@ -126,7 +129,16 @@ class ControlService(pb_grpc.NodeControlServicer):
         return row
 
     async def Connect(self, request_iterator, context) -> None:
-        node = await self._node(context)
+        node = self._lookup(context)
+        if node is None:
+            # Take the hello first: a status sent before the client's first write
+            # completes reaches a grpc.aio client as INTERNAL instead of UNAUTHENTICATED,
+            # and a refused node must see the real reason to stop retrying.
+            try:
+                await asyncio.wait_for(request_iterator.__aiter__().__anext__(), 5.0)
+            except (StopAsyncIteration, asyncio.TimeoutError):
+                pass
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED_MESSAGE)
         await self.sessions.connect(node["node_id"], request_iterator, context)
 
     async def FetchBundle(self, request: pb.FetchBundleRequest, context):

@@ -150,10 +150,12 @@ class SessionHub:
         finally:
             if reader is not None:
                 reader.cancel()
-            if self.sessions.get(node_id) is session:
+            current = self.sessions.get(node_id) is session
+            if current:
                 del self.sessions[node_id]
             session.ending = True
-            registry.mark_session(self.conn, node_id, session.session_id, connected=False, reason=end_reason)
+            registry.mark_session(self.conn, node_id, session.session_id, connected=False, reason=end_reason,
+                                  current=current)
             logger.info("node left (session %s): %s", session.session_id, end_reason, extra={"node_id": node_id})
             self.wake.set()
 
