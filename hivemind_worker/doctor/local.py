@@ -132,7 +132,7 @@ def check_monitor_port(ctx: DoctorContext) -> list[CheckResult]:
     pid = _listener_pid(s.monitor_port)
     if pid is not None:
         try:
-            cmdline = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")).decode(errors="replace")
+            cmdline = b" ".join(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")).decode(errors="replace")
         except OSError:
             cmdline = ""
         if "hivemind" in cmdline:

@@ -71,7 +71,10 @@ def kernel_has_wireguard() -> bool:
     if Path("/sys/module/wireguard").exists():
         return True
     probe = f"hmwgprobe{os.getpid() % 10000}"
-    done = subprocess.run(["ip", "link", "add", probe, "type", "wireguard"], capture_output=True, check=False)
+    try:
+        done = subprocess.run(["ip", "link", "add", probe, "type", "wireguard"], capture_output=True, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):  # no `ip`: nothing we could use anyway
+        return False
     if done.returncode == 0:
         subprocess.run(["ip", "link", "del", probe], capture_output=True, check=False)
         return True

@@ -3,6 +3,7 @@ namespace and a node namespace, driven by `hivemind-worker up` / `down`."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +82,14 @@ def test_up_tcp_down_idempotent(netns_pair, tmp_path):
         assert "AllowedIPs = 10.88.0.0/24" in conf.read_text()  # split tunnel
 
         assert _tcp_through(netns_pair) == "echo:hello"
+
+        # The doctor sees the same healthy tunnel.
+        doctor = _cli(netns_pair, netns_pair.node, config_dir, "doctor", "--json")
+        checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+        assert checks["wg0.conf"]["outcome"] == "PASS", checks["wg0.conf"]
+        assert "split tunnel (10.88.0.0/24)" in checks["wg0.conf"]["detail"]
+        assert checks["wireguard tunnel"]["outcome"] == "PASS", checks["wireguard tunnel"]
+        assert f"with {netns_pair.hub_ip}:{LISTEN_PORT}" in checks["wireguard tunnel"]["detail"]
 
         # Only the VPN subnet goes through wg0; the default route does not.
         routes = subprocess.run(netns_pair.exec_argv(netns_pair.node, "ip", "route"), capture_output=True, text=True).stdout
