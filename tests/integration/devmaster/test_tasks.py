@@ -1,0 +1,176 @@
+"""Task flow against a real dev-master: assignment, bundle download, result upload
+(resume, sha256 check, idempotence), logs, reconciliation, drain, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import grpc
+import pytest
+
+from hivemind_worker.devmaster import submit as submit_core
+from hivemind_worker.devmaster import taskdb
+from hivemind_worker.proto import worker_pb2 as pb
+
+MiB = 1024 * 1024
+
+
+def queue(master, bundle: bytes = b"", **spec) -> str:
+    request = submit_core.SubmitRequest(bundle=bundle, spec={"cpu_millicores": 1000, "memory_bytes": 256 * MiB, **spec})
+    return submit_core.submit(master.state, request)
+
+
+async def test_assignment_and_bundle_in_chunks(master, make_node):
+    node = await make_node()
+    bundle = os.urandom(2 * MiB + 12345)  # not a zip: the master does not look inside
+    task_id = queue(master, bundle, image="img:1", command=["python", "x.py"], env={"A": "1"}, timeout_s=60)
+    spec = await node.recv_kind("assign")
+    assert spec.task_id == task_id and spec.image == "img:1" and list(spec.command) == ["python", "x.py"]
+    assert spec.env["A"] == "1" and spec.resources.cpu_millicores == 1000 and spec.timeout_s == 60
+    assert spec.bundle.size_bytes == len(bundle) and spec.bundle.sha256 == hashlib.sha256(bundle).hexdigest()
+
+    chunks = [c async for c in node.stub.FetchBundle(pb.FetchBundleRequest(task_id=task_id), metadata=node.meta)]
+    assert len(chunks) == 3 and all(len(c.data) <= MiB for c in chunks)
+    assert b"".join(c.data for c in chunks) == bundle
+    assert chunks[0].total_bytes == len(bundle) and chunks[-1].sha256 == spec.bundle.sha256
+    tail = [c async for c in node.stub.FetchBundle(
+        pb.FetchBundleRequest(task_id=task_id, offset=2 * MiB), metadata=node.meta)]
+    assert tail[0].offset == 2 * MiB and b"".join(c.data for c in tail) == bundle[2 * MiB:]
+
+
+async def test_another_nodes_task_is_not_served(master, make_node):
+    a = await make_node("a")
+    task_id = queue(master, b"zip")
+    await a.recv_kind("assign")
+    b = await make_node("b", connect=False)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await b.stub.ResultOffset(pb.ResultOffsetRequest(task_id=task_id), metadata=b.meta)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_first_fit_respects_capacity_and_priority(master, make_node, db):
+    node = await make_node(cpus=2000)
+    low = queue(master, cpu_millicores=2000)
+    await node.recv_kind("assign")
+    high = queue(master, cpu_millicores=2000, priority=0)
+    big = queue(master, cpu_millicores=4000)
+    await asyncio.sleep(0.3)
+    assert taskdb.get_task(db, high)["state"] == "queued"  # no room until `low` ends
+    await node.event(low, pb.TASK_STATE_EXITED, exit_code=0)
+    spec = await node.recv_kind("assign")
+    assert spec.task_id == high
+    assert taskdb.get_task(db, big)["state"] == "queued"  # never fits this node
+
+
+async def test_upload_resumes_checks_and_acks(master, make_node, db):
+    node = await make_node()
+    task_id = queue(master)
+    await node.recv_kind("assign")
+    data = os.urandom(300_000)
+    digest = hashlib.sha256(data).hexdigest()
+
+    reply = await node.upload(task_id, data, digest, end=100_000)
+    assert (reply.offset, reply.complete) == (100_000, False)
+    held = await node.stub.ResultOffset(pb.ResultOffsetRequest(task_id=task_id), metadata=node.meta)
+    assert (held.offset, held.complete) == (100_000, False)
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await node.upload(task_id, data, digest, offset=50_000)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "resume from offset 100000" in err.value.details()
+
+    reply = await node.upload(task_id, data, digest, offset=100_000)
+    assert (reply.offset, reply.complete) == (300_000, True)
+    ack = await node.recv_kind("result_ack")
+    assert ack.task_id == task_id
+    final = master.state.result(task_id)
+    assert final.read_bytes() == data and not master.state.result_part(task_id).exists()
+    assert taskdb.get_task(db, task_id)["result_complete"] == 1
+
+    mtime = final.stat().st_mtime_ns
+    again = await node.upload(task_id, data, digest)
+    assert again.complete and final.stat().st_mtime_ns == mtime  # idempotent, not rewritten
+
+
+async def test_upload_with_wrong_sha256_is_discarded(master, make_node):
+    node = await make_node()
+    task_id = queue(master)
+    await node.recv_kind("assign")
+    data = os.urandom(10_000)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await node.upload(task_id, data, "0" * 64)
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert "upload again from offset 0" in err.value.details()
+    assert not master.state.result_part(task_id).exists() and not master.state.result(task_id).exists()
+    reply = await node.upload(task_id, data, hashlib.sha256(data).hexdigest())
+    assert reply.complete
+
+
+async def test_logs_are_stored_once_and_acknowledged(master, make_node, db):
+    node = await make_node()
+    task_id = queue(master)
+    await node.recv_kind("assign")
+    lines = [(1, pb.LOG_STREAM_STDOUT, "one"), (2, pb.LOG_STREAM_STDERR, "two")]
+    await node.logs(task_id, lines)
+    assert (await node.recv_kind("log_ack")).seq == 2
+    await node.logs(task_id, lines + [(3, pb.LOG_STREAM_STDOUT, "three")])  # a resend after reconnect
+    assert (await node.recv_kind("log_ack")).seq == 3
+    await node.logs(task_id, [(5, pb.LOG_STREAM_STDOUT, "five")])  # a gap: ack stays at 3
+    assert (await node.recv_kind("log_ack")).seq == 3
+    rows = taskdb.logs_after(db, task_id, 0)
+    assert [(r["seq"], r["stream"], r["text"]) for r in rows] == [
+        (1, "stdout", "one"), (2, "stderr", "two"), (3, "stdout", "three"), (5, "stdout", "five")]
+
+
+async def test_hello_reconciliation(master, make_node, db):
+    node = await make_node()
+    unacked = queue(master)
+    await node.recv_kind("assign")
+    running = queue(master)
+    await node.recv_kind("assign")
+    await node.event(running, pb.TASK_STATE_RUNNING)
+    finished = queue(master)
+    await node.recv_kind("assign")
+    await node.event(finished, pb.TASK_STATE_EXITED, exit_code=0)
+    data = b"result"
+    await node.upload(finished, data, hashlib.sha256(data).hexdigest())
+    await asyncio.sleep(0.2)
+    node.call.cancel()
+
+    # The node comes back holding only `finished` (result pending: the ack was lost).
+    await node.connect(cpus=0, held=(pb.HeldTask(task_id=finished, state=pb.TASK_STATE_UPLOADING, result_pending=True),
+                                     pb.HeldTask(task_id="task-stranger", state=pb.TASK_STATE_RUNNING)))
+    seen = {}
+    for _ in range(2):
+        message = await node.recv()
+        seen[message.WhichOneof("kind")] = message
+    assert seen["result_ack"].result_ack.task_id == finished
+    assert seen["cancel"].cancel.task_id == "task-stranger"
+    assert taskdb.get_task(db, unacked)["state"] == "queued"  # never reached the node: queued again
+    lost = taskdb.get_task(db, running)
+    assert lost["state"] == "lost" and lost["outcome"] == "lost" and "came back without" in lost["reason"]
+
+
+async def test_draining_node_gets_no_tasks(master, make_node, db):
+    node = await make_node()
+    await node.send(drain=pb.Drain(draining=True, reason="maintenance"))
+    await asyncio.sleep(0.2)
+    task_id = queue(master)
+    await asyncio.sleep(0.3)
+    assert taskdb.get_task(db, task_id)["state"] == "queued"
+    await node.send(drain=pb.Drain(draining=False))
+    assert (await node.recv_kind("assign")).task_id == task_id
+
+
+async def test_cancel_reaches_the_node(master, make_node, db):
+    node = await make_node()
+    task_id = queue(master)
+    await node.recv_kind("assign")
+    assert taskdb.request_cancel(db, task_id) == "requested"  # what `dev-master cancel` does
+    cancel = await node.recv_kind("cancel")
+    assert cancel.task_id == task_id
+    queued_id = queue(master, cpu_millicores=64000)
+    assert taskdb.request_cancel(db, queued_id) == "cancelled"
+    assert taskdb.get_task(db, queued_id)["outcome"] == "cancelled"
