@@ -215,6 +215,10 @@ class TaskRun:
         rt, cid = self.ctx.runtime, self.row.container_id
         spool = self.open_spool()
         assert self.sender is not None
+        if container is not None and not container.running and not container.started_at_ms:
+            # Journaled RUNNING, killed before start(): finish what the journal says.
+            await rt.start(cid)
+            container = None
         if container is not None and not container.running:
             exit_info: Any = container
         else:

@@ -75,6 +75,8 @@ class FakeRuntime:
 
     async def start(self, cid: str) -> None:
         c = self.containers[cid]
+        if c.started:
+            raise AssertionError("started twice")
         c.running = c.started = True
         t = asyncio.create_task(self._play(c))
         self._bg.add(t)
@@ -131,7 +133,8 @@ class FakeRuntime:
     async def list_managed(self) -> list[ContainerInfo]:
         return [
             ContainerInfo(c.cid, c.spec.task_id, c.running, None if c.running else (c.exit.exit_code if c.exit else 0),
-                          bool(c.exit and c.exit.oom_killed), node_id=c.spec.node_id, image=c.spec.image)
+                          bool(c.exit and c.exit.oom_killed), node_id=c.spec.node_id, image=c.spec.image,
+                          started_at_ms=1 if c.started else 0)
             for c in self.containers.values()
         ]
 
