@@ -1,0 +1,319 @@
+"""Fixtures of the packaging tests: booted Debian hosts (systemd-nspawn), a dev-master
+on the host's loopback, the offline wheelhouse and the built .deb.
+
+Everything slow is cached under /var/cache/hivemind-worker-tests/ and keyed on what
+it is built from: the root file system (build-rootfs.sh), the wheelhouse
+(packaging/debian/requirements.txt) and the .deb (scripts/build-deb.sh hashes its
+sources). A booted host is a throw-away copy of the cached root file system.
+
+The booted hosts share the host's network (no --private-network), so a dev-master
+listening on 127.0.0.1 is reachable from inside them, and each SSH server gets its
+own loopback port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("HIVEMIND_TEST_CACHE", "/var/cache/hivemind-worker-tests"))
+REQUIREMENTS = REPO / "packaging" / "debian" / "requirements.txt"
+HOST_ENV = ["/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME=/root", "LANG=C.UTF-8"]
+SYSTEM_PYTHON = "/usr/bin/python3"  # the interpreter the booted hosts have too
+
+
+def _require_machine() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (debootstrap, systemd-nspawn, nsenter)")
+    for tool in ("systemd-nspawn", "debootstrap", "nsenter"):
+        if not shutil.which(tool):
+            pytest.skip(f"needs {tool}: apt-get install systemd-container debootstrap util-linux")
+
+
+def _key(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _locked(name: str):
+    """One builder at a time for a cached artefact (parallel test runs share the cache)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _git_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    return sorted({f for f in out.splitlines() if (REPO / f).is_file()})
+
+
+# --------------------------------------------------------------------------- caches
+
+
+@pytest.fixture(scope="session")
+def packaging_rootfs() -> Path:
+    """The cached Debian 12 root file system (systemd, python3, WireGuard tools, sshd)."""
+    _require_machine()
+    script = HERE / "build-rootfs.sh"
+    dest = CACHE / "packaging" / f"rootfs-{_key(script)}"
+    with _locked("packaging-rootfs"):
+        if not dest.is_dir():
+            subprocess.run(["bash", str(script), str(dest)], check=True, timeout=900)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> Path:
+    """The worker's Python dependencies, downloaded once (hash-checked) for offline hosts."""
+    _require_machine()
+    dest = CACHE / f"wheelhouse-{_key(REQUIREMENTS)}"
+    with _locked("wheelhouse"):
+        if not dest.is_dir():
+            tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix="wheelhouse.tmp."))
+            env = {**os.environ, "PIP_CERT": os.environ.get("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt"),
+                   "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+            try:
+                subprocess.run([SYSTEM_PYTHON, "-m", "pip", "download", "-q", "--no-deps", "--require-hashes",
+                                "-r", str(REQUIREMENTS), "-d", str(tmp)], check=True, timeout=600, env=env,
+                               stderr=subprocess.DEVNULL)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            tmp.chmod(0o755)
+            tmp.rename(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def deb_package(wheelhouse) -> Path:
+    """The .deb, built by scripts/build-deb.sh (which skips the build when its sources
+    did not change and fails when lintian reports an error)."""
+    out = CACHE / "deb"
+    env = {**os.environ, "WHEELHOUSE": str(wheelhouse)}
+    with _locked("deb"):
+        started = time.monotonic()
+        done = subprocess.run(["bash", str(REPO / "scripts" / "build-deb.sh"), "--out", str(out)],
+                              capture_output=True, text=True, timeout=900, env=env)
+        assert done.returncode == 0, f"build-deb.sh failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        print(f"build-deb.sh: {time.monotonic() - started:.1f} s: {done.stdout.strip().splitlines()[-1:]}")
+    version = next(line.split('"')[1] for line in (REPO / "pyproject.toml").read_text().splitlines()
+                   if line.startswith("version"))
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
+    deb = out / f"hivemind-worker_{version}_{arch}.deb"
+    assert deb.is_file()
+    return deb
+
+
+# --------------------------------------------------------------------------- dev-master
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class DevMaster:
+    state_dir: Path
+    address: str
+    ca_hash: str
+    proc: subprocess.Popen
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hivemind_worker", "dev-master", *args,
+                               "--state-dir", str(self.state_dir)],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def token(self, uses: int = 1) -> str:
+        done = self.cli("token", "create", "--uses", str(uses), "--ttl", "30m")
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def nodes(self) -> list[dict]:
+        done = self.cli("nodes", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def wait_connected(self, hostnames: set[str], timeout: float = 90) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = [r for r in self.nodes() if r["hostname"] in hostnames]
+            if {r["hostname"] for r in rows if r["session_state"] == "connected"} == hostnames:
+                return rows
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nodes {sorted(hostnames)} not all connected after {timeout:.0f} s: {rows}")
+            time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def dev_master(tmp_path_factory) -> DevMaster:
+    """A TLS dev-master on 127.0.0.1 (shared with the booted hosts' network)."""
+    state = tmp_path_factory.mktemp("dev-master")
+    port = free_port()
+    log = open(state / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "hivemind_worker", "dev-master", "serve",
+                             "--state-dir", str(state), "--listen", f"127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "listening on" not in (state / "serve.log").read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dev-master did not start:\n{(state / 'serve.log').read_text()}")
+            time.sleep(0.2)
+        master = DevMaster(state, f"127.0.0.1:{port}", "", proc)
+        done = master.cli("ca-hash")
+        assert done.returncode == 0, done.stderr
+        master.ca_hash = done.stdout.strip()
+        yield master
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+# --------------------------------------------------------------------------- booted hosts
+
+
+@dataclass
+class Host:
+    """A booted systemd host in a container; commands run in its namespaces."""
+
+    name: str
+    root: Path
+    nspawn: subprocess.Popen
+    leader: int = 0
+    log: Path | None = None
+    ssh_port: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def sh(self, script: str, check: bool = True, timeout: float = 300,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        extra = [f"{k}={v}" for k, v in (env or {}).items()]
+        cmd = ["nsenter", "-t", str(self.leader), "-m", "-u", "-i", "-n", "-p", "-C", "--",
+               *HOST_ENV, *extra, "/bin/sh", "-c", script]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check and done.returncode != 0:
+            raise AssertionError(f"[{self.name}] `{script}` exited {done.returncode}:\n"
+                                 f"--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}")
+        return done
+
+    def journal(self, unit: str = "hivemind-worker", lines: int = 60) -> str:
+        return self.sh(f"journalctl -u {unit} -n {lines} --no-pager", check=False).stdout
+
+
+def _find_leader(nspawn_pid: int) -> int:
+    """The container's PID 1: the child of nspawn whose innermost PID is 1."""
+    for child in Path(f"/proc/{nspawn_pid}/task").glob("*/children"):
+        for pid in child.read_text().split():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            nspid = next((line.split() for line in status.splitlines() if line.startswith("NSpid:")), [])
+            if nspid and nspid[-1] == "1" and len(nspid) > 2:
+                return int(pid)
+    return 0
+
+
+def copy_source(dest: Path) -> None:
+    """The worker's source tree as a fresh clone would have it."""
+    for rel in _git_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+
+
+@contextlib.contextmanager
+def booted_host(rootfs: Path, name: str, binds: dict[str, str] | None = None,
+                ssh_port: int | None = None, authorized_key: str | None = None,
+                source: str | None = None, files: dict[str, Path] | None = None):
+    """Copy the cached root file system, boot it with systemd and yield a Host;
+    power it off and delete the copy afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=f"{name}.", dir="/var/tmp"))
+    root = work / "root"
+    started = time.monotonic()
+    subprocess.run(["cp", "-a", "--reflink=auto", str(rootfs), str(root)], check=True, timeout=300)
+    if source:  # the worker's source tree, as a clone would have it
+        copy_source(root / source.lstrip("/"))
+    for dst, src in (files or {}).items():
+        shutil.copy2(src, root / dst.lstrip("/"))
+    copied = time.monotonic() - started
+    if ssh_port:
+        conf = root / "etc/ssh/sshd_config.d/test.conf"
+        conf.write_text(f"Port {ssh_port}\nListenAddress 127.0.0.1\nPermitRootLogin prohibit-password\n"
+                        "PasswordAuthentication no\nUseDNS no\n")
+        ssh_dir = root / "root/.ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(authorized_key or "")
+        (ssh_dir / "authorized_keys").chmod(0o600)
+        wants = root / "etc/systemd/system/multi-user.target.wants/ssh.service"
+        wants.symlink_to("/lib/systemd/system/ssh.service")
+    args = ["systemd-nspawn", "-q", "-b", "-D", str(root), f"--machine={name}", "--register=no", "--keep-unit",
+            "--bind=/var/run/docker.sock:/run/docker.sock"]
+    for src, dst in (binds or {}).items():
+        args.append(f"--bind-ro={src}:{dst}")
+    log = work / "console.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    host = Host(name, root, proc, log=log, ssh_port=ssh_port)
+    try:
+        deadline = time.monotonic() + 60
+        while not (host.leader and Path(f"/proc/{host.leader}/root/run/systemd/private").exists()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{name} did not boot:\n{log.read_text()[-3000:]}")
+            host.leader = host.leader or _find_leader(proc.pid)
+            time.sleep(0.1)
+        state = host.sh("systemctl is-system-running --wait", check=False, timeout=120).stdout.strip()
+        if state not in ("running", "degraded"):
+            raise AssertionError(f"{name} is {state!r} after boot")
+        host.timings = {"copy_s": copied, "boot_s": time.monotonic() - started - copied}
+        yield host
+    finally:
+        _poweroff(host)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def boot(packaging_rootfs):
+    """`with boot(name, ...) as host:` boots a fresh copy of the cached root file system."""
+    return lambda name, **kw: booted_host(packaging_rootfs, name, **kw)
+
+
+def _poweroff(host: Host) -> None:
+    if host.nspawn.poll() is None:
+        if host.leader:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(host.leader, signal.SIGRTMIN + 4)  # systemd: clean poweroff
+        try:
+            host.nspawn.wait(30)
+        except subprocess.TimeoutExpired:
+            host.nspawn.kill()
+            host.nspawn.wait(10)
