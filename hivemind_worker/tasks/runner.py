@@ -31,7 +31,8 @@ from hivemind_worker.tasks.workspace import TaskDirs
 logger = logging.getLogger(__name__)
 
 PREPARING = {TaskStatus.ACCEPTED, TaskStatus.FETCHING, TaskStatus.PULLING}
-LOG_DRAIN_S = 30.0  # how long to wait for the last log lines after the container exited
+LOG_DRAIN_S = 30.0
+RETRY_S = 5.0  # after a failure of ours (e.g. Docker restarting), try the step again  # how long to wait for the last log lines after the container exited
 
 
 @dataclass
@@ -71,6 +72,7 @@ class TaskRun:
         self._kill = asyncio.Event()
         self._prepare: asyncio.Task | None = None
         self.cpu_shares = 1024
+        self._bg: set[asyncio.Task] = set()
 
     @property
     def task_id(self) -> str:
@@ -113,29 +115,43 @@ class TaskRun:
     async def life(self, container: ContainerInfo | None = None, lost: bool = False) -> None:
         """Carry the task on from its journaled state. ``container`` is what Docker
         has for it after a restart; ``lost``: the journal says RUNNING but Docker has
-        no container for it any more."""
-        try:
-            self.open_spool()
-            if lost and self.row.status is TaskStatus.RUNNING:
-                await self._finish(
-                    TaskStatus.FAILED, -1, "the task's container disappeared while the agent was down"
+        no container for it any more. A failure of ours (Docker restarting, disk
+        trouble) is retried from the journaled state; it never ends in a host run."""
+        while True:
+            try:
+                await self._advance(container, lost)
+                return
+            except asyncio.CancelledError:
+                raise  # close(): the container keeps running; a new agent re-attaches
+            except Exception:
+                logger.exception(
+                    "task %s: step %s failed; retrying in %.0f s", self.task_id, self.row.status.value,
+                    RETRY_S, extra=self._extra,
                 )
-            if self.row.status in PREPARING:
-                if container is not None:  # created by an interrupted earlier attempt
-                    await self.ctx.runtime.remove(container.container_id)
-                    container = None
-                await self._run_prepare()
-            if self.row.status is TaskStatus.RUNNING:
-                await self._watch(container)
-            if self.row.status.finished and self.row.status not in (TaskStatus.UPLOADING, TaskStatus.DONE):
-                await self._archive()
-            if self.row.status is TaskStatus.UPLOADING:
-                await self._deliver()
-        except asyncio.CancelledError:
-            raise  # close(): the container keeps running; a new agent re-attaches
-        except Exception:
-            logger.exception("task %s: unexpected failure in the task manager", self.task_id, extra=self._extra)
-            raise
+            await asyncio.sleep(RETRY_S)
+            container, lost = None, False
+            if self.row.status is TaskStatus.RUNNING and self.row.container_id:
+                try:
+                    container = await self.ctx.runtime.inspect(self.row.container_id)
+                    lost = container is None
+                except WorkerError as exc:
+                    logger.warning("task %s: Docker still unavailable: %s", self.task_id, exc, extra=self._extra)
+
+    async def _advance(self, container: ContainerInfo | None, lost: bool) -> None:
+        self.open_spool()
+        if lost and self.row.status is TaskStatus.RUNNING:
+            await self._finish(TaskStatus.FAILED, -1, "the task's container disappeared (removed outside the agent)")
+        if self.row.status in PREPARING:
+            if container is not None:  # created by an interrupted earlier attempt
+                await self.ctx.runtime.remove(container.container_id)
+                container = None
+            await self._run_prepare()
+        if self.row.status is TaskStatus.RUNNING:
+            await self._watch(container)
+        if self.row.status.finished and self.row.status not in (TaskStatus.UPLOADING, TaskStatus.DONE):
+            await self._archive()
+        if self.row.status is TaskStatus.UPLOADING:
+            await self._deliver()
 
     async def _run_prepare(self) -> None:
         if self.row.kill_reason:
@@ -151,10 +167,10 @@ class TaskRun:
             if self.row.container_id:
                 await self.ctx.runtime.remove(self.row.container_id)
             await self._finish(TaskStatus.CANCELLED, -1, self.row.kill_reason)
-        except WorkerError as exc:
+        except (WorkerError, OSError) as exc:
             if self.row.container_id:
                 await self.ctx.runtime.remove(self.row.container_id)
-            await self._finish(TaskStatus.FAILED, -1, str(exc))
+            await self._finish(TaskStatus.FAILED, -1, str(exc) if isinstance(exc, WorkerError) else f"workspace: {exc}")
         finally:
             self._prepare = None
 
@@ -176,7 +192,9 @@ class TaskRun:
             loop = asyncio.get_running_loop()
 
             def progress(text: str) -> None:
-                loop.create_task(self._emit(TaskStatus.PULLING, f"pulling {image}", detail=text))
+                t = loop.create_task(self._emit(TaskStatus.PULLING, f"pulling {image}", detail=text))
+                self._bg.add(t)
+                t.add_done_callback(self._bg.discard)
 
             await rt.pull(image, progress)
         spec = ContainerSpec(

@@ -11,9 +11,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hivemind_worker.config import Settings
+from hivemind_worker.errors import RuntimeUnavailable
 from hivemind_worker.runtime.spec import ContainerInfo, ContainerSpec, ExitInfo
-from hivemind_worker.tasks.localhost import LocalTaskHost, sha256_file
+from hivemind_worker.tasks.localhost import sha256_file
 from hivemind_worker.tasks.model import LogStream, Resources, TaskRequest
 
 
@@ -47,6 +47,7 @@ class FakeRuntime:
         self.scripts: dict[str, Script] = {}
         self.removed: list[str] = []
         self.gc_calls = 0
+        self.fail_waits = 0  # the next N wait() calls fail as if dockerd restarted
         self._ids = itertools.count(1)
         self._bg: set[asyncio.Task] = set()
         self.base_ms = 1_700_000_000_000
@@ -115,6 +116,9 @@ class FakeRuntime:
             await c.changed.wait()
 
     async def wait(self, cid: str) -> ExitInfo:
+        if self.fail_waits:
+            self.fail_waits -= 1
+            raise RuntimeUnavailable("Docker went away (fake)")
         c = self.containers[cid]
         while c.exit is None:
             c.changed.clear()
@@ -129,6 +133,9 @@ class FakeRuntime:
     async def remove(self, cid: str) -> None:
         if self.containers.pop(cid, None) is not None:
             self.removed.append(cid)
+
+    async def inspect(self, cid: str) -> ContainerInfo | None:
+        return next((c for c in await self.list_managed() if c.container_id == cid), None)
 
     async def list_managed(self) -> list[ContainerInfo]:
         return [

@@ -330,3 +330,38 @@ async def test_spool_limit_marker_reaches_the_master(tmp_path, runtime, host) ->
     record = json.loads(read_result(host.results["big"])["exit.json"])
     assert record["log_dropped_lines"] == 5000 - (len(lines) - 1)
     await m.close()
+
+
+async def test_docker_failure_mid_task_is_retried_not_lost(settings, runtime, host, monkeypatch) -> None:
+    from hivemind_worker.tasks import runner
+
+    monkeypatch.setattr(runner, "RETRY_S", 0.05)
+    runtime.fail_waits = 2
+    runtime.scripts["t"] = Script(lines=[f"x{i}" for i in range(50)], hang=True)
+    m = manager(settings, runtime, host)
+    await m.start()
+    await m.assign(request("t"))
+    await until(lambda: host.last_seq.get("t") == 50)
+    runtime._exit(runtime.by_task("t"), 5, False)
+    await until(lambda: not m.held_tasks())
+    assert host.final_event("t").reason == "exited with code 5"
+    assert [r.seq for r in host.lines["t"]] == list(range(1, 51)) and host.duplicates == 0
+    await m.close()
+
+
+async def test_container_removed_behind_our_back_fails_the_task(settings, runtime, tmp_path) -> None:
+    host1 = LocalTaskHost(tmp_path / "r1")
+    runtime.scripts["t"] = Script(hang=True)
+    m1 = manager(settings, runtime, host1)
+    await m1.start()
+    await m1.assign(request("t"))
+    await until(lambda: S.RUNNING in host1.statuses("t"))
+    await m1.close()
+    await runtime.remove(runtime.by_task("t").cid)
+    host2 = LocalTaskHost(tmp_path / "r2")
+    m2 = manager(settings, runtime, host2)
+    await m2.start()
+    await until(lambda: not m2.held_tasks())
+    ev = host2.final_event("t")
+    assert ev.status is S.FAILED and "disappeared" in ev.reason and host2.uploads == {"t": 1}
+    await m2.close()
