@@ -115,6 +115,11 @@ def revoked_ids(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT node_id FROM nodes WHERE revoked_at IS NOT NULL")}
 
 
+def revoked_keys(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute(
+        "SELECT wg_public_key FROM nodes WHERE revoked_at IS NOT NULL AND wg_public_key != ''")}
+
+
 def active_peers(conn: sqlite3.Connection) -> list[tuple[str, str]]:
     """(public key, address) of every node not revoked, for the WireGuard hub."""
     return [(r[0], r[1]) for r in conn.execute(

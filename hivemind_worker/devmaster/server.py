@@ -25,7 +25,7 @@ from hivemind_worker.devmaster import ca, registry
 from hivemind_worker.devmaster.db import ChangeWatch, open_db
 from hivemind_worker.devmaster.hub import VpnHub
 from hivemind_worker.devmaster.layout import StateDir, is_loopback_host, split_listen
-from hivemind_worker.devmaster.service import ControlService, VpnSettings
+from hivemind_worker.devmaster.service import ControlService, VpnSettings, tunnel_master_address
 from hivemind_worker.devmaster.sessions import SessionHub
 from hivemind_worker.errors import ConfigError
 from hivemind_worker.proto import worker_pb2_grpc as pb_grpc
@@ -72,6 +72,7 @@ class DevMaster:
         self._server: grpc.aio.Server | None = None
         self.conn = None
         self.sessions: SessionHub | None = None
+        self._hub_removed: set[str] = set()
 
     async def startup(self) -> None:
         host, port = split_listen(self.config.listen)
@@ -91,7 +92,7 @@ class DevMaster:
         ])
         service = ControlService(
             self.state, self.conn, self.sessions, heartbeat_s=self.config.heartbeat_s, hub=self.hub,
-            vpn=VpnSettings(subnet=self.config.vpn_subnet, master_port=port), max_message_bytes=limit,
+            vpn=VpnSettings(subnet=self.config.vpn_subnet), max_message_bytes=limit,
         )
         pb_grpc.add_NodeControlServicer_to_server(service, self._server)
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -106,9 +107,12 @@ class DevMaster:
             raise ConfigError(f"cannot listen on {self.config.listen}: {exc}; is the port in use?") from exc
         if not bound:
             raise ConfigError(f"cannot listen on {self.config.listen}; is the port in use or the address not local?")
+        service.vpn = VpnSettings(subnet=self.config.vpn_subnet,
+                                  master_address=tunnel_master_address(host, bound, self.config.vpn_subnet))
         await self._server.start()
         self.address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
         if self.hub is not None:
+            self._hub_removed = registry.revoked_keys(self.conn)  # a fresh hub never had them
             for key, address in registry.active_peers(self.conn):
                 await asyncio.to_thread(self.hub.add_peer, key, address)
         self.state.write_master_info({
@@ -129,6 +133,20 @@ class DevMaster:
             self._wake.clear()
             if watch.changed() or woken:
                 self._dispatch()
+                await self._sync_hub()
+
+    async def _sync_hub(self) -> None:
+        """Drop revoked nodes' keys from the hub (revocation happens in another process)."""
+        if self.hub is None:
+            return
+        # A key back in use by a re-enrolled node stays.
+        active = {key for key, _ in registry.active_peers(self.conn)}
+        for key in registry.revoked_keys(self.conn) - active - self._hub_removed:
+            try:
+                await asyncio.to_thread(self.hub.remove_peer, key)
+            except Exception:  # the hub's error names the problem; the master keeps serving
+                logger.exception("could not remove a revoked node from the WireGuard hub")
+            self._hub_removed.add(key)
 
     def _dispatch(self) -> None:
         try:

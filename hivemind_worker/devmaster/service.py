@@ -43,7 +43,16 @@ CHUNK_BYTES = 1024 * 1024
 class VpnSettings:
     subnet: str = registry.DEFAULT_SUBNET
     keepalive_s: int = 25
-    master_port: int = 0  # the master's port, reachable at the hub address inside the tunnel
+    master_address: str = ""  # host:port of the master inside the tunnel; "" = not reachable there
+
+
+def tunnel_master_address(listen_host: str, port: int, subnet: str) -> str:
+    """Where nodes reach the master through the tunnel: the hub address, when the
+    master listens there (or on every address); otherwise nowhere (empty)."""
+    hub_ip = registry.hub_address(subnet).split("/")[0]
+    if listen_host in ("0.0.0.0", "::", hub_ip):
+        return f"[{hub_ip}]:{port}" if ":" in hub_ip else f"{hub_ip}:{port}"
+    return ""
 
 
 def _sha256_file(path) -> str:
@@ -96,11 +105,17 @@ class ControlService(pb_grpc.NodeControlServicer):
             persistent_keepalive_s=self.vpn.keepalive_s,
         )
         if self.hub is not None:
-            await asyncio.to_thread(self.hub.add_peer, key, node.vpn_address)
+            try:
+                await asyncio.to_thread(self.hub.add_peer, key, node.vpn_address)
+            except Exception as exc:  # the hub's own error (VpnError, OSError) tells the operator why
+                logger.error("WireGuard hub refused %s: %s", node.node_id, exc, extra={"node_id": node.node_id})
+                registry.revoke(self.conn, node.node_id)
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "the master's WireGuard hub could not add this node; ask its operator to check "
+                                    "the dev-master log, then enroll again with a new token")
             vpn.server_public_key = self.hub.public_key
             vpn.endpoint = self.hub.endpoint
-            if self.vpn.master_port:
-                vpn.master_address = f"{registry.hub_address(self.vpn.subnet).split('/')[0]}:{self.vpn.master_port}"
+            vpn.master_address = self.vpn.master_address
         logger.info("enrolled %s as %s (%s)", hostname, node.node_id, node.vpn_address, extra={"node_id": node.node_id})
         return pb.EnrollResponse(
             node_id=node.node_id, node_credential=node.credential, vpn=vpn,

@@ -21,8 +21,9 @@ from hivemind_worker.proto import worker_pb2_grpc as pb_grpc
 
 
 class MasterThread:
-    def __init__(self, state_dir: Path, **config) -> None:
+    def __init__(self, state_dir: Path, hub=None, **config) -> None:
         self.config = MasterConfig(state_dir=state_dir, listen="127.0.0.1:0", **config)
+        self.hub = hub
         self.master: DevMaster | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -32,7 +33,7 @@ class MasterThread:
     def _run(self) -> None:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
-            self.master = DevMaster(self.config)
+            self.master = DevMaster(self.config, self.hub)
             await self.master.serve(lambda m: self._ready.set())
 
         try:
