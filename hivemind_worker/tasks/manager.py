@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 KEEP_DONE = 200  # delivered tasks remembered in the journal (the monitor's history)
 RECENT = 50  # delivered tasks shown by snapshot()
-DRAIN_RESULT_GRACE_S = 10.0
+DRAIN_RESULT_GRACE_S = 5.0  # the agent gives drain() its deadline + 10 s
 
 
 class TaskManager:

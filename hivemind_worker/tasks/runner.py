@@ -15,12 +15,13 @@ Nothing here ever runs task code on the host: no container, no task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from hivemind_worker.config import Settings
-from hivemind_worker.errors import ResultError, WorkerError
+from hivemind_worker.errors import MasterUnreachable, ResultError, WorkerError
 from hivemind_worker.runtime.spec import EXIT_DEPS_FAILED, EXIT_NO_ENTRYPOINT, ContainerInfo, ContainerSpec
 from hivemind_worker.tasks.journal import Journal, TaskRow
 from hivemind_worker.tasks.logpump import LogSender, pump
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 PREPARING = {TaskStatus.ACCEPTED, TaskStatus.FETCHING, TaskStatus.PULLING}
 LOG_DRAIN_S = 30.0
+FETCH_RETRY_S = 10.0
 RETRY_S = 5.0  # after a failure of ours (e.g. Docker restarting), try the step again  # how long to wait for the last log lines after the container exited
 
 
@@ -179,7 +181,7 @@ class TaskRun:
         await asyncio.to_thread(self.dirs.create, s.task_user)
         if req.bundle_size > 0:
             await self._step(TaskStatus.FETCHING)
-            await self.ctx.host.fetch_bundle(self.task_id, self.dirs.bundle, req.bundle_size, req.bundle_sha256)
+            await self._fetch_bundle()
             from hivemind_worker.tasks.bundle import unpack_bundle
 
             await asyncio.to_thread(
@@ -218,6 +220,20 @@ class TaskRun:
         await self._record(container_id=cid)
         await self._step(TaskStatus.RUNNING, started_ms=_ms(self.ctx.clock))
         await rt.start(cid)
+
+    async def _fetch_bundle(self) -> None:
+        """Download the bundle; while the master is unreachable, wait for the next
+        session (or FETCH_RETRY_S) and try again. A bad bundle fails the task."""
+        req = self.row.request
+        while True:
+            self.resynced.clear()
+            try:
+                await self.ctx.host.fetch_bundle(self.task_id, self.dirs.bundle, req.bundle_size, req.bundle_sha256)
+                return
+            except MasterUnreachable as exc:
+                logger.info("bundle of %s not fetched yet: %s", self.task_id, exc, extra=self._extra)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.resynced.wait(), FETCH_RETRY_S)
 
     def _after_unpack(self) -> None:
         self.dirs.bundle.unlink(missing_ok=True)

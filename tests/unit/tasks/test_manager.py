@@ -365,3 +365,28 @@ async def test_container_removed_behind_our_back_fails_the_task(settings, runtim
     ev = host2.final_event("t")
     assert ev.status is S.FAILED and "disappeared" in ev.reason and host2.uploads == {"t": 1}
     await m2.close()
+
+
+async def test_bundle_fetch_waits_for_the_master(tmp_path, settings, runtime, host) -> None:
+    from hivemind_worker.errors import MasterUnreachable
+
+    size, sha = make_bundle(tmp_path / "b.zip", {"main.py": "print(1)"})
+    host.bundles["t"] = tmp_path / "b.zip"
+    real_fetch = host.fetch_bundle
+    calls = []
+
+    async def flaky_fetch(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MasterUnreachable("no session")
+        await real_fetch(*args)
+
+    host.fetch_bundle = flaky_fetch  # type: ignore[method-assign]
+    m = manager(settings, runtime, host)
+    await m.start()
+    await m.assign(request("t", bundle_size=size, bundle_sha256=sha))
+    await until(lambda: calls)
+    await m.resync()
+    await until(lambda: not m.held_tasks())
+    assert host.final_event("t").status is S.EXITED and len(calls) == 2
+    await m.close()
