@@ -100,13 +100,14 @@ class RewardLedger:
 
     def record_task(self, task_id: str, state: str, *, image: str = "", started_ms: int | None = None,
                     finished_ms: int | None = None, exit_code: int | None = None, reason: str = "") -> None:
-        """Upsert a task's row; call on start and on finish (fields left None keep their value)."""
+        """Upsert a task's row; call on start and on finish (fields left None keep their value;
+        the first finish time is kept, so a later "done" after the upload does not move it)."""
         self._run(
             "INSERT INTO task_history (task_id, state, image, started_ms, finished_ms, exit_code, reason) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(task_id) DO UPDATE SET state = excluded.state, "
             "image = CASE WHEN excluded.image != '' THEN excluded.image ELSE image END, "
             "started_ms = COALESCE(excluded.started_ms, started_ms), "
-            "finished_ms = COALESCE(excluded.finished_ms, finished_ms), "
+            "finished_ms = COALESCE(finished_ms, excluded.finished_ms), "
             "exit_code = COALESCE(excluded.exit_code, exit_code), "
             "reason = CASE WHEN excluded.reason != '' THEN excluded.reason ELSE reason END",
             (task_id, state, image, started_ms, finished_ms, exit_code, reason),

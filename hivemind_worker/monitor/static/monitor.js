@@ -41,7 +41,10 @@ const STATE_CLASS = {
   running: "info", accepted: "info", fetching: "info", pulling: "info", uploading: "info",
   done: "ok", exited: "ok", failed: "bad", oom_killed: "bad", timed_out: "warn", cancelled: "warn", rejected: "bad",
 };
-function badge(text) { return el("span", { class: `badge ${STATE_CLASS[text] || ""}` }, String(text).replace("_", " ")); }
+function badge(text, exitCode) {
+  const cls = text === "exited" && exitCode ? "bad" : STATE_CLASS[text] || "";
+  return el("span", { class: `badge ${cls}` }, String(text).replace("_", " "));
+}
 
 function setCard(name, cls, value, sub) {
   const card = $(`card-${name}`);
@@ -119,7 +122,7 @@ function renderHistory() {
   }
   body.replaceChildren(...state.history.map((h) => el("tr", { "data-task": h.task_id },
     el("td", { class: "mono", title: h.task_id }, shortId(h.task_id)),
-    el("td", {}, badge(h.state)),
+    el("td", {}, badge(h.state, h.exit_code)),
     el("td", {}, duration(h.duration_s)),
     el("td", { class: "num mono" }, h.exit_code == null ? "—" : String(h.exit_code)),
     el("td", { class: "num" }, num(h.reward)),
