@@ -1,0 +1,86 @@
+"""The daemon's session: reconnects after the master dies, drains on SIGTERM,
+stops on a revoked credential, survives oversize messages."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import grpc
+
+from tests.integration.core.conftest import wait_for
+
+
+def connected(master, node_id):
+    def check():
+        for record in master.nodes():
+            if record["node_id"] == node_id and record["session"] == "connected":
+                return record
+        return None
+
+    return check
+
+
+def test_reconnects_after_master_restart_with_same_identity(devmaster, make_node):
+    node = make_node(reconnect_initial_s=0.2, reconnect_max_s=2, report_interval_s=1)
+    assert node.enroll(devmaster).returncode == 0
+    node.start()
+    node_id = node.node_id()
+    wait_for(connected(devmaster, node_id), 20, "the first session")
+
+    devmaster.kill()
+    time.sleep(3)  # the worker backs off several times while the master is gone
+    assert node.proc.poll() is None, "the worker must keep running without its master"
+    devmaster.start()
+    started = time.monotonic()
+    wait_for(connected(devmaster, node_id), 2 + 5, "the reconnect within the backoff bound")
+    assert time.monotonic() - started <= 2 + 5
+    assert [r["node_id"] for r in devmaster.nodes()] == [node_id], "no duplicate node"
+
+
+def test_sigterm_drains_and_master_sees_the_node_leave(devmaster, make_node):
+    node = make_node(report_interval_s=1)
+    assert node.enroll(devmaster).returncode == 0
+    node.start()
+    node_id = node.node_id()
+    wait_for(connected(devmaster, node_id), 20, "the session")
+    node.signal(signal.SIGTERM)
+    assert node.wait(30) == 0
+    wait_for(lambda: [r for r in devmaster.nodes() if r["node_id"] == node_id and r["session"] != "connected"],
+             10, "the master to see the node leave")
+
+
+def test_revoked_credential_stops_the_retry_loop(devmaster, make_node):
+    node = make_node(reconnect_initial_s=0.2, reconnect_max_s=1)
+    assert node.enroll(devmaster).returncode == 0
+    node.start()
+    node_id = node.node_id()
+    wait_for(connected(devmaster, node_id), 20, "the session")
+    devmaster.run("nodes", "revoke", node_id)
+    code = node.wait(30)
+    assert code != 0
+    assert "re-enroll" in node.log.read_text()
+
+
+def test_oversize_message_is_refused_without_crashing_either_side(devmaster, make_node):
+    from hivemind_worker.proto import worker_pb2 as pb
+    from hivemind_worker.proto import worker_pb2_grpc as rpc
+
+    node = make_node(report_interval_s=1)
+    assert node.enroll(devmaster).returncode == 0
+    node.start()
+    node_id = node.node_id()
+    wait_for(connected(devmaster, node_id), 20, "the session")
+
+    ca = (node.config_dir / "master-ca.pem").read_bytes()
+    with grpc.secure_channel(devmaster.address, grpc.ssl_channel_credentials(ca)) as channel:
+        stub = rpc.NodeControlStub(channel)
+        huge = pb.EnrollRequest(token="x" * (8 * 1024 * 1024))
+        try:
+            stub.Enroll(huge, timeout=10)
+            raise AssertionError("an 8 MiB message must be refused")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    time.sleep(1.5)
+    assert devmaster.proc.poll() is None and node.proc.poll() is None
+    assert connected(devmaster, node_id)()
