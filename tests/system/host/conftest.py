@@ -1,0 +1,97 @@
+"""A booted Debian machine (systemd-nspawn) with the worker installed the way
+install.sh does it: a venv under /opt/hivemind-worker made with the machine's own
+/usr/bin/python3, filled from a wheelhouse built on the host (no network inside).
+Dependency wheels and the dependency venv are cached under
+/var/cache/hivemind-worker-tests; only the project wheel is rebuilt per run."""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.nspawn import CACHE, REPO, Machine, ensure_rootfs, unavailable
+
+REQUIREMENTS = REPO / "packaging" / "debian" / "requirements.txt"
+VENV = "/opt/hivemind-worker"
+DOCKER_SOCK = Path("/var/run/docker.sock")
+
+
+def _pins() -> str:
+    """name==version lines of the runtime requirements (hashes dropped: sdists are
+    built into wheels here, whose hashes differ from the registry's)."""
+    return "\n".join(m.group(1) for m in re.finditer(r"^([A-Za-z0-9_.\-]+==[^\s\\]+)", REQUIREMENTS.read_text(), re.M)) + "\n"
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory) -> Path:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    if not REQUIREMENTS.exists():
+        pytest.skip(f"needs {REQUIREMENTS} (the pinned runtime requirements)")
+    pins = _pins()
+    deps = CACHE / f"wheelhouse-{hashlib.sha256(pins.encode()).hexdigest()[:12]}"
+    if not (deps / "requirements.txt").exists():
+        deps.mkdir(parents=True, exist_ok=True)
+        (deps / "pins.txt").write_text(pins)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-r", str(deps / "pins.txt"),
+                        "-w", str(deps)], check=True, timeout=600)
+        (deps / "requirements.txt").write_text(pins)
+    house = tmp_path_factory.mktemp("wheels")
+    for wheel in deps.glob("*.whl"):
+        (house / wheel.name).symlink_to(wheel)
+    (house / "requirements.txt").write_text(pins)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(house / "project"), str(REPO)], check=True, timeout=300, capture_output=True)
+    return house
+
+
+def _deps_venv_tar(wheelhouse: Path, workdir: Path) -> Path:
+    """/opt/hivemind-worker with every dependency installed, cached as a tarball."""
+    key = hashlib.sha256((wheelhouse / "requirements.txt").read_bytes() + ensure_rootfs().name.encode()).hexdigest()[:12]
+    tar = CACHE / f"worker-deps-venv-{key}.tar"
+    if tar.exists():
+        return tar
+    with Machine.from_tarball(ensure_rootfs(), workdir) as m:
+        m.boot(ro_binds=[(wheelhouse.resolve(), "/mnt/wheels"), (CACHE, str(CACHE))])
+        m.exec("/usr/bin/python3", "-m", "venv", VENV)
+        m.exec(f"{VENV}/bin/pip", "install", "-q", "--no-index", "--find-links", "/mnt/wheels",
+               "-r", "/mnt/wheels/requirements.txt", timeout=600)
+        tmp = tar.with_suffix(".tmp")
+        subprocess.run(["tar", "--numeric-owner", "-C", str(m.root), "-cf", str(tmp), VENV.lstrip("/")], check=True)
+        tmp.rename(tar)
+    return tar
+
+
+def boot_worker_machine(wheelhouse: Path, workdir: Path) -> Machine:
+    """A booted machine with the worker in /opt/hivemind-worker, the host's Docker
+    socket, and a docker group with the socket's gid (as docker.io would make it)."""
+    deps = _deps_venv_tar(wheelhouse, workdir)
+    m = Machine.from_tarball(ensure_rootfs(), workdir)
+    subprocess.run(["tar", "--numeric-owner", "-xpf", str(deps), "-C", str(m.root)], check=True)
+    binds = [(DOCKER_SOCK.resolve(), "/run/docker.sock")] if DOCKER_SOCK.exists() else []
+    m.boot(binds=binds, ro_binds=[(wheelhouse.resolve(), "/mnt/wheels")])
+    m.exec(f"{VENV}/bin/pip", "install", "-q", "--no-index", "--no-deps", "--force-reinstall",
+           *[f"/mnt/wheels/project/{w.name}" for w in (wheelhouse / "project").glob("*.whl")], timeout=300)
+    if DOCKER_SOCK.exists():
+        gid = DOCKER_SOCK.stat().st_gid
+        name = grp.getgrgid(gid).gr_name if gid else "root"
+        if name != "root":
+            m.exec("groupadd", "--system", "--gid", str(gid), "docker")
+    return m
+
+
+@pytest.fixture
+def worker_machine(wheelhouse, tmp_path):
+    m = boot_worker_machine(wheelhouse, tmp_path)
+    try:
+        yield m
+    finally:
+        m.poweroff()
+        m.remove()
