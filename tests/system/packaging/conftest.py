@@ -88,19 +88,18 @@ def packaging_rootfs() -> Path:
 def wheelhouse() -> Path:
     """The worker's Python dependencies, downloaded once (hash-checked) for offline hosts."""
     _require_machine()
-    dest = CACHE / f"wheelhouse-{_key(REQUIREMENTS)}"
-    with _locked("wheelhouse"):
+    dest = CACHE / "packaging" / f"pip-download-{_key(REQUIREMENTS)}"
+    with _locked("packaging-pip-download"):
         if not dest.is_dir():
             tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix="wheelhouse.tmp."))
             env = {**os.environ, "PIP_CERT": os.environ.get("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt"),
                    "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-            try:
-                subprocess.run([SYSTEM_PYTHON, "-m", "pip", "download", "-q", "--no-deps", "--require-hashes",
-                                "-r", str(REQUIREMENTS), "-d", str(tmp)], check=True, timeout=600, env=env,
-                               stderr=subprocess.DEVNULL)
-            except BaseException:
+            done = subprocess.run([SYSTEM_PYTHON, "-m", "pip", "download", "-q", "--no-deps", "--require-hashes",
+                                   "-r", str(REQUIREMENTS), "-d", str(tmp)], capture_output=True, text=True,
+                                  timeout=600, env=env)
+            if done.returncode != 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                raise AssertionError(f"pip download failed:\n{done.stderr[-3000:]}")
             tmp.chmod(0o755)
             tmp.rename(dest)
     return dest
