@@ -146,24 +146,11 @@ class DockerRuntime:
                 logger.exception("pull progress callback failed")
 
         def run() -> None:
-            layers: dict[str, tuple[int, int]] = {}
-            last = 0.0
+            tally = PullProgress(image)
             for event in self._docker().api.pull(image, stream=True, decode=True):
-                if "error" in event:
-                    detail = event.get("errorDetail", {}).get("message") or event["error"]
-                    raise TaskError(f"pulling {image} failed: {detail}")
-                layer, status = event.get("id", ""), event.get("status", "")
-                numbers = event.get("progressDetail") or {}
-                if status == "Downloading" and numbers.get("total"):
-                    layers[layer] = (int(numbers.get("current", 0)), int(numbers["total"]))
-                elif status in ("Download complete", "Pull complete") and layer in layers:
-                    layers[layer] = (layers[layer][1], layers[layer][1])
-                now = time.monotonic()
-                if layers and now - last >= PROGRESS_EVERY_S:
-                    last = now
-                    done = sum(c for c, _ in layers.values()) / 1e6
-                    total = sum(t for _, t in layers.values()) / 1e6
-                    loop.call_soon_threadsafe(report, f"pulling {done:.1f}/{total:.1f} MB")
+                text = tally.update(event, time.monotonic())
+                if text:
+                    loop.call_soon_threadsafe(report, text)
             loop.call_soon_threadsafe(report, f"pulled {image}")
 
         await self._call_long(f"pull image {image}", run)
@@ -294,6 +281,33 @@ class DockerRuntime:
             return self._stats.read(container_id, raw)
 
         return await self._call(f"read stats of container {container_id[:12]}", run)
+
+
+class PullProgress:
+    """Docker's per-layer pull events -> "pulling 12.5/80.0 MB", at most once per
+    PROGRESS_EVERY_S; an error event raises TaskError with the registry's words."""
+
+    def __init__(self, image: str) -> None:
+        self._image = image
+        self._layers: dict[str, tuple[int, int]] = {}
+        self._last = float("-inf")
+
+    def update(self, event: dict[str, Any], now: float) -> str | None:
+        if "error" in event:
+            detail = (event.get("errorDetail") or {}).get("message") or event["error"]
+            raise TaskError(f"pulling {self._image} failed: {detail}")
+        layer, status = event.get("id", ""), event.get("status", "")
+        numbers = event.get("progressDetail") or {}
+        if status == "Downloading" and numbers.get("total"):
+            self._layers[layer] = (int(numbers.get("current", 0)), int(numbers["total"]))
+        elif status in ("Download complete", "Pull complete") and layer in self._layers:
+            self._layers[layer] = (self._layers[layer][1], self._layers[layer][1])
+        if not self._layers or now - self._last < PROGRESS_EVERY_S:
+            return None
+        self._last = now
+        done = sum(c for c, _ in self._layers.values()) / 1e6
+        total = sum(t for _, t in self._layers.values()) / 1e6
+        return f"pulling {done:.1f}/{total:.1f} MB"
 
 
 def _prepare_workspace(workspace: Path, user: str) -> None:

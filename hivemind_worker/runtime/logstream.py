@@ -20,7 +20,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from hivemind_worker.errors import WorkerError
 from hivemind_worker.tasks.model import LogStream
@@ -120,6 +120,72 @@ class FrameParser:
         return (_STREAMS[stream_id], raw.decode("utf-8", "replace"), at_ms)
 
 
+class Dechunker:
+    """HTTP/1.1 chunked transfer coding -> body bytes, in bulk. Docker sends one
+    chunk per log line; urllib3's per-chunk reads cost more than the lines."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._left = 0  # data bytes left in the current chunk
+        self._crlf = False  # the CRLF after a chunk's data is still to skip
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._buf
+        buf += data
+        out = bytearray()
+        pos, size = 0, len(buf)
+        while not self.done:
+            if self._left:
+                take = min(self._left, size - pos)
+                out += buf[pos : pos + take]
+                pos += take
+                self._left -= take
+                if self._left:
+                    break
+                self._crlf = True
+            if self._crlf:
+                if size - pos < 2:
+                    break
+                pos += 2
+                self._crlf = False
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            length = int(bytes(buf[pos:end]).split(b";")[0], 16)
+            pos = end + 2
+            if length == 0:
+                self.done = True
+            self._left = length
+        del buf[:pos]
+        return bytes(out)
+
+
+def body_blocks(response: Any) -> Iterator[bytes]:
+    """The response body as it arrives, in blocks of up to READ_BYTES."""
+    fp = getattr(getattr(response.raw, "_fp", None), "fp", None)
+    headers = response.headers
+    if fp is None or not hasattr(fp, "read1") or "Content-Length" in headers:
+        yield from response.raw.stream(READ_BYTES, decode_content=False)
+        return
+    # Straight from the buffered socket reader (docker-py reaches the same object
+    # in _get_raw_response_socket); no body byte has been read from it yet.
+    chunked = headers.get("Transfer-Encoding", "").lower() == "chunked"
+    dechunker = Dechunker() if chunked else None
+    while True:
+        block = fp.read1(READ_BYTES)
+        if not block:
+            return
+        if dechunker is None:
+            yield block
+            continue
+        body = dechunker.feed(block)
+        if body:
+            yield body
+        if dechunker.done:
+            return
+
+
 def _raw_socket(api: Any, response: Any) -> Any:
     sock = api._get_raw_response_socket(response)
     return getattr(sock, "_sock", sock)
@@ -164,7 +230,7 @@ async def follow(
             if stop.is_set():
                 return
             parser = FrameParser()
-            for chunk in response.raw.stream(READ_BYTES, decode_content=False):
+            for chunk in body_blocks(response):
                 if stop.is_set():
                     return
                 lines = parser.feed(chunk)

@@ -4,6 +4,7 @@ pids limit, GPU requests, logs, lifecycle calls."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import docker
@@ -159,6 +160,21 @@ async def test_follow_logs_since_skips_earlier_lines(runtime, make_spec):
         assert again == ["second"]
     finally:
         await runtime.remove(ran.container_id)
+
+
+async def test_leaving_a_log_stream_early_stops_its_thread(runtime, make_spec):
+    cid = await runtime.create(make_spec(command=sh("echo first; sleep 300")))
+    await runtime.start(cid)
+    async for _, line, _ in runtime.follow_logs(cid):
+        assert line == "first"
+        break
+    for _ in range(50):
+        if not [t for t in threading.enumerate() if t.name.startswith("hivemind-logs-")]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the log thread of an abandoned stream is still running")
+    await runtime.remove(cid)
 
 
 async def test_kill_wait_remove_are_idempotent_and_list_managed_sees_the_task(runtime, make_spec):

@@ -58,3 +58,29 @@ def test_cpu_percent_from_consecutive_one_shot_readings():
     second = reader.read("c", raw(500, 2000))  # half of all 4 cores' time = 2 cores
     assert second.cpu_percent == 200.0
     assert (second.memory_bytes, second.read_bytes, second.write_bytes, second.pids) == (200, 7, 9, 3)
+
+
+def test_dechunker_handles_any_split():
+    from hivemind_worker.runtime.logstream import Dechunker
+
+    body = [b"hello ", b"x" * 300, b"", b"world\n"]
+    wire = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in body if p) + b"0\r\n\r\n"
+    for step in (1, 3, 7, len(wire)):
+        d = Dechunker()
+        got = b"".join(d.feed(wire[i : i + step]) for i in range(0, len(wire), step))
+        assert got == b"".join(body) and d.done
+
+
+def test_pull_progress_sums_layers_and_throttles():
+    import pytest
+
+    from hivemind_worker.errors import TaskError
+    from hivemind_worker.runtime.docker_runtime import PullProgress
+
+    p = PullProgress("img:1")
+    assert p.update({"status": "Pulling fs layer", "id": "a"}, 0.0) is None
+    assert p.update({"status": "Downloading", "id": "a", "progressDetail": {"current": 5_000_000, "total": 20_000_000}}, 1.0) == "pulling 5.0/20.0 MB"
+    assert p.update({"status": "Downloading", "id": "b", "progressDetail": {"current": 1_000_000, "total": 60_000_000}}, 1.5) is None
+    assert p.update({"status": "Download complete", "id": "a"}, 2.5) == "pulling 21.0/80.0 MB"
+    with pytest.raises(TaskError, match="pulling img:1 failed: manifest unknown"):
+        p.update({"error": "x", "errorDetail": {"message": "manifest unknown"}}, 3.0)
