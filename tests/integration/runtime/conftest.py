@@ -5,7 +5,6 @@ carry task ids starting with this session's prefix)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -81,7 +80,3 @@ async def run_to_end(rt: DockerRuntime, spec: ContainerSpec, timeout: float = 60
     finally:
         if remove:
             await rt.remove(cid)
-
-
-def world_writable(path: Path) -> None:
-    os.chmod(path, 0o777)

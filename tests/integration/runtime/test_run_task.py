@@ -12,7 +12,6 @@ import threading
 import zipfile
 from pathlib import Path
 
-import docker
 import pytest
 
 from hivemind_worker.runtime import EXIT_DEPS_FAILED, EXIT_NO_ENTRYPOINT
