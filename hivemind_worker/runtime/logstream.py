@@ -195,7 +195,10 @@ def open_log_stream(api: Any, container_id: str, since_s: float | None) -> Any:
     """The streaming HTTP response of GET /containers/{id}/logs?follow=1."""
     params: dict[str, Any] = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 1, "tail": "all"}
     if since_s is not None:
-        params["since"] = f"{since_s:.9f}"
+        # Whole microseconds: "%.9f" of a float like 1795886401.123 gives
+        # ...122999906, and rounding the other way would lose a line (since is inclusive).
+        micros = round(since_s * 1_000_000)
+        params["since"] = f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
     response = api._get(api._url("/containers/{0}/logs", container_id), params=params, stream=True)
     api._raise_for_status(response)
     # A quiet task must not make the read time out (docker-py does the same).

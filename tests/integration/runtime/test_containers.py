@@ -158,6 +158,9 @@ async def test_follow_logs_since_skips_earlier_lines(runtime, make_spec):
         second_ms = [t for _, l, t in ran.lines if l == "second"][0]
         again = [l async for _, l, _ in runtime.follow_logs(ran.container_id, since_s=(second_ms - 200) / 1000)]
         assert again == ["second"]
+        # since is inclusive at the line's own millisecond (what a re-attach resumes from)
+        exact = [l async for _, l, _ in runtime.follow_logs(ran.container_id, since_s=second_ms / 1000)]
+        assert exact == ["second"]
     finally:
         await runtime.remove(ran.container_id)
 
