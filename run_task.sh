@@ -16,7 +16,7 @@
 # read-only root file system; only /workspace and /tmp are writable.
 set -euo pipefail
 
-readonly EXIT_DEPS_FAILED=97
+readonly EXIT_DEPS_FAILED=97  # keep in sync with runtime/spec.py
 readonly EXIT_NO_ENTRYPOINT=98
 
 note() { printf '[hivemind] %s\n' "$*" >&2; }

@@ -27,6 +27,11 @@ die() { say "error: $*"; exit 1; }
 command -v docker >/dev/null || die "docker CLI not found; install docker.io"
 docker info >/dev/null 2>&1 || die "the Docker engine does not answer; start dockerd"
 
+# One build at a time per host: parallel test sessions wait instead of racing.
+mkdir -p "$cache"
+exec 9>"$cache/.build.lock"
+flock 9
+
 # The image's identity is its recipe: rebuild when the Dockerfile or run_task.sh changed.
 source_hash="$(cat "$here/Dockerfile" "$repo/run_task.sh" | sha256sum | cut -c1-16)"
 existing="$(docker image inspect --format '{{ index .Config.Labels "hivemind.task-runtime.source" }}' "$tag" 2>/dev/null || true)"
@@ -42,7 +47,6 @@ if ! docker image inspect "$base_tag" >/dev/null 2>&1; then
     if [ ! -s "$rootfs_tar" ]; then
         command -v debootstrap >/dev/null || die "debootstrap not found; apt-get install -y debootstrap"
         [ "$(id -u)" = 0 ] || die "debootstrap needs root"
-        mkdir -p "$cache"
         root="$(mktemp -d "$cache/rootfs.XXXXXX")"
         trap 'rm -rf "$root"' EXIT
         say "debootstrap $suite into $root (about a minute)"
