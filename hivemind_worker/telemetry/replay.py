@@ -135,14 +135,22 @@ class ReplayNvml:
         return [_ns(p) for p in self._value(h, "processes")]
 
 
+def _error_name(exc: BaseException) -> str:
+    """NVML_ERROR_* for an NVMLError (by its code), else the exception's class name."""
+    code = getattr(exc, "value", None)
+    nvml = sys.modules.get("pynvml")
+    if code is not None and nvml is not None:
+        for name in dir(nvml):
+            if name.startswith("NVML_ERROR_") and getattr(nvml, name) == code:
+                return name
+    return type(exc).__name__
+
+
 def _record_call(fn, convert=lambda x: x) -> Any:
     try:
         return convert(fn())
     except Exception as exc:
-        code = getattr(exc, "value", None)
-        name = next((n for n in dir(sys.modules.get("pynvml")) if n.startswith("NVML_ERROR_")
-                     and getattr(sys.modules["pynvml"], n) == code), None) if code is not None else None
-        return {"error": name or type(exc).__name__}
+        return {"error": _error_name(exc)}
 
 
 def record_psutil(psutil: Any, disk_paths: Mapping[str, str], cpu_reads: int = 3) -> dict:
@@ -170,7 +178,7 @@ def record_nvml(nvml: Any) -> dict:
     try:
         nvml.nvmlInit()
     except Exception as exc:
-        return {"init_error": _record_call(lambda: (_ for _ in ()).throw(exc))["error"], "devices": []}
+        return {"init_error": _error_name(exc), "devices": []}
     try:
         devices = []
         for i in range(nvml.nvmlDeviceGetCount()):

@@ -67,6 +67,8 @@ def test_cpu_memory_io_of_a_real_container(burner):
 
 
 def test_block_io_of_a_real_container(burner):
+    if CgroupReader()(burner.id) is None:
+        pytest.skip("the container's cgroup is not visible under /sys/fs/cgroup from here")
     (u,) = TaskUsageTracker(CgroupReader()).usage({"t1": burner.id})
     assert u.io_write_bytes is not None and u.io_read_bytes is not None
     if u.io_write_bytes < 16 * MiB:
