@@ -390,3 +390,31 @@ async def test_bundle_fetch_waits_for_the_master(tmp_path, settings, runtime, ho
     await until(lambda: not m.held_tasks())
     assert host.final_event("t").status is S.EXITED and len(calls) == 2
     await m.close()
+
+
+async def test_gpus_are_given_exclusively_and_freed(settings, runtime, host) -> None:
+    from hivemind_worker.runtime.gpu import GpuAllocator, GpuDevice, StaticGpuInventory
+
+    inv = StaticGpuInventory([GpuDevice(i, f"GPU-{i}", "fake", 16 * 1024**3) for i in range(2)])
+    gpus = GpuAllocator(inv)
+    for t in ("g1", "g2"):
+        runtime.scripts[t] = Script(hang=True)
+    m = manager(settings, runtime, host, gpus=gpus, capacity=Resources(4000, 8 * 1024**3, 2))
+    await m.start()
+    await m.assign(request("g1", resources=Resources(1000, 1024**3, 1)))
+    await m.assign(request("g2", resources=Resources(1000, 1024**3, 1)))
+    await m.assign(request("g3", resources=Resources(1000, 1024**3, 1)))
+    assert host.final_event("g3").reason == "needs 1 GPU, 0 free"
+    await until(lambda: runtime.has("g1") and runtime.has("g2"))
+    ids = {runtime.by_task(t).spec.gpu_device_ids for t in ("g1", "g2")}
+    assert ids == {("GPU-0",), ("GPU-1",)}
+    await m.cancel("g1", "x")
+    await until(lambda: gpus.free == 1)
+    await m.assign(request("g4", resources=Resources(1000, 1024**3, 1)))
+    await until(lambda: runtime.has("g4"))
+    assert runtime.by_task("g4").spec.gpu_device_ids == ("GPU-0",)
+    for t in ("g2", "g4"):
+        await m.cancel(t, "x")
+    await until(lambda: not m.held_tasks())
+    assert gpus.free == 2
+    await m.close()
