@@ -26,7 +26,6 @@ _TEMPLATE = """\
 # wg-quick@wg0` with {config_dir}/wg0.conf linked into /etc/wireguard) does that.
 [Unit]
 Description=HiveMind worker node
-Documentation=man:systemd.service(5)
 Wants=network-online.target docker.service
 After=network-online.target docker.service wg-quick@wg0.service
 # Start only once the node is enrolled (`hivemind-worker enroll`).
@@ -38,7 +37,8 @@ StartLimitBurst=10
 Type=notify
 NotifyAccess=main
 ExecStart={exec_start} run
-ExecReload=/bin/kill -HUP $MAINPID
+# SIGHUP: RELOADING=1, re-read settings. The shell's built-in kill: no procps needed.
+ExecReload=/bin/sh -c 'kill -HUP "$MAINPID"'
 # The daemon pings from its event loop only while it and its subsystems are
 # healthy; a wedged loop is killed (SIGABRT) and restarted.
 WatchdogSec={watchdog_sec}
@@ -52,15 +52,15 @@ KillMode=mixed
 User={user}
 Group={group}
 SupplementaryGroups=docker
-ConfigurationDirectory=hivemind-worker
-ConfigurationDirectoryMode=0750
 StateDirectory=hivemind-worker
 StateDirectoryMode=0750
 UMask=0027
 Environment=PYTHONUNBUFFERED=1
 
-# Sandboxing. The file system is read-only but for the state directory; the Docker
-# socket stays reachable (connecting to a socket needs no writable mount).
+# Sandboxing. The file system is read-only but for the state directory (no
+# ConfigurationDirectory=: that would make {config_dir} writable; only enrollment,
+# run by an operator, writes there). The Docker socket stays reachable: connecting
+# to a socket needs no writable mount.
 # No PrivateDevices/DeviceAllow/ProtectClock: NVML needs /dev/nvidia*.
 ProtectSystem=strict
 ReadWritePaths={state_dir}
