@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shlex
 import shutil
@@ -140,14 +141,24 @@ def _message(row, outcome: str) -> str:
     }.get(outcome, f"task {task_id} ended as {outcome}{why}")
 
 
+def _queued_hint(row) -> str:
+    spec = json.loads(row["spec_json"])
+    return (
+        f"still queued: no connected node has room for {spec.get('cpu_millicores', 0) / 1000:g} CPU, "
+        f"{spec.get('memory_bytes', 0) // (1024 * 1024)} MiB, {spec.get('gpu_count', 0)} GPU "
+        "(see `hivemind-worker dev-master nodes`; is a worker running and enrolled here?)"
+    )
+
+
 def wait(state: StateDir, task_id: str, output_dir: Path, *,
          on_log: Callable[[str, str], None] = lambda stream, text: None,
          on_state: Callable[[str], None] = lambda message: None,
-         poll_s: float = 0.2, result_grace_s: float = 30.0) -> Outcome:
+         poll_s: float = 0.2, result_grace_s: float = 30.0, queued_hint_s: float = 5.0) -> Outcome:
     """Follow a task until it ends and its result is in; save the result."""
     state.require()
     conn = open_db(state.db)
-    seq, last_state, ended_at = 0, "", None
+    seq, last_state, ended_at, started = 0, "", None, time.monotonic()
+    hinted = False
 
     def drain_logs() -> None:
         nonlocal seq
@@ -168,6 +179,9 @@ def wait(state: StateDir, task_id: str, output_dir: Path, *,
             if row["state"] != last_state:
                 last_state = row["state"]
                 on_state(last_state + (f" on {row['node_id']}" if row["node_id"] and last_state == "assigned" else ""))
+            if last_state == "queued" and not hinted and time.monotonic() - started > queued_hint_s:
+                hinted = True
+                on_state(_queued_hint(row))
             outcome = row["outcome"]
             if outcome is not None:
                 ended_at = ended_at or time.monotonic()

@@ -158,3 +158,24 @@ def test_exit_codes():
     assert [_exit_code(o, c) for o, c in (("exited", 0), ("exited", 3), ("exited", -9), ("timed_out", 137),
                                           ("oom_killed", 137), ("cancelled", 143), ("rejected", None),
                                           ("failed", None), ("lost", None))] == [0, 3, 1, 124, 137, 130, 7, 7, 7]
+
+
+def test_wait_tells_why_a_task_stays_queued(tmp_path):
+    from hivemind_worker.devmaster import submit as core
+
+    state = StateDir(tmp_path / "m").create()
+    open_db(state.db).close()
+    task_id = core.submit(state, SubmitRequest(bundle=b"", spec={"cpu_millicores": 2000, "memory_bytes": 1 << 30}))
+    messages: list[str] = []
+
+    def on_state(message: str) -> None:
+        messages.append(message)
+        if message.startswith("still queued"):
+            c = open_db(state.db)
+            taskdb.request_cancel(c, task_id)
+            c.close()
+
+    outcome = core.wait(state, task_id, tmp_path / "out", on_state=on_state, poll_s=0.02, queued_hint_s=0.1)
+    assert messages[0] == "queued" and "room for 2 CPU, 1024 MiB, 0 GPU" in messages[1]
+    assert (outcome.outcome, outcome.exit_code, outcome.result_path) == ("cancelled", 130, None)
+    assert "no result" not in outcome.message
