@@ -67,7 +67,10 @@ class CountingProxy:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(self._pipe(reader, w2, "up"), self._pipe(r2, writer, "down"))
+        try:
+            await asyncio.gather(self._pipe(reader, w2, "up"), self._pipe(r2, writer, "down"))
+        except asyncio.CancelledError:  # the bench is over
+            pass
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
