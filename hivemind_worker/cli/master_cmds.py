@@ -36,7 +36,7 @@ dev_master.add_typer(nodes_app)
 
 def register(app: typer.Typer) -> None:
     app.add_typer(dev_master)
-    app.command(help="Queue a task on a dev-master (a directory, a .zip bundle, or a command) and optionally wait for it.")(submit)
+    app.command()(submit)
 
 
 def _state(path: Optional[Path]):
@@ -216,10 +216,13 @@ def submit(
     wait: bool = typer.Option(False, "--wait", "-w", help="Stream the task's logs, save its result, exit with its exit code."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where --wait saves the result archive (default: .)."),
 ) -> None:
-    """Prints the task id. With --wait: the task's output on stdout/stderr as it
+    """Queue a task on a dev-master: a directory (zipped for you), a .zip bundle, or --command.
+
+    Prints the task id. With --wait: the task's output on stdout/stderr as it
     arrives, the result archive saved into --output, and the task's exit code as
     ours; a task that was rejected, failed or lost exits 7, cancelled 130, timed out
-    124, killed for memory 137 (the reason on stderr)."""
+    124, killed for memory 137 (the reason on stderr).
+    """
     from hivemind_worker.devmaster import submit as core
 
     settings_from(ctx)
