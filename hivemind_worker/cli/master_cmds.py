@@ -84,13 +84,20 @@ def serve(
     guard(config.validate)
     hub = None
     if wireguard:
+        from hivemind_worker.fsutil import atomic_write
         from hivemind_worker.vpn.hub import WireGuardHub
+        from hivemind_worker.vpn.keys import generate_keypair
 
         host = wg_endpoint or guard(lambda: split_listen(listen))[0]
         if host in ("0.0.0.0", "::"):
             raise fail("--wireguard with a wildcard --listen needs --wg-endpoint HOST (the address nodes dial)")
+        state = _state(state_dir).create()
+        # The hub keeps its key across restarts: enrolled nodes have its public key in wg0.conf.
+        key_file = state.root / "wg-hub.key"
+        if not key_file.exists():
+            atomic_write(key_file, generate_keypair().private_key + "\n", mode=0o600)
         hub = WireGuardHub(listen_port=wg_port, address=hub_address(vpn_subnet), endpoint_host=host,
-                           work_dir=_state(state_dir).create().root)
+                           work_dir=state.root, private_key=key_file.read_text().strip())
         guard(hub.up)
 
     def ready(master) -> None:

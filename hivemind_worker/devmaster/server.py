@@ -178,8 +178,8 @@ class DevMaster:
         self._wake.set()
 
     async def serve(self, on_ready: Callable[["DevMaster"], None] | None = None) -> None:
-        await self.startup()
         try:
+            await self.startup()
             if on_ready is not None:
                 on_ready(self)
             await self.main_loop()
