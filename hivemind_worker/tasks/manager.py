@@ -244,7 +244,12 @@ class TaskManager:
         return self._ledger.free()
 
     def snapshot(self) -> list[dict]:
-        return [r.snapshot() for r in self._runs.values()] + list(self._recent)
+        """Tasks the node holds now (not yet delivered), for the monitor."""
+        return [r.snapshot() for r in self._runs.values()]
+
+    def history(self) -> list[dict]:
+        """Recently delivered tasks, newest first."""
+        return list(reversed(self._recent))
 
     def log_tail(self, task_id: str, n: int = 100) -> list[LogRecord]:
         run = self._runs.get(task_id)
@@ -303,7 +308,7 @@ class TaskManager:
             self._done_ids.popitem(last=False)
         self._recent.append({
             "task_id": row.task_id, "status": row.status.value, "image": row.request.image or self.settings.task_image,
-            "created_ms": row.created_ms, "started_ms": row.started_ms, "ended_ms": row.ended_ms,
+            "created_ms": row.created_ms, "started_ms": row.started_ms or None, "ended_ms": row.ended_ms or None,
             "exit_code": row.exit_code, "reason": row.reason, "priority": row.request.priority,
         })
         TaskDirs(self.settings.state_dir / "tasks", row.task_id).remove()

@@ -406,25 +406,27 @@ class TaskRun:
             self.spool.close()
 
     def snapshot(self) -> dict:
+        """JSON-ready view for the monitor (monitor/view.py tasks() shape, plus more)."""
         r = self.row
+        started = r.started_ms or None
         return {
             "task_id": r.task_id,
             "status": r.status.value,
             "image": r.request.image or self.ctx.settings.task_image,
+            "container_id": r.container_id,
             "created_ms": r.created_ms,
-            "started_ms": r.started_ms,
-            "ended_ms": r.ended_ms,
-            "exit_code": r.exit_code,
+            "started_ms": started,
+            "ended_ms": r.ended_ms or None,
+            "exit_code": r.exit_code if r.status.finished and started else None,
             "reason": r.reason,
             "priority": r.request.priority,
             "resources": {
                 "cpu_millicores": self.resources.cpu_millicores,
                 "memory_bytes": self.resources.memory_bytes,
                 "gpu_count": self.resources.gpu_count,
-                "gpu_ids": list(r.gpu_ids),
             },
+            "gpu_ids": list(r.gpu_ids),
             "cpu_shares": self.cpu_shares,
             "log_lines": self.spool.last_seq if self.spool else 0,
             "last_log": [rec.text for rec in (self.spool.tail(5) if self.spool else [])],
         }
-

@@ -62,7 +62,7 @@ async def test_bundle_task_end_to_end(tmp_path, settings, runtime, host) -> None
     assert runtime.containers == {} and runtime.removed
     spec_env = None  # the container got the workspace with the unpacked bundle
     assert m.free() == CAPACITY
-    assert m.snapshot()[0]["status"] == "done"
+    assert m.snapshot() == [] and m.history()[0]["status"] == "done"
     await m.close()
     del spec_env
 
@@ -81,6 +81,9 @@ async def test_container_spec_limits_and_pull(settings, runtime, host) -> None:
     assert (spec.command, spec.entrypoint, spec.env["K"], spec.user) == (("echo", "x"), "run.sh", "V", "1000:1000")
     assert spec.workspace == (settings.state_dir / "tasks" / "t" / "workspace").resolve()
     assert (spec.workspace / "output").is_dir()
+    snap = m.snapshot()[0]
+    assert (snap["task_id"], snap["status"], snap["container_id"], snap["exit_code"]) == ("t", "running", runtime.by_task("t").cid, None)
+    assert snap["resources"] == {"cpu_millicores": 1500, "memory_bytes": 300 * 1024**2, "gpu_count": 0}
     assert m.free() == Resources(2500, CAPACITY.memory_bytes - 300 * 1024**2, 0)
     await m.cancel("t", "test over")
     await until(lambda: not m.held_tasks())
