@@ -421,3 +421,28 @@ async def test_gpus_are_given_exclusively_and_freed(settings, runtime, host) -> 
     await until(lambda: not m.held_tasks())
     assert gpus.free == 2
     await m.close()
+
+
+async def test_image_pull_or_start_failure_fails_never_falls_back(settings, runtime, host) -> None:
+    from hivemind_worker.errors import TaskError
+
+    async def no_pull(image, progress):
+        raise TaskError(f"image {image} could not be pulled: registry refused")
+
+    async def no_start(cid):
+        raise TaskError("could not select device driver \"nvidia\"")
+
+    runtime.pull = no_pull  # type: ignore[method-assign]
+    m = manager(settings, runtime, host)
+    await m.start()
+    await m.assign(request("p", image="missing:1"))
+    await until(lambda: not m.held_tasks())
+    ev = host.final_event("p")
+    assert ev.status is S.FAILED and "could not be pulled" in ev.reason and runtime.containers == {}
+    runtime.start = no_start  # type: ignore[method-assign]
+    await m.assign(request("s"))
+    await until(lambda: not m.held_tasks())
+    ev = host.final_event("s")
+    assert ev.status is S.FAILED and "nvidia" in ev.reason and runtime.containers == {}
+    assert host.uploads == {"p": 1, "s": 1}
+    await m.close()
