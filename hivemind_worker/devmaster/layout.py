@@ -74,9 +74,10 @@ class StateDir:
         return self.results / f"{task_id}.part"
 
     def create(self) -> "StateDir":
-        for path in (self.root, self.bundles, self.results):
-            path.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+        if not self.root.exists():
+            self.root.mkdir(parents=True, mode=0o700)
+        for path in (self.bundles, self.results):
+            path.mkdir(exist_ok=True, mode=0o700)
         return self
 
     def require(self) -> "StateDir":

@@ -12,8 +12,9 @@ settled (not done/lost/rejected):
   again; its result already complete -> ``done``; otherwise -> ``lost`` with a reason;
 - the node holds it: result complete here but pending there -> ResultAck again;
   cancellation requested -> CancelTask again; stored logs -> LogAck up to them.
-Tasks the node holds that the master does not know (or gave to another node) and
-that still run are cancelled.
+Tasks the node holds that the master does not know (or gave to another node) are
+cancelled while they run, and their pending results acknowledged (nobody here will
+ask for them); a held task settled here already gets its missing ResultAck.
 
 Assignment is first fit in priority order against the capacity from hello minus
 the tasks still running on the node; draining nodes get nothing. Not a scheduler.
@@ -227,9 +228,20 @@ class SessionHub:
             if seq:
                 session.send(pb.MasterMessage(log_ack=pb.LogAck(task_id=task_id, seq=seq)))
         for task_id, h in held.items():
+            row = taskdb.get_task(self.conn, task_id)
+            ours = row is not None and row["node_id"] == node_id
+            if ours:  # settled here already (done/lost/rejected): only a result ack may be missing
+                if h.result_pending and row["result_complete"]:
+                    session.send(pb.MasterMessage(result_ack=pb.ResultAck(task_id=task_id)))
+                continue
             if state_name(h.state) not in taskdb.OUTCOMES | {"uploading", "done"}:
                 session.send(pb.MasterMessage(cancel=pb.CancelTask(
                     task_id=task_id, reason="this master does not know the task (or gave it to another node)")))
+            elif h.result_pending:
+                # Nobody here will ever ask for it: let the node free its spool.
+                logger.warning("acknowledging the result of a task this master does not know",
+                               extra={"node_id": node_id, "task_id": task_id})
+                session.send(pb.MasterMessage(result_ack=pb.ResultAck(task_id=task_id)))
 
     # ------------------------------------------------------------ master -> nodes
 

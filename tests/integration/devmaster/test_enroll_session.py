@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from hivemind_worker.devmaster import ca, registry
+from hivemind_worker.devmaster.db import open_db
 from hivemind_worker.proto import worker_pb2 as pb
 from tests.integration.devmaster.peer import FakeNode, wg_key
 
@@ -174,5 +175,18 @@ async def test_oversize_message_is_refused_and_the_master_keeps_serving(tmp_path
         reply = await node.stub.GetCA(pb.GetCARequest())  # still serving
         assert reply.ca_pem.startswith(b"-----BEGIN CERTIFICATE-----")
         await node.close()
+
+        # On the session stream: that stream ends, the node may connect again.
+        db = open_db(small.state.db)
+        node = FakeNode(small)
+        await node.enroll(registry.create_token(db))
+        await node.connect()
+        await node.send(logs=pb.LogBatch(task_id="t", lines=[pb.LogLine(seq=1, text="x" * 100_000)]))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await node.recv(timeout=5)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (await node.connect()).session_id
+        await node.close()
+        db.close()
     finally:
         small.stop()

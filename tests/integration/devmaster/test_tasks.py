@@ -148,6 +148,13 @@ async def test_hello_reconciliation(master, make_node, db):
         seen[message.WhichOneof("kind")] = message
     assert seen["result_ack"].result_ack.task_id == finished
     assert seen["cancel"].cancel.task_id == "task-stranger"
+
+    # Settled here (done) but the node still waits for the ack: it gets it again.
+    await node.event(finished, pb.TASK_STATE_DONE)
+    await asyncio.sleep(0.2)
+    node.call.cancel()
+    await node.connect(cpus=0, held=(pb.HeldTask(task_id=finished, state=pb.TASK_STATE_UPLOADING, result_pending=True),))
+    assert (await node.recv_kind("result_ack")).task_id == finished
     assert taskdb.get_task(db, unacked)["state"] == "queued"  # never reached the node: queued again
     lost = taskdb.get_task(db, running)
     assert lost["state"] == "lost" and lost["outcome"] == "lost" and "came back without" in lost["reason"]
