@@ -69,7 +69,7 @@ class NodeMetricsCollector(Collector):
                      (status.get("started_ms") or 0) / 1000 or None)
         yield _gauge("hivemind_agent_draining", "1 while the node takes no new tasks.", int(bool(status.get("draining"))))
         session = status.get("session") or {}
-        state = session.get("state", "disconnected")
+        state = session.get("state", "closed")
         fam = GaugeMetricFamily("hivemind_agent_session_state", "Session with the master (1 = current state).",
                                 labels=["state"])
         for s in SESSION_STATES if state in SESSION_STATES else (*SESSION_STATES, state):

@@ -10,7 +10,7 @@ status() -> {
     "master": str,                           # host:port, "" when not enrolled
     "started_ms": int,                       # when the daemon started
     "draining": bool,
-    "session": {"state": str,                # one of SESSION_STATES
+    "session": {"state": str,                # one of SESSION_STATES (control.session.SessionState)
                 "connected": bool, "since_ms": int | None, "reconnects": int,
                 "last_error": str},
     "vpn": {"interface": str, "up": bool, "address": str,
@@ -42,7 +42,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-SESSION_STATES = ("disconnected", "connecting", "connected", "reconnecting", "draining", "revoked")
+# The control session's states (control.session.SessionState values), listed here so the
+# monitor does not import the control layer.
+SESSION_STATES = ("connecting", "connected", "backoff", "revoked", "closed")
 
 
 @runtime_checkable

@@ -65,7 +65,7 @@ function renderStatus() {
   pill.className = `pill ${sess.connected ? (s.draining ? "warn" : "ok") : "bad"}`;
   setCard("enrolled", s.enrolled ? "ok" : "bad", s.enrolled ? "Enrolled" : "Not enrolled",
     s.enrolled ? `master ${s.master || "—"}` : "run: hivemind-worker enroll");
-  setCard("session", sess.connected ? "ok" : sess.state === "connecting" || sess.state === "reconnecting" ? "warn" : "bad",
+  setCard("session", sess.connected ? "ok" : sess.state === "connecting" || sess.state === "backoff" ? "warn" : "bad",
     sess.connected ? "Connected" : (sess.state || "disconnected").replace(/^./, (c) => c.toUpperCase()),
     sess.connected ? `since ${clock(sess.since_ms)} · ${sess.reconnects || 0} reconnects` : (sess.last_error || `${sess.reconnects || 0} reconnects`));
   const vpn = s.vpn || {};

@@ -45,7 +45,7 @@ def test_promtool_accepts_live_metrics_with_gpus_and_tasks(live_monitor, fake_vi
     assert samples[("hivemind_node_memory_total_bytes", ())] > 0
     assert ("hivemind_node_filesystem_size_bytes", (("path", "/var/lib/docker"), ("volume", "docker"))) in samples
     assert samples[("hivemind_agent_session_state", (("state", "connected"),))] == 1
-    assert samples[("hivemind_agent_session_state", (("state", "reconnecting"),))] == 0
+    assert samples[("hivemind_agent_session_state", (("state", "backoff"),))] == 0
     assert samples[("hivemind_agent_reconnects_total", ())] == 1
     assert samples[("hivemind_agent_tasks", (("state", "running"),))] == 1
     assert samples[("hivemind_agent_tasks", (("state", "done"),))] == 0

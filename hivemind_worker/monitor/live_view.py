@@ -1,0 +1,106 @@
+"""``LiveNodeView``: the NodeView the daemon gives the monitor, assembled from the
+parts it already has, and ``monitor_part``: the monitor as an ``AgentParts.monitor``.
+
+The agent supplies what only it knows as small callables (status, counters, the task
+manager's snapshot and log tail, running containers); telemetry, history and
+earnings come from the TelemetryService. Everything here reads; nothing changes the
+node. Call on the event loop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, is_dataclass
+from typing import Any, Awaitable, Callable, Iterable
+
+from hivemind_worker.config import Settings
+from hivemind_worker.monitor.app import create_app
+from hivemind_worker.monitor.server import bind, serve
+from hivemind_worker.monitor.view import NodeView
+from hivemind_worker.telemetry.service import TelemetryService
+
+_DELIVERED = {"done", "rejected"}  # nothing left on the node: history only
+
+
+def _record(rec: Any) -> dict[str, Any]:
+    """A tasks.model.LogRecord (or a dict) as JSON."""
+    if isinstance(rec, dict):
+        return rec
+    d = asdict(rec) if is_dataclass(rec) else dict(vars(rec))
+    stream = d.get("stream")
+    d["stream"] = getattr(stream, "value", stream)
+    return d
+
+
+class LiveNodeView:
+    def __init__(
+        self,
+        telemetry: TelemetryService,
+        status: Callable[[], dict[str, Any]],
+        counters: Callable[[], dict[str, Any]],
+        task_snapshot: Callable[[], Iterable[dict[str, Any]]] = list,
+        log_tail: Callable[[str, int], Iterable[Any]] = lambda task_id, n: (),
+    ) -> None:
+        """``status()``: NodeView.status() less "gpus" (filled from telemetry when
+        absent); ``counters()``: agent_counters(); ``task_snapshot()``: the task
+        manager's snapshot(); ``log_tail(task_id, n)``: its LogRecords."""
+        self._telemetry = telemetry
+        self._status = status
+        self._counters = counters
+        self._snapshot = task_snapshot
+        self._log_tail = log_tail
+
+    def status(self) -> dict[str, Any]:
+        status = dict(self._status())
+        if "gpus" not in status:
+            latest = self._telemetry.history.latest
+            status["gpus"] = [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in (latest.gpus if latest else ())]
+        return status
+
+    def tasks(self) -> list[dict[str, Any]]:
+        latest = self._telemetry.history.latest
+        usage = {t.task_id: t for t in (latest.tasks if latest else ())}
+        out = []
+        for snap in self._snapshot():
+            if str(snap.get("status")) in _DELIVERED:
+                continue
+            task = dict(snap)
+            u = usage.get(task["task_id"])
+            task.setdefault("cpu_percent", u.cpu_percent if u else None)
+            task.setdefault("memory_bytes", u.memory_bytes if u else None)
+            out.append(task)
+        return out
+
+    def task_logs(self, task_id: str, n: int) -> list[dict[str, Any]]:
+        return [_record(r) for r in self._log_tail(task_id, n)]
+
+    def history(self) -> list[dict[str, Any]]:
+        return self._telemetry.task_history()
+
+    def telemetry_series(self) -> list[dict[str, Any]]:
+        return self._telemetry.telemetry_series()
+
+    def latest_sample(self) -> dict[str, Any] | None:
+        return self._telemetry.latest_sample()
+
+    def earnings(self) -> dict[str, Any]:
+        return self._telemetry.earnings()
+
+    def agent_counters(self) -> dict[str, Any]:
+        counters = dict(self._counters())
+        counters.setdefault("telemetry_reports_total", self._telemetry.reports)
+        return counters
+
+
+def monitor_part(settings: Settings, view: NodeView) -> Callable[[asyncio.Event], Awaitable[None]] | None:
+    """The monitor as ``AgentParts.monitor``; None when disabled. Binds the port now,
+    so a taken port fails the daemon's start with a ConfigError naming the setting."""
+    if not settings.monitor_enabled:
+        return None
+    sock = bind(settings.monitor_host, settings.monitor_port)
+    app = create_app(view)
+
+    async def run(should_exit: asyncio.Event) -> None:
+        await serve(app, settings.monitor_host, settings.monitor_port, should_exit, sock=sock)
+
+    return run
