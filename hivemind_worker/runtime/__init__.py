@@ -31,7 +31,10 @@ API (stable; the task manager codes against exactly this)::
             # the container then stays Created: remove() it
         def follow_logs(self, container_id: str, since_s: float | None = None)
             -> AsyncIterator[tuple[LogStream, str, int]]     # (stream, line w/o newline, time_ms);
-            # ends when the container exits; since_s (epoch seconds) is inclusive
+            # ends when the container exits (start() first: on a container that is not
+            # running it gives what was logged and ends); since_s (epoch seconds) is
+            # inclusive, to the microsecond. Close it with contextlib.aclosing() to stop
+            # its reading thread at once when leaving early.
         async def wait(self, container_id: str) -> ExitInfo   # daemon thread: never blocks shutdown
         async def kill(self, container_id: str) -> None       # idempotent (gone / not running: fine)
         async def remove(self, container_id: str) -> None     # idempotent, force
@@ -40,6 +43,7 @@ API (stable; the task manager codes against exactly this)::
         async def set_cpu_shares(self, container_id: str, shares: int) -> None
         async def stats(self, container_id: str) -> ContainerStats | None   # None if gone
         async def gpu_inventory(self) -> GpuInventory         # given one, or NVML + docker info
+        def close(self) -> None                               # closes the docker-py client
         async def gc_images(self, in_use: set[str], keep: set[str], high_percent: float,
                             low_percent: float, candidates: Iterable[str] | None = None) -> list[str]
             # removes unused task images (candidates, default: those this runtime pulled or

@@ -57,7 +57,7 @@ class NvmlGpuInventory:
 
             pynvml.nvmlInit()
         except Exception as exc:  # NVMLError, ImportError, missing libnvidia-ml.so
-            logger.warning("no GPUs: NVML is not available (%s)", exc)
+            logger.info("no GPUs: NVML is not available (%s)", exc)  # normal on CPU nodes; doctor warns
             return []
         try:
             found = []

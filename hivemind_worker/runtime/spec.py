@@ -142,6 +142,7 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         cap_drop=["ALL"],
         security_opt=["no-new-privileges:true"],
         privileged=False,
+        ipc_mode="private",
         network_mode="bridge" if spec.network is NetworkPolicy.BRIDGE else "none",
         pids_limit=spec.pids_limit,
         cpu_shares=spec.cpu_shares,

@@ -134,3 +134,39 @@ async def test_requirements_from_an_index_when_the_policy_allows_network(runtime
     ran = await run_to_end(runtime, spec, timeout=120)
     assert ran.exit.exit_code == 0, ran.text()
     assert "from the index" in ran.text(LogStream.STDOUT)
+
+
+async def test_bundle_to_result_archive_end_to_end(runtime, make_spec, tmp_path):
+    """A zip bundle (main.py, requirements.txt, wheels/) unpacked safely, run in the
+    hardened container, and its output archived: the pieces the task manager chains."""
+    import json
+    import tarfile
+
+    from hivemind_worker.tasks.archive import make_result_archive
+    from hivemind_worker.tasks.bundle import unpack_bundle
+
+    wheel = build_wheel(tmp_path / "build")
+    bundle = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("main.py", "import os, hmdemo\n"
+                    "out = os.environ['HIVEMIND_OUTPUT_DIR']\n"
+                    "open(os.path.join(out, 'answer.json'), 'w').write('{\"value\": %d}' % hmdemo.VALUE)\n"
+                    "print('done')\n")
+        zf.writestr("requirements.txt", "hmdemo==1.0\n")
+        zf.write(wheel, f"wheels/{wheel.name}")
+    ws = tmp_path / "task" / "ws"
+    unpack_bundle(bundle, ws, max_files=100, max_bytes=10 * 2**20)
+
+    ran = await run_to_end(runtime, make_spec(workspace=ws), timeout=120)
+    assert ran.exit.exit_code == 0, ran.text()
+    logs = tmp_path / "task" / "logs.txt"
+    logs.write_text("\n".join(l for _, l, _ in ran.lines) + "\n")
+    size, digest = make_result_archive(
+        ws / "output", logs, {"exit_code": ran.exit.exit_code, "oom_killed": ran.exit.oom_killed},
+        tmp_path / "task" / "result.tar.gz", 2**20,
+    )
+    with tarfile.open(tmp_path / "task" / "result.tar.gz") as tar:
+        assert json.loads(tar.extractfile("output/answer.json").read()) == {"value": 42}
+        assert b"done" in tar.extractfile("logs.txt").read()
+        assert json.loads(tar.extractfile("exit.json").read())["exit_code"] == 0
+    assert size > 0 and len(digest) == 64
