@@ -38,10 +38,7 @@ class AgentParts:
     channel_factory: Callable[[], Any]
     notifier: Notifier
     sample: Sampler
-    tasks: TaskService | None = None
-    task_start: Callable[[], Awaitable[None]] | None = None
-    task_drain: Callable[[float], Awaitable[None]] | None = None
-    task_close: Callable[[], Awaitable[None]] | None = None
+    tasks: TaskService | None = None  # None: no Docker here; assignments are refused
     monitor: Callable[[asyncio.Event], Awaitable[None]] | None = None
     on_report: Callable[[dict[str, Any]], None] | None = None
     reload_settings: Callable[[], Settings] | None = None
@@ -74,6 +71,11 @@ class Agent:
         self._background: dict[str, asyncio.Task] = {}
         self._log_extra = {"node_id": identity.node_id}
 
+    def attach_tasks(self, tasks: TaskService) -> None:
+        """The task manager needs the router as its TaskHost, so it comes after us."""
+        self.parts.tasks = tasks
+        self.router.tasks = tasks
+
     # ------------------------------------------------------------------ lifecycle
     async def serve(self) -> None:
         """Run until told to stop. Raises the error that ended the agent, if any."""
@@ -88,8 +90,8 @@ class Agent:
 
     async def startup(self) -> None:
         self.parts.notifier.status("Starting: reconciling tasks")
-        if self.parts.task_start is not None:
-            await self.parts.task_start()
+        if self.parts.tasks is not None:
+            await self.parts.tasks.start()
         self._spawn("session", self._run_session())
         self._spawn("telemetry", self._report_loop())
         if self.parts.monitor is not None:
@@ -120,9 +122,9 @@ class Agent:
         logger.info("draining (deadline %.0f s)", self.settings.drain_timeout_s, extra=self._log_extra)
         self.router.draining = True
         self.router.send(pb.WorkerMessage(drain=pb.Drain(draining=True, reason="node is shutting down")))
-        if self.parts.task_drain is not None and not self.force_exit:
+        if self.parts.tasks is not None and not self.force_exit:
             try:
-                await asyncio.wait_for(self.parts.task_drain(self.settings.drain_timeout_s), self.settings.drain_timeout_s + 10)
+                await asyncio.wait_for(self.parts.tasks.drain(self.settings.drain_timeout_s), self.settings.drain_timeout_s + 10)
             except asyncio.TimeoutError:
                 logger.warning("drain did not finish in time")
         self.session.close_stream()
@@ -135,8 +137,8 @@ class Agent:
         for task in self._background.values():
             task.cancel()
         await asyncio.gather(*self._background.values(), return_exceptions=True)
-        if self.parts.task_close is not None:
-            await self.parts.task_close()
+        if self.parts.tasks is not None:
+            await self.parts.tasks.close()
         logger.info("agent stopped", extra=self._log_extra)
 
     # ------------------------------------------------------------------ loops

@@ -49,11 +49,21 @@ def node_capacity(settings: Settings, gpu_count: int) -> Resources:
     return Resources(cpu_millicores=int(cpus * 1000), memory_bytes=memory, gpu_count=gpus)
 
 
-async def gather_facts(docker_version: str = "", gpus: list[dict] | None = None, nvidia_runtime: bool = False):
-    """NodeFacts for enrollment; Docker and GPU facts come from their adapters."""
+
+async def gather_facts(runtime=None):
+    """NodeFacts for enrollment. Docker and GPU facts come from the runtime adapter
+    when given; a node without Docker can still enroll (it will refuse tasks)."""
+    from hivemind_worker.errors import RuntimeUnavailable
     from hivemind_worker.proto import worker_pb2 as pb
 
-    facts = pb.NodeFacts(**host_facts(), docker_version=docker_version, nvidia_runtime=nvidia_runtime)
-    for gpu in gpus or ():
-        facts.gpus.add(**gpu)
+    facts = pb.NodeFacts(**host_facts())
+    if runtime is not None:
+        try:
+            facts.docker_version = await runtime.version()
+            inventory = await runtime.gpu_inventory()
+            facts.nvidia_runtime = inventory.nvidia_runtime
+            for gpu in inventory.devices():
+                facts.gpus.add(index=gpu.index, uuid=gpu.uuid, name=gpu.name, memory_bytes=gpu.memory_bytes)
+        except RuntimeUnavailable:
+            pass
     return facts

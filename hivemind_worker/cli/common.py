@@ -26,8 +26,11 @@ class GlobalOptions:
     log_format: str | None = None
 
 
-def settings_from(ctx: typer.Context, **overrides: Any) -> Settings:
-    """Settings for this invocation; sets up logging as a side effect (CLI only)."""
+def settings_from(ctx: typer.Context, daemon: bool = False, **overrides: Any) -> Settings:
+    """Settings for this invocation; sets up logging as a side effect (CLI only).
+
+    One-shot commands log only warnings (their output is their answer) unless
+    --debug; long-running ones (``daemon=True``) log at the configured level."""
     opts: GlobalOptions = ctx.find_root().obj or GlobalOptions()
     flags = {
         "log_level": "DEBUG" if opts.debug else None,
@@ -37,7 +40,10 @@ def settings_from(ctx: typer.Context, **overrides: Any) -> Settings:
         **overrides,
     }
     settings = guard(lambda: load_settings(flags, config_file=opts.config))
-    setup_logging(settings.log_level, settings.log_format, settings.log_file)
+    level = settings.log_level
+    if not daemon and not opts.debug and level in ("DEBUG", "INFO"):
+        level = "WARNING"
+    setup_logging(level, settings.log_format, settings.log_file)
     return settings
 
 

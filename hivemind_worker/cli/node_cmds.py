@@ -33,7 +33,13 @@ def enroll(
     settings = settings_from(ctx)
 
     async def go():
-        facts = await gather_facts()
+        from hivemind_worker.runtime import DockerRuntime
+
+        runtime = DockerRuntime()
+        try:
+            facts = await gather_facts(runtime)
+        finally:
+            runtime.close()
         return await enroll_node(settings, master, token, ca_hash, facts, force=force)
 
     result = guard(lambda: asyncio.run(go()))
@@ -48,7 +54,7 @@ def run(ctx: typer.Context) -> None:
     from hivemind_worker.agent.app import run_agent
     from hivemind_worker.config import load_settings
 
-    settings = settings_from(ctx)
+    settings = settings_from(ctx, daemon=True)
     opts: GlobalOptions = ctx.find_root().obj
 
     def reload():
