@@ -4,8 +4,10 @@ block I/O - read from the container's cgroup files and from Docker's own stats."
 
 from __future__ import annotations
 
+import os
 import time
 
+import psutil
 import pytest
 
 from hivemind_worker.telemetry.containers import CgroupReader, TaskUsageTracker, counters_from_docker_stats
@@ -55,13 +57,22 @@ def test_cpu_memory_io_of_a_real_container(burner):
     reader = CgroupReader()
     if reader(burner.id) is None:
         pytest.skip("the container's cgroup is not visible under /sys/fs/cgroup from here")
+    burner.reload()
+    proc = psutil.Process(burner.attrs["State"]["Pid"])  # the busy loop, seen from the host
     tracker = TaskUsageTracker(reader)
     tracker.usage({"t1": burner.id})
+    c0, t0 = proc.cpu_times(), time.monotonic()
     time.sleep(4)
     (u,) = tracker.usage({"t1": burner.id})
-    # --cpus 0.5 is a CFS quota of 50 ms per 100 ms; a busy loop uses all of it unless
-    # the (shared, 2-core) machine starves it.
-    assert 35 <= u.cpu_percent <= 55, u
+    c1, t1 = proc.cpu_times(), time.monotonic()
+    truth = ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0) * 100
+    # Attribution must match what the kernel charged the process, and respect the
+    # --cpus 0.5 quota (50 ms per 100 ms). On an idle machine the loop gets all of it;
+    # on a crowded one (this 2-core machine is shared) it may get less.
+    assert abs(u.cpu_percent - truth) < 6, (u.cpu_percent, truth)
+    assert 20 < u.cpu_percent <= 56, u
+    if os.getloadavg()[0] < (os.cpu_count() or 1) - 0.5:
+        assert u.cpu_percent >= 40, u
     assert 120 * MiB <= u.memory_bytes <= 170 * MiB, u  # 120 MiB block + the interpreter
     assert u.memory_limit_bytes == 256 * MiB
 
