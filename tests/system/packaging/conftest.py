@@ -316,3 +316,46 @@ def _poweroff(host: Host) -> None:
         except subprocess.TimeoutExpired:
             host.nspawn.kill()
             host.nspawn.wait(10)
+
+
+# --------------------------------------------------------------------------- Ansible
+
+ANSIBLE_PINS = ["ansible-core>=2.16,<2.20", "ansible-lint"]  # 2.19 is the newest for Python 3.11
+
+
+@pytest.fixture(scope="session")
+def ansible_venv() -> Path:
+    """ansible-core and ansible-lint in their own venv (not the project's), cached."""
+    _require_machine()
+    venv = CACHE / "ansible-venv"
+    with _locked("ansible-venv"):
+        if not (venv / "bin" / "ansible-playbook").exists() or not (venv / "bin" / "ansible-lint").exists():
+            env = {**os.environ, "PIP_CERT": os.environ.get("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt")}
+            subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True, timeout=120)
+            done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *ANSIBLE_PINS],
+                                  capture_output=True, text=True, timeout=900, env=env)
+            assert done.returncode == 0, f"pip install {ANSIBLE_PINS} failed:\n{done.stderr[-3000:]}"
+    return venv
+
+
+@pytest.fixture(scope="session")
+def ssh_key(tmp_path_factory) -> Path:
+    """A throw-away SSH key for the controller to reach the booted hosts."""
+    if not shutil.which("ssh-keygen") or not shutil.which("ssh"):
+        pytest.skip("needs the OpenSSH client: apt-get install openssh-client")
+    key = tmp_path_factory.mktemp("ssh") / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "packaging-tests", "-f", str(key)],
+                   check=True, timeout=30)
+    return key
+
+
+@pytest.fixture(scope="session")
+def source_archive(tmp_path_factory) -> Path:
+    """The worker's source tree as a .tar.gz, as a release would ship it."""
+    import tarfile
+
+    archive = tmp_path_factory.mktemp("source") / "hivemind-worker.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for rel in _git_files():
+            tar.add(REPO / rel, arcname=rel)
+    return archive

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.system, pytest.mark.root]
+pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.timeout(900)]
 
 SRC = "/usr/local/src/hivemind-worker"
 WHEELHOUSE = "/mnt/wheelhouse"

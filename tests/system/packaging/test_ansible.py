@@ -1,0 +1,109 @@
+"""The example playbook (packaging/ansible/site.yml with its group_vars) against two
+booted systemd hosts over SSH on loopback ports: one installs with install.sh, the
+other with the .deb. Both end enrolled and connected to one dev-master; the second
+run reports changed=0. The enrollment token comes from an Ansible Vault file."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[3]
+ANSIBLE = REPO / "packaging" / "ansible"
+WHEELHOUSE = "/mnt/wheelhouse"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ansible_lint_production(ansible_venv):
+    done = subprocess.run([str(ansible_venv / "bin" / "ansible-lint"), "--offline", "--profile", "production"],
+                          cwd=ANSIBLE, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": f"{ansible_venv / 'bin'}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _recap(output: str) -> dict[str, dict[str, int]]:
+    recap = {}
+    for host, stats in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.M):
+        recap[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", stats)}
+    return recap
+
+
+def test_playbook_enrolls_two_hosts_and_is_idempotent(boot, ansible_venv, ssh_key, dev_master, deb_package,
+                                                      wheelhouse, source_archive, tmp_path):
+    names = [f"pk-ans-a-{os.getpid()}", f"pk-ans-b-{os.getpid()}"]
+    ports = [_free_port(), _free_port()]
+    pubkey = ssh_key.with_suffix(".pub").read_text()
+    with boot(names[0], ssh_port=ports[0], authorized_key=pubkey, binds={str(wheelhouse): WHEELHOUSE}) as a, \
+            boot(names[1], ssh_port=ports[1], authorized_key=pubkey) as b:
+        timings = {"boot_a_s": a.timings["boot_s"], "boot_b_s": b.timings["boot_s"]}
+        for host in (a, b):  # sshd up on its port
+            host.sh(f"for i in $(seq 50); do ss -ltn | grep -q ':{host.ssh_port} ' && exit 0; sleep 0.2; done; exit 1")
+
+        common = (f"ansible_host=127.0.0.1 ansible_user=root ansible_become=false "
+                  f"ansible_python_interpreter=/usr/bin/python3 ansible_ssh_private_key_file={ssh_key} "
+                  f"hivemind_worker_master={dev_master.address} hivemind_worker_ca_hash={dev_master.ca_hash} ")
+        inventory = tmp_path / "inventory.ini"
+        inventory.write_text(
+            "[hivemind_workers]\n"
+            f"{a.name} ansible_port={a.ssh_port} {common} hivemind_worker_install_method=install_sh "
+            f"hivemind_worker_source_archive={source_archive} hivemind_worker_wheelhouse={WHEELHOUSE} "
+            f"hivemind_worker_monitor_port={_free_port()}\n"
+            f"{b.name} ansible_port={b.ssh_port} {common} hivemind_worker_install_method=package "
+            f"hivemind_worker_package_file={deb_package} hivemind_worker_monitor_port={_free_port()} "
+            "hivemind_worker_max_cpus=1 hivemind_worker_max_memory_bytes=1073741824\n"
+        )
+        password = tmp_path / "vault-password"
+        password.write_text("packaging-tests\n")
+        vault = tmp_path / "vault.yml"
+        vault.write_text(f'vault_hivemind_enroll_token: "{dev_master.token(uses=2)}"\n')
+        bin_dir = ansible_venv / "bin"
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
+               "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_PIPELINING": "True", "ANSIBLE_NOCOLOR": "1",
+               "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=/dev/null",
+               "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp_path / "cp")}
+        subprocess.run([str(bin_dir / "ansible-vault"), "encrypt", "--vault-password-file", str(password), str(vault)],
+                       check=True, capture_output=True, env=env, timeout=60)
+        assert vault.read_text().startswith("$ANSIBLE_VAULT")
+
+        def play() -> tuple[subprocess.CompletedProcess, float]:
+            started = time.monotonic()
+            done = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(inventory), "site.yml",
+                                   "-e", f"@{vault}", "--vault-password-file", str(password)],
+                                  cwd=ANSIBLE, capture_output=True, text=True, env=env, timeout=600)
+            return done, time.monotonic() - started
+
+        first, timings["first_run_s"] = play()
+        assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+        rows = dev_master.wait_connected(set(names))
+        assert len({r["node_id"] for r in rows}) == 2
+        for host in (a, b):
+            assert host.sh("systemctl is-active hivemind-worker").stdout.strip() == "active"
+            toml = host.sh("cat /etc/hivemind-worker/worker.toml").stdout
+            assert "task_image" in toml and "Ansible managed" in toml
+        assert b.sh("dpkg-query -W -f='${Status}' hivemind-worker").stdout == "install ok installed"
+        assert "max_cpus = 1.0" in b.sh("cat /etc/hivemind-worker/worker.toml").stdout
+        assert a.sh("readlink /usr/local/bin/hivemind-worker").stdout.strip() == "/opt/hivemind-worker/bin/hivemind-worker"
+        pids = [h.sh("systemctl show -P MainPID hivemind-worker").stdout for h in (a, b)]
+
+        second, timings["second_run_s"] = play()
+        assert second.returncode == 0, second.stdout[-6000:] + second.stderr[-3000:]
+        recap = _recap(second.stdout)
+        assert set(recap) == set(names), second.stdout[-3000:]
+        assert all(stats["changed"] == 0 and stats["failed"] == 0 for stats in recap.values()), second.stdout[-6000:]
+        assert [h.sh("systemctl show -P MainPID hivemind-worker").stdout for h in (a, b)] == pids
+        assert {r["node_id"] for r in dev_master.nodes() if r["hostname"] in names} == {r["node_id"] for r in rows}
+    print(f"ansible timings: { {k: round(v, 1) for k, v in timings.items()} }")
