@@ -41,7 +41,8 @@ API (stable; the task manager codes against exactly this)::
         async def inspect(self, container_id: str) -> ContainerInfo | None
         async def list_managed(self) -> list[ContainerInfo]   # label hivemind.managed=1
         async def set_cpu_shares(self, container_id: str, shares: int) -> None
-        async def stats(self, container_id: str) -> ContainerStats | None   # None if gone
+        async def stats(self, container_id: str) -> ContainerStats | None   # None if gone;
+            # one-shot: cpu_percent is measured against the previous call (0.0 the first time)
         async def gpu_inventory(self) -> GpuInventory         # given one, or NVML + docker info
         def close(self) -> None                               # closes the docker-py client
         async def gc_images(self, in_use: set[str], keep: set[str], high_percent: float,

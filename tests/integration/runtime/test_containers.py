@@ -10,7 +10,7 @@ import time
 import docker
 import pytest
 
-from hivemind_worker.errors import RuntimeUnavailable, TaskError
+from hivemind_worker.errors import RuntimeUnavailable, TaskError, TaskRejected
 from hivemind_worker.runtime import DockerRuntime, GpuAllocator, GpuDevice, StaticGpuInventory
 from hivemind_worker.tasks.model import LogStream, NetworkPolicy
 
@@ -101,6 +101,21 @@ async def test_fork_bomb_is_stopped_by_the_pids_limit(runtime, make_spec):
     assert time.monotonic() - started < 30  # the container ends with its main process
 
 
+async def test_a_shell_fork_bomb_stays_inside_the_pids_limit(runtime, make_spec):
+    spec = make_spec(command=("bash", "-c", "sleep 300 & bomb() { bomb | bomb & }; bomb; wait"), pids_limit=32, cpu_millicores=500)
+    cid = await runtime.create(spec)
+    try:
+        await runtime.start(cid)
+        await asyncio.sleep(2)
+        stats = await runtime.stats(cid)
+        assert stats is not None and 0 < stats.pids <= 32
+        await runtime.kill(cid)
+        exit_info = await asyncio.wait_for(runtime.wait(cid), 30)
+        assert exit_info.exit_code == 137 and not exit_info.oom_killed
+    finally:
+        await runtime.remove(cid)
+
+
 async def test_out_of_memory_is_detected(runtime, make_spec):
     hog = "b = bytearray(400 * 1024 * 1024)\nprint('survived')"
     ran = await run_to_end(runtime, make_spec(command=(PY, "-c", hog), memory_bytes=128 * 2**20))
@@ -134,6 +149,14 @@ async def test_gpu_request_is_stored_with_device_ids(docker_client, make_spec):
         rt.close()
     allocator.release("gpu-task")
     assert allocator.free == 4
+
+
+async def test_this_node_has_no_gpus_so_gpu_tasks_are_rejected(runtime):
+    inventory = await runtime.gpu_inventory()
+    if inventory.devices():
+        pytest.skip("this machine has GPUs")
+    with pytest.raises(TaskRejected, match="no GPUs|no NVIDIA runtime"):
+        GpuAllocator(inventory).allocate("gpu-task", 1)
 
 
 async def test_follow_logs_gets_every_line_in_order_quickly(runtime, make_spec):
