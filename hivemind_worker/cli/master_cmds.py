@@ -71,6 +71,7 @@ def serve(
     max_message_bytes: int = typer.Option(4 * 1024 * 1024, "--max-message-bytes", help="Largest gRPC message accepted or sent, in bytes."),
     report_interval: int = typer.Option(30, "--report-interval", help="Seconds between telemetry reports, told to nodes at enrollment."),
     vpn_subnet: str = typer.Option("10.88.0.0/24", "--vpn-subnet", help="Addresses handed to nodes; the first one is the hub's."),
+    tls_name: List[str] = typer.Option([], "--tls-name", help="Another name or address nodes dial (e.g. behind NAT); repeatable."),
 ) -> None:
     from hivemind_worker.devmaster import server
     from hivemind_worker.devmaster.layout import split_listen
@@ -80,6 +81,7 @@ def serve(
     config = server.MasterConfig(
         state_dir=_state(state_dir).root, listen=listen, insecure=insecure,
         max_message_bytes=max_message_bytes, heartbeat_s=report_interval, vpn_subnet=vpn_subnet,
+        extra_hosts=tuple(tls_name),
     )
     guard(config.validate)
     hub = None

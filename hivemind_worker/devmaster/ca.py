@@ -10,7 +10,8 @@ the CA PEM from the unauthenticated ``GetCA`` call compares exactly this.
 Keys are EC P-256, made here with `cryptography`, written 0600. The CA lives ten
 years; the server certificate is re-issued on every `serve` start (so its names
 match the listen address) and lists the listen host, 127.0.0.1, ::1, localhost and
-the VPN hub address. ``server.pem`` holds the server certificate followed by the CA
+the VPN hub address (for a wildcard listen address: every local address and the
+host name; more names with ``serve --tls-name``). ``server.pem`` holds the server certificate followed by the CA
 certificate, so a TLS peer also receives the CA in the handshake chain.
 
 This module must not open sockets; it only reads and writes files.
@@ -109,6 +110,18 @@ def _san(names: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
+def _local_names() -> list[str]:
+    """This host's name and addresses: a wildcard listener is dialled at any of them."""
+    import psutil
+
+    names = [socket.gethostname(), socket.getfqdn()]
+    for addresses in psutil.net_if_addrs().values():
+        for addr in addresses:
+            if addr.family in (socket.AF_INET, socket.AF_INET6):
+                names.append(addr.address.split("%")[0])  # drop an IPv6 zone
+    return names
+
+
 def issue_server_cert(state: StateDir, hosts: list[str]) -> tuple[bytes, bytes]:
     """Issue a fresh server certificate for ``hosts`` (+ loopback names).
 
@@ -118,7 +131,7 @@ def issue_server_cert(state: StateDir, hosts: list[str]) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     names = [*hosts, "localhost", "127.0.0.1", "::1"]
     if any(h in ("0.0.0.0", "::") for h in hosts):
-        names.append(socket.gethostname())
+        names.extend(_local_names())
     now = _now()
     cert = (
         x509.CertificateBuilder()

@@ -122,6 +122,14 @@ def test_ca_hash_is_sha256_of_the_ca_certificate_der(state):
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {str(n.value) for n in names} >= {"10.88.0.1", "master.example", "127.0.0.1", "localhost"}
     assert state.ca_key.stat().st_mode & 0o777 == 0o600 and state.server_key.stat().st_mode & 0o777 == 0o600
+    # A wildcard listener is reachable at every local address.
+    import psutil
+
+    chain, _ = ca.issue_server_cert(state, ["0.0.0.0"])
+    leaf = x509.load_pem_x509_certificates(chain)[0]
+    names = {str(n.value) for n in leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value}
+    local = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family == 2}
+    assert local <= names and "0.0.0.0" not in names
 
 
 def test_parsers():
