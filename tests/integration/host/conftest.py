@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,12 @@ class NetnsPair:
 
     def exec_argv(self, ns: str, *cmd: str) -> list[str]:
         return ["ip", "netns", "exec", ns, *cmd]
+
+    def hosts(self, ns: str, entries: dict[str, str]) -> None:
+        """/etc/hosts as processes in ``ns`` see it (`ip netns exec` binds /etc/netns/NS/hosts)."""
+        path = Path("/etc/netns") / ns / "hosts"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("127.0.0.1 localhost\n" + "".join(f"{ip} {name}\n" for name, ip in entries.items()))
 
 
 @pytest.fixture
@@ -52,7 +59,6 @@ def netns_pair():
     finally:
         for ns in (pair.hub, pair.node):
             # Deleting a namespace destroys its interfaces; wireguard-go then exits.
-            subprocess.run(["ip", "netns", "pids", ns], capture_output=True)
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
             for pid in pids:
                 try:
@@ -60,3 +66,4 @@ def netns_pair():
                 except ProcessLookupError:
                     pass
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
