@@ -121,7 +121,9 @@ class DockerRuntime:
             def detect() -> GpuInventory:
                 runtimes = self._docker().info().get("Runtimes") or {}
                 hook = shutil.which("nvidia-container-runtime-hook") or shutil.which("nvidia-container-runtime")
-                return NvmlGpuInventory(nvidia_runtime="nvidia" in runtimes or hook is not None)
+                inventory = NvmlGpuInventory(nvidia_runtime="nvidia" in runtimes or hook is not None)
+                inventory.devices()  # NVML is slow to start: query (and cache) here, off the loop
+                return inventory
 
             self._gpu_inventory = await self._call("ask Docker for its runtimes", detect)
         return self._gpu_inventory
@@ -167,19 +169,16 @@ class DockerRuntime:
         refs = list(candidates) if candidates is not None else None
         return await self._call(
             "remove unused task images",
-            self._images.collect,
-            self._docker(),
-            in_use,
-            keep,
-            high_percent,
-            low_percent,
-            refs,
+            lambda: self._images.collect(self._docker(), in_use, keep, high_percent, low_percent, refs),
         )
 
     # -- containers ------------------------------------------------------------
 
     async def create(self, spec: ContainerSpec) -> str:
-        kwargs = create_kwargs(spec)
+        try:
+            kwargs = create_kwargs(spec)
+        except ValueError as exc:
+            raise TaskError(f"cannot create a container for task {spec.task_id}: {exc}") from exc
 
         def run() -> str:
             _prepare_workspace(spec.workspace, spec.user)
