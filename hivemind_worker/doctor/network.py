@@ -33,7 +33,8 @@ def _identity(ctx: DoctorContext) -> NodeIdentity | None:
 
 def _vpn_expected(ctx: DoctorContext) -> bool:
     identity = _identity(ctx)
-    return ctx.settings.wg_config.exists() or bool(identity and identity.vpn.address)
+    # The master assigned a VPN when it gave a hub key (enrollment then wrote wg0.conf).
+    return ctx.settings.wg_config.exists() or bool(identity and identity.vpn.server_public_key)
 
 
 def check_wg_tools(ctx: DoctorContext) -> list[CheckResult]:

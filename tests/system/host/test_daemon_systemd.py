@@ -84,6 +84,13 @@ def test_daemon_under_systemd(worker_machine, dev_master):
     assert status_text and f'Status: "{status_text}"' in status, status
     assert m.show("hivemind-worker", "User") == "hivemind-worker"
 
+    # A healthy enrolled host: the doctor finds nothing to fail and exits 0.
+    doctor = m.exec(HW, "doctor", check=False, timeout=60)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    for line in ("PASS  enrolled", "PASS  credential files", "PASS  docker access", "PASS  master reachable",
+                 "PASS  credential accepted", "PASS  systemd unit", "PASS  monitor port"):
+        assert line in doctor.stdout, doctor.stdout
+
     # A frozen event loop stops the pings; systemd kills and restarts the daemon.
     first_pid = m.show("hivemind-worker", "MainPID")
     m.exec("systemctl", "kill", "--kill-whom=main", "--signal=SIGSTOP", "hivemind-worker")
