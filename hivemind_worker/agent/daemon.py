@@ -161,7 +161,9 @@ class Agent:
                 report = report_from_sample(sample)
                 if self.parts.tasks is not None:
                     report.free.CopyFrom(resources_to_pb(self.parts.tasks.free()))
-                self.router.send(pb.WorkerMessage(telemetry=report))
+                sent = self.router.send(pb.WorkerMessage(telemetry=report))
+                logger.debug("telemetry report %s (cpu %.0f%%, memory %.0f%%)", "sent" if sent else "not sent: no session",
+                             report.cpu_percent, report.memory_percent)
             except WorkerError as exc:
                 logger.warning("telemetry sample failed: %s", exc)
             interval = self.router.report_interval_override or self.settings.report_interval_s

@@ -97,6 +97,9 @@ class Node:
             "HIVEMIND_STATE_DIR": str(self.state_dir),
             "HIVEMIND_MONITOR_PORT": str(free_port()),
             "HIVEMIND_LOG_FORMAT": "text",
+            # CI's two cores are busy with other tests; host pressure would (rightly)
+            # stop admission, which is tested in tests/*/tasks, not here.
+            "HIVEMIND_PRESSURE_CPU_PERCENT": "100",
             **{f"HIVEMIND_{k.upper()}": str(v) for k, v in settings.items()},
         }
         self.proc: subprocess.Popen | None = None

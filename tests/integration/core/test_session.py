@@ -84,3 +84,33 @@ def test_oversize_message_is_refused_without_crashing_either_side(devmaster, mak
     time.sleep(1.5)
     assert devmaster.proc.poll() is None and node.proc.poll() is None
     assert connected(devmaster, node_id)()
+
+
+def test_sighup_reloads_and_journal_gets_json_lines(devmaster, make_node):
+    import json as jsonlib
+
+    node = make_node(report_interval_s=1)
+    node.env.pop("HIVEMIND_LOG_FORMAT")
+    node.env["JOURNAL_STREAM"] = "8:12345"  # what systemd sets when stdout is the journal
+    assert node.enroll(devmaster).returncode == 0
+    node.start()
+    node_id = node.node_id()
+    wait_for(connected(devmaster, node_id), 20, "the session")
+    # The file sets what the environment does not (the environment would win).
+    (node.config_dir / "worker.toml").write_text('log_level = "DEBUG"\nreconnect_max_s = 7\n')
+    node.signal(signal.SIGHUP)
+    wait_for(lambda: "settings reloaded" in node.log.read_text(), 10, "the reload")
+    (node.config_dir / "worker.toml").write_text('log_level = "LOUD"\n')
+    node.signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in node.log.read_text(), 10, "the refused reload")
+    assert node.proc.poll() is None, "a bad reload keeps the old settings and the daemon"
+    node.signal(signal.SIGTERM)
+    assert node.wait(30) == 0
+    records = [jsonlib.loads(line) for line in node.log.read_text().splitlines() if line.startswith("{")]
+    assert records, "under systemd every line is JSON"
+    assert any(r.get("node_id") == node_id for r in records)
+    reloaded = [r for r in records if "settings reloaded" in r["message"]]
+    assert reloaded and "log level DEBUG" in reloaded[0]["message"]
+    assert any(r["level"] == "DEBUG" for r in records), "the new log level took effect"
+    credential = jsonlib.loads((node.config_dir / "node.json").read_text())["credential"]
+    assert credential not in node.log.read_text()
