@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 
 import pytest
@@ -14,6 +15,12 @@ import pytest
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.timeout(900)]
 
 DEB = "/var/tmp/hivemind-worker.deb"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_requirements_lock_covers_pyproject():
@@ -54,8 +61,10 @@ def test_deb_install_doctor_remove_purge(boot, deb_package, dev_master):
         assert report["checks"] and all("outcome" in c or "status" in c for c in report["checks"]), report
         print("doctor:", [(c.get("name"), c.get("outcome", c.get("status"))) for c in report["checks"]])
 
-        # The packaged venv really runs the daemon: enroll, start, connected.
-        host.sh(f"hivemind-worker enroll --master {dev_master.address} --ca-hash {dev_master.ca_hash} "
+        # The packaged venv really runs the daemon: enroll, start, connected. (The
+        # hosts share the machine's network: the monitor gets a free port.)
+        host.sh(f"echo 'monitor_port = {free_port()}' > /etc/hivemind-worker/worker.toml && "
+                f"hivemind-worker enroll --master {dev_master.address} --ca-hash {dev_master.ca_hash} "
                 "&& systemctl start hivemind-worker", env={"HIVEMIND_ENROLL_TOKEN": dev_master.token()})
         try:
             dev_master.wait_connected({name})

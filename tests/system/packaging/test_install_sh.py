@@ -7,6 +7,7 @@ One boot for all of it: booting is the slow part."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import pytest
@@ -25,6 +26,12 @@ FINGERPRINT = (
 )
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_install_sh_enrolls_and_is_idempotent(boot, wheelhouse, dev_master):
     name = f"pk-inst-{os.getpid()}"
     with boot(name, source=SRC, binds={str(wheelhouse): WHEELHOUSE}) as host:
@@ -40,6 +47,9 @@ def test_install_sh_enrolls_and_is_idempotent(boot, wheelhouse, dev_master):
         assert done.returncode != 0 and "unsupported OS: Fedora Linux 40" in done.stderr, done.stderr
         done = host.sh(f"{SRC}/install.sh --token x", check=False)
         assert done.returncode != 0 and "--master" in done.stderr, done.stderr
+
+        # The hosts share the machine's network: give the monitor a free port.
+        host.sh(f"mkdir -p /etc/hivemind-worker && echo 'monitor_port = {free_port()}' > /etc/hivemind-worker/worker.toml")
 
         # First run: installs, enrolls, starts.
         started = time.monotonic()
@@ -81,4 +91,15 @@ def test_install_sh_enrolls_and_is_idempotent(boot, wheelhouse, dev_master):
         host.sh(f"{SRC}/install.sh --uninstall --purge", timeout=180)
         host.sh("test ! -e /etc/hivemind-worker && test ! -e /var/lib/hivemind-worker "
                 "&& ! getent passwd hivemind-worker && test ! -e /etc/systemd/system/hivemind-worker.service")
+
+        # A package to install and no mirror: it says so and stops.
+        (host.root / "var/tmp/no-mirror.list").write_text("deb http://127.0.0.1:9/debian bookworm main\n")
+        (host.root / "var/tmp/no-sources.d").mkdir()
+        (host.root / "var/tmp/no-mirror.conf").write_text(
+            'Dir::Etc::sourcelist "/var/tmp/no-mirror.list";\nDir::Etc::sourceparts "/var/tmp/no-sources.d";\n')
+        host.sh("dpkg -r wireguard-go")
+        done = host.sh(f"APT_CONFIG=/var/tmp/no-mirror.conf {SRC}/install.sh --wheelhouse {WHEELHOUSE}",
+                       check=False, timeout=180)
+        assert done.returncode != 0 and "cannot reach the package mirror" in done.stderr, done.stdout + done.stderr
+        assert "wireguard-go" in done.stdout
     print(f"install.sh timings: { {k: round(v, 1) for k, v in timings.items()} }")
