@@ -10,6 +10,7 @@ else ``./dev-master-state``)::
     DIR/bundles/<task>.zip  bundles queued by `submit`
     DIR/results/<task>.tar.gz  complete result archives (``.part`` while uploading)
     DIR/master.json         written by `serve`: listen address, tls, pid, ca_hash
+    DIR/serve.lock          flock held by the one `serve` of this directory
     DIR/wg-hub.key          with --wireguard: the hub's private key (0600), kept across restarts
     DIR/hm-hub0.conf        with --wireguard: the hub's wg-quick config (0600), written by the hub
 

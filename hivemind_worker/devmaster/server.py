@@ -12,6 +12,7 @@ the caller the address and the CA hash.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -73,10 +74,12 @@ class DevMaster:
         self.conn = None
         self.sessions: SessionHub | None = None
         self._hub_removed: set[str] = set()
+        self._lock_fd: int | None = None
 
     async def startup(self) -> None:
         host, port = split_listen(self.config.listen)
         self.state.create()
+        self._lock()
         ca.ensure_ca(self.state)
         self.ca_hash = ca.ca_hash(self.state)
         self.conn = open_db(self.state.db)
@@ -87,6 +90,10 @@ class DevMaster:
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            # Ping idle nodes, so a node that vanished without closing its connection
+            # (power loss, network cut) is seen leaving within ~40 s.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ])
@@ -120,6 +127,19 @@ class DevMaster:
             "pid": os.getpid(), "max_message_bytes": limit,
         })
         logger.info("dev-master serving on %s (%s)", self.address, "plain text" if self.config.insecure else "TLS")
+
+    def _lock(self) -> None:
+        """One `serve` per state directory: two would both hand out the same queue."""
+        path = self.state.root / "serve.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise ConfigError(
+                f"another `dev-master serve` is running on {self.state.root}; stop it first or use another --state-dir"
+            ) from exc
+        self._lock_fd = fd
 
     async def main_loop(self) -> None:
         watch = ChangeWatch(self.conn)
@@ -166,6 +186,9 @@ class DevMaster:
                 logger.exception("WireGuard hub did not go down cleanly")
         if self.conn is not None:
             self.conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
         logger.info("dev-master stopped")
 
     def install_signal_handlers(self) -> None:

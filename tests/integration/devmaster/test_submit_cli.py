@@ -117,3 +117,8 @@ def test_cli_commands_on_the_state_directory(master, tmp_path):
 def test_insecure_is_refused_off_loopback(tmp_path):
     done = cli("dev-master", "serve", "--state-dir", str(tmp_path / "m"), "--listen", "0.0.0.0:0", "--insecure")
     assert done.returncode == 2 and "loopback only" in done.stderr
+
+
+def test_a_second_serve_on_the_same_state_is_refused(master):
+    done = cli("dev-master", "serve", "--state-dir", str(master.state.root), "--listen", "127.0.0.1:0", timeout=30)
+    assert done.returncode == 2 and "another `dev-master serve` is running" in done.stderr
