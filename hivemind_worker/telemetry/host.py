@@ -8,6 +8,7 @@ outputs in tests (``replay.ReplayPsutil``); both answer the same few calls. Bloc
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 # Interfaces whose traffic is not the node's: loopback and the veth halves Docker
 # makes per container (a task's traffic is counted once, on the bridge or uplink).
 _SKIP_NIC_PREFIXES = ("lo", "veth")
+_MIN_CPU_WINDOW_S = 0.1
 
 
 class HostCollector:
@@ -31,6 +33,7 @@ class HostCollector:
         # cpu_percent() measures since the previous call; prime it so that the
         # first real sample covers the time since start-up instead of reading 0.
         self._safe("cpu", lambda: self._ps.cpu_percent(percpu=True))
+        self._primed_at: float | None = time.monotonic()
 
     def _safe(self, key: str, fn, default=None):
         try:
@@ -41,6 +44,10 @@ class HostCollector:
 
     def sample(self) -> HostSample:
         ps = self._ps
+        if self._primed_at is not None:
+            # A first sample right after priming would measure nothing (psutil reads 0 %).
+            time.sleep(max(0.0, _MIN_CPU_WINDOW_S - (time.monotonic() - self._primed_at)))
+            self._primed_at = None
         cpu_count = self._safe("cpu_count", lambda: ps.cpu_count(logical=True), 0) or 0
         per_core = tuple(float(x) for x in self._safe("cpu", lambda: ps.cpu_percent(percpu=True), ()) or ())
         load = self._safe("load", ps.getloadavg)

@@ -167,7 +167,8 @@ function drawLine(canvas, lines, t0, t1) {
     const t = t0 + ((t1 - t0) * i) / 3;
     const x = pad.l + (pw * i) / 3;
     ctx.textAlign = i === 0 ? "left" : i === 3 ? "right" : "center";
-    ctx.fillText(new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }), x, h - pad.b + 5);
+    const opts = t1 - t0 < 900000 ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" };
+    ctx.fillText(new Date(t).toLocaleTimeString([], opts), x, h - pad.b + 5);
   }
   const X = (t) => pad.l + ((t - t0) / Math.max(1, t1 - t0)) * pw;
   const Y = (v) => pad.t + ph - (Math.max(0, Math.min(100, v)) / 100) * ph;
@@ -198,8 +199,12 @@ const line0Empty = (lines) => (lines.length ? "waiting for data" : "no GPU on th
 
 const GPU_COLORS = ["#1f9d8a", "#e59a0b", "#d64545", "#2f6fde", "#8a4fd8", "#5b6b7f", "#c2185b", "#00897b"];
 function renderCharts() {
-  const t1 = Date.now(), t0 = t1 - state.range * 1000;
   const s = state.series;
+  const t1 = Date.now();
+  // A young node has less history than the range: fit what there is (at least 30 s)
+  // instead of squeezing it against the right edge.
+  const first = s.length ? s[0].time_ms : t1;
+  const t0 = Math.max(t1 - state.range * 1000, Math.min(first, t1 - 30000));
   const series = (f) => s.map((p) => ({ t: p.time_ms, v: f(p) }));
   drawLine($("chart-cpu"), [{ color: "#2f6fde", points: series((p) => p.cpu_percent) }], t0, t1);
   drawLine($("chart-mem"), [{ color: "#8a4fd8", points: series((p) => p.memory_percent) }], t0, t1);
