@@ -23,9 +23,12 @@ def runtime(docker_client):
     rt = DockerRuntime(client_factory=docker.from_env)
     yield rt
     rt.close()
-    for c in docker_client.containers.list(all=True, filters={"label": "hivemind.managed=1"}):
-        if c.labels.get("hivemind.task_id", "").startswith(PREFIX):
-            c.remove(force=True)
+    for c in docker_client.api.containers(all=True, filters={"label": "hivemind.managed=1"}):
+        if c["Labels"].get("hivemind.task_id", "").startswith(PREFIX):
+            try:
+                docker_client.api.remove_container(c["Id"], force=True)
+            except docker.errors.APIError:
+                pass  # already gone, or its removal is in progress
 
 
 @pytest.fixture
