@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -109,7 +110,13 @@ def check_master(address: str, timeout_s: float) -> None:
         ) from exc
 
 
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise VpnError(f"`{what}` changes network interfaces and needs root: run sudo hivemind-worker {what}")
+
+
 def up_sync(settings: Settings, handshake_timeout_s: float = 20.0, master_timeout_s: float = 5.0) -> UpResult:
+    _need_root("up")
     path, rendered = _ensure_config(settings)
     load_config(path)
     interface = interface_of(path)
@@ -129,6 +136,7 @@ def up_sync(settings: Settings, handshake_timeout_s: float = 20.0, master_timeou
 
 def down_sync(settings: Settings) -> bool:
     """Take the tunnel down; False when it was not up."""
+    _need_root("down")
     path = settings.wg_config
     interface = interface_of(path)
     if not wgtool.interface_exists(interface):
