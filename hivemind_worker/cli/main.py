@@ -51,6 +51,19 @@ def _global(
 for module in (node_cmds, master_cmds, host_cmds, status_cmd):
     module.register(app)
 
+# Group the commands in --help the way a new operator meets them.
+_PANELS = {
+    "demo": "Getting started",
+    "install": "Setting up a node", "enroll": "Setting up a node", "up": "Setting up a node", "down": "Setting up a node",
+    "run": "Operating a node", "status": "Operating a node", "doctor": "Operating a node",
+    "dev-master": "Reference control plane", "submit": "Reference control plane",
+}
+for info in app.registered_commands:
+    name = info.name or info.callback.__name__.removesuffix("_cmd").replace("_", "-")
+    info.rich_help_panel = _PANELS.get(name, "Commands")
+for group in app.registered_groups:
+    group.rich_help_panel = _PANELS.get(group.name or group.typer_instance.info.name, "Commands")
+
 
 def main() -> None:
     app()

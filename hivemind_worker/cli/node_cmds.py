@@ -11,9 +11,9 @@ from hivemind_worker.cli.common import GlobalOptions, guard, settings_from
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help="Enroll this machine with a master (one-time, with a token from the master).")(enroll)
-    app.command(help="Run the worker daemon in the foreground (what the systemd unit starts).")(run)
-    app.command(help="Try it out: a local dev-master, this machine enrolled to it, one sample task.")(demo)
+    app.command()(demo)
+    app.command()(enroll)
+    app.command()(run)
 
 
 def enroll(
@@ -23,7 +23,9 @@ def enroll(
     ca_hash: Optional[str] = typer.Option(None, "--ca-hash", help="The master's CA pin, sha256:<hex> (printed by the master)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing enrollment."),
 ) -> None:
-    """Generates the node's WireGuard key pair here (the private key never leaves the
+    """Enroll this machine with a master (once, with a token from the master).
+
+    Generates the node's WireGuard key pair here (the private key never leaves the
     node), sends the node's facts and public key, and stores the credential, the pinned
     CA and wg0.conf (all mode 0600)."""
     from hivemind_worker.agent.enrollment import enroll_node
@@ -49,7 +51,9 @@ def enroll(
 
 
 def run(ctx: typer.Context) -> None:
-    """Connects to the master, runs assigned tasks, reports telemetry and serves the
+    """Run the worker daemon in the foreground (what the systemd unit starts).
+
+    Connects to the master, runs assigned tasks, reports telemetry and serves the
     monitor. SIGTERM drains and exits 0; SIGHUP reloads settings."""
     from hivemind_worker.agent.app import run_agent
     from hivemind_worker.config import load_settings
@@ -67,8 +71,11 @@ def demo(
     ctx: typer.Context,
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary state directory afterwards."),
 ) -> None:
-    """Everything on loopback in a temporary directory; needs no root when Docker is
-    reachable by this user."""
+    """Try it out: a local dev-master, this machine enrolled to it, one sample task.
+
+    Everything runs on loopback in a temporary directory and is stopped afterwards;
+    it needs no root when this user can reach Docker. Needs the task image
+    (images/task-runtime/build-from-debian.sh, or `sudo scripts/demo.sh` does all)."""
     from hivemind_worker.demo import run_demo
 
     settings_from(ctx)
