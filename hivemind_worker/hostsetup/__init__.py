@@ -7,3 +7,5 @@ from hivemind_worker.hostsetup.install import (  # noqa: F401
     install,
     uninstall,
 )
+
+__all__ = ["InstallReport", "chown_to_service_user", "install", "uninstall"]

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from hivemind_worker.proto import worker_pb2, worker_pb2_grpc
+from hivemind_worker.proto import worker_pb2_grpc
 
 
 def make_ca(name: str = "test CA") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
