@@ -66,4 +66,4 @@ for group in app.registered_groups:
 
 
 def main() -> None:
-    app()
+    app(prog_name="hivemind-worker")
