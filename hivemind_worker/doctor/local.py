@@ -33,6 +33,8 @@ def check_enrolled(ctx: DoctorContext) -> list[CheckResult]:
     try:
         identity = load_identity(ctx.settings.config_dir)
     except WorkerError as exc:
+        if "permission denied" in str(exc):
+            return [failed(name, str(exc), "run the doctor as root: sudo hivemind-worker doctor")]
         return [failed(name, str(exc), ENROLL_FIX)]
     return [passed(name, f"node {identity.node_id} enrolled with {identity.master}")]
 
