@@ -70,6 +70,7 @@ class Router:
             free=resources_to_pb(free),
             tasks=[held_to_pb(h) for h in held],
             draining=self.draining,
+            max_message_bytes=self._max_message_bytes,
         )
 
     async def on_connected(self, welcome: pb.Welcome) -> None:
