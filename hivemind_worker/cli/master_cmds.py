@@ -29,7 +29,7 @@ dev_master = typer.Typer(
     no_args_is_help=True,
 )
 token_app = typer.Typer(name="token", help="Enrollment tokens.", no_args_is_help=True)
-nodes_app = typer.Typer(name="nodes", help="Enrolled nodes: list them (default) or revoke one.")
+nodes_app = typer.Typer(name="nodes", help="Enrolled nodes: list them (default), drain or revoke one.")
 dev_master.add_typer(token_app)
 dev_master.add_typer(nodes_app)
 
@@ -174,6 +174,18 @@ def nodes_revoke(node_id: str = typer.Argument(..., help="The node id (see `dev-
     if not registry.revoke(conn, node_id):
         raise fail(f"no enrolled, unrevoked node {node_id!r}; see `hivemind-worker dev-master nodes`")
     typer.echo(f"revoked {node_id}")
+
+
+@nodes_app.command("drain", help="Stop giving a node tasks and tell it to drain (its running tasks finish).")
+def nodes_drain(node_id: str = typer.Argument(..., help="The node id (see `dev-master nodes`)."),
+                state_dir: Optional[Path] = StateDirOpt,
+                resume: bool = typer.Option(False, "--resume", help="Undo: the node takes tasks again.")) -> None:
+    from hivemind_worker.devmaster import registry
+
+    _, conn = _db(state_dir)
+    if not registry.request_drain(conn, node_id, not resume):
+        raise fail(f"no enrolled, unrevoked node {node_id!r}; see `hivemind-worker dev-master nodes`")
+    typer.echo(f"{node_id}: {'resumed' if resume else 'draining'} (told at once if connected, else when it connects)")
 
 
 @dev_master.command("tasks", help="List tasks: id, state, node, outcome, exit code, result.")

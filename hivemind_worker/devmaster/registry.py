@@ -177,6 +177,20 @@ def set_draining(conn: sqlite3.Connection, node_id: str, draining: bool) -> None
     conn.execute("UPDATE nodes SET draining=? WHERE node_id=?", (int(draining), node_id))
 
 
+def drain_flags(conn: sqlite3.Connection, node_ids: list[str]) -> dict[str, bool]:
+    if not node_ids:
+        return {}
+    marks = ",".join("?" * len(node_ids))
+    return {r[0]: bool(r[1]) for r in conn.execute(
+        f"SELECT node_id, draining FROM nodes WHERE node_id IN ({marks})", node_ids)}
+
+
+def request_drain(conn: sqlite3.Connection, node_id: str, draining: bool) -> bool:
+    """The operator's drain/resume; False when no such (unrevoked) node exists."""
+    cur = conn.execute("UPDATE nodes SET draining=? WHERE node_id=? AND revoked_at IS NULL", (int(draining), node_id))
+    return cur.rowcount == 1
+
+
 def reset_sessions(conn: sqlite3.Connection) -> None:
     """At `serve` start: sessions left open by a crash are closed."""
     t = now()

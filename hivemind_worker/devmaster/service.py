@@ -70,6 +70,33 @@ def _valid_wg_key(key: str) -> bool:
         return False
 
 
+class _Refusal(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+DRAIN_LIMIT_S = 10.0
+
+
+async def _drain(request_iterator) -> None:
+    """Discard what a client still sends, within bounds (then answer anyway)."""
+    received = 0
+
+    async def consume() -> None:
+        nonlocal received
+        async for chunk in request_iterator:
+            received += chunk.ByteSize()
+            if received > DRAIN_LIMIT_BYTES:
+                return
+
+    try:
+        await asyncio.wait_for(consume(), DRAIN_LIMIT_S)
+    except (asyncio.TimeoutError, grpc.RpcError):
+        pass
+
+
 class ControlService(pb_grpc.NodeControlServicer):
     def __init__(self, state: StateDir, conn: sqlite3.Connection, sessions: SessionHub, *,
                  heartbeat_s: int = 30, vpn: VpnSettings = VpnSettings(), hub: VpnHub | None = None,
@@ -190,48 +217,63 @@ class ControlService(pb_grpc.NodeControlServicer):
         return pb.ResultOffsetResponse(offset=offset, complete=complete)
 
     async def UploadResult(self, request_iterator, context) -> pb.UploadResultResponse:
-        node = await self._node(context)
+        try:
+            return await self._upload(request_iterator, context)
+        except _Refusal as refusal:
+            # Read what the node is still sending before answering: a status that
+            # overtakes a grpc.aio client's pending write reaches it as INTERNAL,
+            # and the node must see the real reason (e.g. the offset to resume from).
+            await _drain(request_iterator)
+            await context.abort(refusal.code, refusal.message)
+
+    async def _upload(self, request_iterator, context) -> pb.UploadResultResponse:
+        node = self._lookup(context)
+        if node is None:
+            raise _Refusal(grpc.StatusCode.UNAUTHENTICATED, REVOKED_MESSAGE)
         task_id, fh, size, complete = None, None, 0, False
         try:
             async for chunk in request_iterator:
                 if task_id is None:
                     task_id = chunk.task_id
-                    await self._own_task(context, node, task_id)
+                    row = taskdb.get_task(self.conn, task_id)
+                    if row is None or row["node_id"] != node["node_id"]:
+                        raise _Refusal(grpc.StatusCode.NOT_FOUND,
+                                       f"task {task_id!r} is not assigned to node {node['node_id']}")
                     size, complete = self._held(task_id)
                     if not complete:
                         fh = open(self.state.result_part(task_id), "ab")
                 elif chunk.task_id != task_id:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "one UploadResult call carries one task's result")
+                    raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "one UploadResult call carries one task's result")
                 if complete:
                     continue  # idempotent: already whole, nothing is rewritten
                 if chunk.offset != size:
-                    await context.abort(
+                    raise _Refusal(
                         grpc.StatusCode.FAILED_PRECONDITION,
                         f"result of {task_id}: chunk offset {chunk.offset} but the master holds {size} bytes; "
                         f"resume from offset {size}",
                     )
                 if size + len(chunk.data) > chunk.total_bytes:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                        f"result of {task_id}: more bytes than total_bytes={chunk.total_bytes}")
+                    raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"result of {task_id}: more bytes than total_bytes={chunk.total_bytes}")
                 fh.write(chunk.data)
                 size += len(chunk.data)
                 if size == chunk.total_bytes:
                     fh.close()
-                    complete = await self._finish(context, node["node_id"], task_id, size, chunk.sha256)
+                    complete = await self._finish(node["node_id"], task_id, size, chunk.sha256)
         finally:
             if fh is not None and not fh.closed:
                 fh.close()
         if task_id is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "UploadResult carried no chunk")
+            raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "UploadResult carried no chunk")
         return pb.UploadResultResponse(offset=size, complete=complete)
 
-    async def _finish(self, context, node_id: str, task_id: str, size: int, expected: str) -> bool:
+    async def _finish(self, node_id: str, task_id: str, size: int, expected: str) -> bool:
         part = self.state.result_part(task_id)
         actual = await asyncio.to_thread(_sha256_file, part)
         if actual != expected.lower():
             part.unlink(missing_ok=True)
             taskdb.set_result(self.conn, task_id, 0, "", False)
-            await context.abort(
+            raise _Refusal(
                 grpc.StatusCode.DATA_LOSS,
                 f"result of {task_id}: sha256 {actual} does not match the announced {expected}; "
                 "the partial upload was discarded, upload again from offset 0",

@@ -258,6 +258,13 @@ class SessionHub:
         for node_id, session in list(self.sessions.items()):
             if node_id in revoked:
                 session.end(grpc.StatusCode.UNAUTHENTICATED, REVOKED_MESSAGE)
+        # `dev-master nodes drain/resume` writes the flag; pass a change on to the node.
+        for node_id, draining in registry.drain_flags(self.conn, list(self.sessions)).items():
+            session = self.sessions[node_id]
+            if draining != session.draining and not session.ending:
+                session.draining = draining
+                session.send(pb.MasterMessage(drain=pb.Drain(
+                    draining=draining, reason="drained by the operator" if draining else "resumed by the operator")))
         for row in taskdb.pending_cancels(self.conn):
             session = self.sessions.get(row["node_id"])
             if session is not None and not session.ending:

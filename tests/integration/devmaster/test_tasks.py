@@ -181,3 +181,18 @@ async def test_cancel_reaches_the_node(master, make_node, db):
     queued_id = queue(master, cpu_millicores=64000)
     assert taskdb.request_cancel(db, queued_id) == "cancelled"
     assert taskdb.get_task(db, queued_id)["outcome"] == "cancelled"
+
+
+async def test_operator_drain_and_resume_reach_the_node(master, make_node, db):
+    from hivemind_worker.devmaster import registry
+
+    node = await make_node()
+    assert registry.request_drain(db, node.node_id, True)  # what `dev-master nodes drain` does
+    drain = await node.recv_kind("drain")
+    assert drain.draining and "operator" in drain.reason
+    task_id = queue(master)
+    await asyncio.sleep(0.3)
+    assert taskdb.get_task(db, task_id)["state"] == "queued"
+    assert registry.request_drain(db, node.node_id, False)
+    assert not (await node.recv_kind("drain")).draining
+    assert (await node.recv_kind("assign")).task_id == task_id
