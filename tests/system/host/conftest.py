@@ -6,6 +6,7 @@ Dependency wheels and the dependency venv are cached under
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import hashlib
 import re
@@ -37,12 +38,14 @@ def wheelhouse(tmp_path_factory) -> Path:
         pytest.skip(f"needs {REQUIREMENTS} (the pinned runtime requirements)")
     pins = _pins()
     deps = CACHE / f"wheelhouse-{hashlib.sha256(pins.encode()).hexdigest()[:12]}"
-    if not (deps / "requirements.txt").exists():
-        deps.mkdir(parents=True, exist_ok=True)
-        (deps / "pins.txt").write_text(pins)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-r", str(deps / "pins.txt"),
-                        "-w", str(deps)], check=True, timeout=600)
-        (deps / "requirements.txt").write_text(pins)
+    deps.mkdir(parents=True, exist_ok=True)
+    with open(deps / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (deps / "requirements.txt").exists():
+            (deps / "pins.txt").write_text(pins)
+            subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-r", str(deps / "pins.txt"),
+                            "-w", str(deps)], check=True, timeout=600)
+            (deps / "requirements.txt").write_text(pins)
     house = tmp_path_factory.mktemp("wheels")
     for wheel in deps.glob("*.whl"):
         (house / wheel.name).symlink_to(wheel)
@@ -58,6 +61,14 @@ def _deps_venv_tar(wheelhouse: Path, workdir: Path) -> Path:
     tar = CACHE / f"worker-deps-venv-{key}.tar"
     if tar.exists():
         return tar
+    with open(CACHE / ".worker-deps-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test process may be building it
+        if not tar.exists():
+            _build_deps_venv(wheelhouse, workdir, tar)
+    return tar
+
+
+def _build_deps_venv(wheelhouse: Path, workdir: Path, tar: Path) -> None:
     with Machine.from_tarball(ensure_rootfs(), workdir) as m:
         m.boot(ro_binds=[(wheelhouse.resolve(), "/mnt/wheels"), (CACHE, str(CACHE))])
         m.exec("/usr/bin/python3", "-m", "venv", VENV)
@@ -66,7 +77,6 @@ def _deps_venv_tar(wheelhouse: Path, workdir: Path) -> Path:
         tmp = tar.with_suffix(".tmp")
         subprocess.run(["tar", "--numeric-owner", "-C", str(m.root), "-cf", str(tmp), VENV.lstrip("/")], check=True)
         tmp.rename(tar)
-    return tar
 
 
 def boot_worker_machine(wheelhouse: Path, workdir: Path) -> Machine:
