@@ -130,9 +130,13 @@ for pkg in "${need[@]}"; do installed "$pkg" || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing from the distribution: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/tmp/hivemind-apt-update.log 2>&1 \
-        && ! grep -q '^\(W\|E\): \(Failed to fetch\|Some index files failed\)' /tmp/hivemind-apt-update.log \
-        || { cat /tmp/hivemind-apt-update.log >&2; die "cannot reach the package mirror (apt-get update failed); check the network or proxy, or preinstall: ${missing[*]}"; }
+    apt_log=$(mktemp)
+    # apt-get update only warns (exit 0) when a mirror cannot be reached.
+    if ! apt-get update -qq >"$apt_log" 2>&1 || grep -qE '^(W|E): (Failed to fetch|Some index files failed)' "$apt_log"; then
+        cat "$apt_log" >&2; rm -f "$apt_log"
+        die "cannot reach the package mirror (apt-get update failed); check the network or proxy, or preinstall: ${missing[*]}"
+    fi
+    rm -f "$apt_log"
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
         || die "apt-get install ${missing[*]} failed; run it by hand to see why"
     change "installed ${missing[*]}"
@@ -145,7 +149,9 @@ py_ok "$python" || die "$python is missing or older than 3.11"
 want=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$SRC/pyproject.toml" | head -n1)
 [ -n "$want" ] || die "$SRC/pyproject.toml has no version; run install.sh from the worker's source tree"
 have=""
-[ -x "$VENV/bin/hivemind-worker" ] && have=$("$VENV/bin/hivemind-worker" --version 2>/dev/null | awk '{print $NF}') || true
+if [ -x "$VENV/bin/hivemind-worker" ]; then
+    have=$("$VENV/bin/hivemind-worker" --version 2>/dev/null | awk '{print $NF}') || true
+fi
 venv_python=$(readlink -f "$VENV/bin/python3" 2>/dev/null || true)
 
 if [ "$have" = "$want" ] && [ "$reinstall" = 0 ] && [ "$venv_python" = "$(readlink -f "$python")" ]; then
@@ -157,7 +163,6 @@ else
     fi
     pip_args=(--disable-pip-version-check --quiet)
     [ -n "$wheelhouse" ] && pip_args+=(--no-index --find-links "$wheelhouse")
-    [ "$reinstall" = 1 ] && pip_args+=(--force-reinstall)
     # Build from a scratch copy: setuptools writes build/ and *.egg-info next to the
     # sources, which may be read-only or belong to someone else.
     build=$(mktemp -d)
@@ -166,6 +171,12 @@ else
         --exclude='*.egg-info' --exclude=__pycache__ --exclude=tests -cf - . | tar -C "$build" -xf -
     "$VENV/bin/pip" install "${pip_args[@]}" "$build" \
         || die "pip could not install the worker into $VENV; offline hosts: --wheelhouse DIR, behind a proxy: PIP_CERT=/etc/ssl/certs/ca-certificates.crt or PIP_INDEX_URL=..."
+    # The same version again (new sources): replace the worker itself, not its
+    # dependencies, which the line above brought up to date.
+    if [ "$have" = "$want" ]; then
+        "$VENV/bin/pip" install "${pip_args[@]}" --force-reinstall --no-deps "$build" \
+            || die "pip could not reinstall the worker into $VENV"
+    fi
     change "installed hivemind-worker $want into $VENV${have:+ (was $have)}"
     restart=1
 fi
@@ -178,7 +189,7 @@ fi
 
 # --- service user, directories, unit -------------------------------------------------
 setup_log=$("$VENV/bin/hivemind-worker" install) || die "hivemind-worker install failed (see above)"
-echo "$setup_log" | sed 's/^/  /'
+while IFS= read -r line; do echo "  $line"; done <<< "$setup_log"
 if echo "$setup_log" | grep -qE '^(created|wrote|added|made)'; then changed=1; fi
 if echo "$setup_log" | grep -q '^wrote'; then restart=1; fi
 

@@ -78,7 +78,12 @@ deb="hivemind-worker_${version}_${arch}.deb"
 
 # The sources the package is made of: tracked and new (not ignored) files.
 cd "$repo"
-mapfile -t files < <(git ls-files -co --exclude-standard -- pyproject.toml README.md hivemind_worker packaging/debian packaging/systemd scripts/build-deb.sh | sort -u)
+parts=(pyproject.toml README.md hivemind_worker packaging/debian packaging/systemd scripts/build-deb.sh)
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    mapfile -t files < <(git ls-files -co --exclude-standard -- "${parts[@]}" | sort -u)
+else  # a source archive
+    mapfile -t files < <(find "${parts[@]}" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' 2>/dev/null | sort -u)
+fi
 srchash=$( { for f in "${files[@]}"; do [ -f "$f" ] && { echo "$f"; sha256sum < "$f"; }; done; } | sha256sum | cut -c1-16)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
