@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hivemind_worker.config import Settings
-from hivemind_worker.errors import NotEnrolledError, VpnError
+from hivemind_worker.errors import NotEnrolledError, VpnError, WorkerError
 from hivemind_worker.fsutil import atomic_write, is_private
 from hivemind_worker.identity import load_identity, wg_key_path
 from hivemind_worker.vpn import wgtool
@@ -74,9 +74,7 @@ def _ensure_config(settings: Settings) -> tuple[Path, bool]:
 def _master_address(settings: Settings) -> str:
     try:
         return load_identity(settings.config_dir).vpn.master_address
-    except (NotEnrolledError, VpnError):
-        return ""
-    except Exception:  # a broken node.json is doctor's business, not up's
+    except WorkerError:  # not enrolled, or a broken node.json: doctor's business, not up's
         return ""
 
 
@@ -127,7 +125,8 @@ def up_sync(settings: Settings, handshake_timeout_s: float = 20.0, master_timeou
         started = time.time() - 1
         wgtool.run(["wg-quick", "up", str(path)], timeout_s=60, env=wgtool.quick_env())
         logger.info("brought %s up", interface)
-    status = wait_handshake(interface, handshake_timeout_s, since=0 if already else started)
+    # Already up: a handshake within the re-key period (2 min + slack) proves it alive.
+    status = wait_handshake(interface, handshake_timeout_s, since=time.time() - 180 if already else started)
     master = _master_address(settings)
     if master:
         check_master(master, master_timeout_s)
