@@ -69,11 +69,7 @@ def fetch_pinned_ca(address: MasterAddress, expected: str, timeout_s: float = 10
     try:
         with socket.create_connection((address.host, address.port), timeout=timeout_s) as raw:
             with ctx.wrap_socket(raw, server_hostname=address.host) as tls:
-                # Public as SSLSocket.get_unverified_chain() from Python 3.13; the
-                # same method exists on the C object since 3.10.
-                getter = getattr(tls, "get_unverified_chain", None) or tls._sslobj.get_unverified_chain
-                chain = [cert.public_bytes(ssl._ssl.ENCODING_DER) if hasattr(cert, "public_bytes") else cert
-                         for cert in getter() or []]
+                chain = _unverified_chain(tls)
     except ssl.SSLError as exc:
         raise MasterUnreachable(f"TLS handshake with {address} failed ({exc.reason}); is it a HiveMind master?") from exc
     except OSError as exc:
@@ -85,3 +81,13 @@ def fetch_pinned_ca(address: MasterAddress, expected: str, timeout_s: float = 10
         f"the master at {address} does not present a CA with hash {expected}; "
         "check the hash printed by the master (`dev-master ca-hash`) — never enroll against an unverified master"
     )
+
+
+def _unverified_chain(tls: ssl.SSLSocket) -> list[bytes]:
+    """The peer's certificate chain as DER. Public as SSLSocket.get_unverified_chain()
+    from Python 3.13 (DER bytes); the C object has had it since 3.10 (objects)."""
+    public = getattr(tls, "get_unverified_chain", None)
+    if public is not None:
+        return list(public() or [])
+    return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in tls._sslobj.get_unverified_chain() or []]
+
