@@ -183,7 +183,7 @@ class NodeMetricsCollector(Collector):
         if not tasks:
             return
         specs = (
-            ("hivemind_task_cpu_usage_ratio", GaugeMetricFamily, "CPU used, in cores (1 = one full core).",
+            ("hivemind_task_cpu_usage_ratio", GaugeMetricFamily, "CPU used as a share of one core (1 = one full core; above 1 on several cores).",
              "cpu_percent", _ratio),
             ("hivemind_task_cpu_seconds", CounterMetricFamily, "CPU time used by the task's container.",
              "cpu_seconds_total", None),
