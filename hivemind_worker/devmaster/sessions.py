@@ -71,12 +71,18 @@ class _End:
         self.code, self.message = code, message
 
 
+DEFAULT_NODE_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default, for nodes that do not say
+MESSAGE_OVERHEAD_BYTES = 64  # oneof tag and length prefixes around the spec
+
+
 class Session:
     def __init__(self, node_id: str, hello: pb.Hello) -> None:
         self.node_id = node_id
         self.session_id = "sess-" + secrets.token_hex(6)
         self.capacity = (hello.capacity.cpu_millicores, hello.capacity.memory_bytes, hello.capacity.gpu_count)
         self.draining = hello.draining
+        # What the node's gRPC channel accepts; a larger message would break its stream.
+        self.max_message_bytes = hello.max_message_bytes or DEFAULT_NODE_MAX_MESSAGE_BYTES
         self.ending = False
         self.outbox: asyncio.Queue = asyncio.Queue()
 
@@ -275,10 +281,20 @@ class SessionHub:
             return
         for row in taskdb.queued(self.conn):
             need = _resources(json.loads(row["spec_json"]))
+            message = pb.MasterMessage(assign=task_spec(row))
+            size = message.ByteSize() + MESSAGE_OVERHEAD_BYTES
+            if all(size > s.max_message_bytes for s in candidates):
+                largest = max(s.max_message_bytes for s in candidates)
+                taskdb.settle(self.conn, row["task_id"], "rejected",
+                              f"the task spec is {size} bytes, more than any connected node accepts ({largest}); "
+                              "put large data in the bundle, not in --env or --command")
+                continue
             for session in candidates:
                 free = self._free(session)
+                if size > session.max_message_bytes:
+                    continue
                 if all(n <= f for n, f in zip(need, free)) and taskdb.assign(self.conn, row["task_id"], session.node_id):
-                    session.send(pb.MasterMessage(assign=task_spec(row)))
+                    session.send(message)
                     logger.info("task assigned", extra={"node_id": session.node_id, "task_id": row["task_id"]})
                     break
 

@@ -114,3 +114,22 @@ def test_sighup_reloads_and_journal_gets_json_lines(devmaster, make_node):
     assert any(r["level"] == "DEBUG" for r in records), "the new log level took effect"
     credential = jsonlib.loads((node.config_dir / "node.json").read_text())["credential"]
     assert credential not in node.log.read_text()
+
+
+def test_master_never_sends_a_node_more_than_it_accepts(devmaster, make_node):
+    """The node states its maximum in hello; a task spec over it is refused with the
+    reason instead of breaking the node's stream over and over."""
+    node = make_node(report_interval_s=1, reconnect_initial_s=0.2, reconnect_max_s=1, max_message_bytes=65536)
+    assert node.enroll(devmaster).returncode == 0
+    node.start()
+    node_id = node.node_id()
+    wait_for(connected(devmaster, node_id), 20, "the session")
+    from tests.conftest import cli
+
+    big = "x" * 100_000
+    done = cli("submit", "--command", "true", "--env", f"BIG={big}", "--wait", "--state-dir", str(devmaster.state))
+    assert done.returncode == 7
+    assert "more than any connected node accepts (65536)" in done.stderr
+    assert node.proc.poll() is None and devmaster.proc.poll() is None
+    assert connected(devmaster, node_id)()
+    assert "session to the master ended" not in node.log.read_text()
