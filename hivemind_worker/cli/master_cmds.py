@@ -77,7 +77,7 @@ def serve(
     from hivemind_worker.devmaster.layout import split_listen
     from hivemind_worker.devmaster.registry import hub_address
 
-    settings_from(ctx)
+    settings_from(ctx, daemon=True)
     config = server.MasterConfig(
         state_dir=_state(state_dir).root, listen=listen, insecure=insecure,
         max_message_bytes=max_message_bytes, heartbeat_s=report_interval, vpn_subnet=vpn_subnet,
