@@ -5,16 +5,20 @@ run_task.sh entry point) at the same concurrency, and the bench prints, per side
 the wall time, the median and p90 per-task latency, and the worker's per-task
 overhead and ratio (goal: ratio <= 1.3).
 
-Worker path (``--via local``, the default): TaskManager + DockerRuntime with a
-LocalTaskHost standing in for the master (it acknowledges logs and results at once),
-fed like a master feeds a node: at most CONCURRENCY tasks assigned at a time. Each
-task's latency is assign -> DONE: admission, journal writes, workspace, hardened
-create + start, log follow, exit, result archive, upload, ack, cleanup. The
-``--via devmaster`` path (dev-master -> gRPC -> agent) needs the agent to wire the
-task manager; until then it is not offered.
+Worker paths:
+
+- ``--via devmaster`` (default): the real thing over loopback. A dev-master is
+  started, a node enrolled (`enroll`) and run (`hivemind-worker run`, with
+  max_concurrent_tasks = CONCURRENCY), and the N tasks are submitted at once; the
+  master assigns them as the node has room. A task's latency is assigned_at -> the
+  master receiving DONE (result uploaded and acknowledged, container and workspace
+  being removed); the wall time runs from the first submit to the last DONE.
+- ``--via local``: TaskManager + DockerRuntime in this process with a LocalTaskHost
+  standing in for the master, fed at most CONCURRENCY tasks at a time; latency is
+  assign -> the task gone from the node. Isolates the task manager from gRPC.
 
     .venv/bin/python bench/dispatch.py                   # 100 tasks, concurrency 4
-    .venv/bin/python bench/dispatch.py --tasks 20 -c 2
+    .venv/bin/python bench/dispatch.py --tasks 20 -c 2 --via local
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
+import shlex
+import signal
+import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -107,19 +116,117 @@ async def run_docker(n: int, concurrency: int) -> tuple[float, list[float], int]
     return time.monotonic() - t0, latencies, failed
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_devmaster(n: int, concurrency: int) -> tuple[float, list[float], int]:
+    from hivemind_worker.devmaster.layout import StateDir
+    from hivemind_worker.devmaster.submit import SubmitRequest, submit
+
+    base = Path(tempfile.mkdtemp(prefix="hivemind-bench-dispatch-"))
+    master_dir, port = base / "master", _free_port()
+    env = {
+        **os.environ, "HIVEMIND_CONFIG_DIR": str(base / "config"), "HIVEMIND_STATE_DIR": str(base / "state"),
+        "HIVEMIND_TASK_IMAGE": IMAGE, "HIVEMIND_MAX_CONCURRENT_TASKS": str(concurrency),
+        "HIVEMIND_MONITOR_ENABLED": "false", "HIVEMIND_LOG_LEVEL": "WARNING",
+        # The dev-master assigns by free CPU, not by task slots: size the node so that
+        # CONCURRENCY tasks of 0.25 CPU fill it. A crowded bench machine must not look
+        # like host pressure (the node would refuse tasks).
+        "HIVEMIND_MAX_CPUS": str(0.25 * concurrency), "HIVEMIND_PRESSURE_CPU_PERCENT": "100",
+        "HIVEMIND_PRESSURE_MEMORY_PERCENT": "100",
+    }
+    procs: list[subprocess.Popen] = []
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "hivemind_worker", *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+        if done.returncode != 0:
+            raise SystemExit(f"`hivemind-worker {' '.join(args[:2])}` failed: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def spawn(log: str, *args: str) -> None:
+        procs.append(subprocess.Popen([sys.executable, "-m", "hivemind_worker", *args], env=env,
+                                      stdout=(base / log).open("a"), stderr=subprocess.STDOUT))
+
+    ok = False
+    try:
+        addr = f"127.0.0.1:{port}"
+        spawn("master.log", "dev-master", "serve", "--state-dir", str(master_dir), "--listen", addr)
+        deadline = time.monotonic() + 30
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            if time.monotonic() > deadline:
+                raise SystemExit("the dev-master did not start; see " + str(base / "master.log"))
+            time.sleep(0.1)
+        token = cli("dev-master", "token", "create", "--state-dir", str(master_dir))
+        ca_hash = cli("dev-master", "ca-hash", "--state-dir", str(master_dir))
+        cli("enroll", "--master", addr, "--token", token, "--ca-hash", ca_hash)
+        spawn("worker.log", "run")
+        state = StateDir(master_dir)
+        req = SubmitRequest.build(path=None, command=shlex.join(COMMAND), image=IMAGE, cpus=0.25,
+                                  memory="128m", timeout="5m")
+        warm = submit(state, req)  # the node connects and runs one task before the clock starts
+        conn = sqlite3.connect(state.db)
+        conn.row_factory = sqlite3.Row
+
+        def done(ids: list[str]) -> list[sqlite3.Row]:
+            marks = ",".join("?" * len(ids))
+            return conn.execute(
+                f"SELECT t.task_id, t.assigned_at, t.outcome, MAX(e.received_at) AS done_at FROM tasks t "
+                f"JOIN task_events e ON e.task_id = t.task_id AND e.state = 'done' "
+                f"WHERE t.task_id IN ({marks}) GROUP BY t.task_id", ids,
+            ).fetchall()
+
+        deadline = time.monotonic() + 120
+        while not done([warm]):
+            if time.monotonic() > deadline:
+                raise SystemExit("the warm-up task did not finish; see " + str(base))
+            time.sleep(0.1)
+        t0 = time.time()
+        ids = [submit(state, req) for _ in range(n)]
+        deadline = time.monotonic() + 60 + 10 * n
+        while len(rows := done(ids)) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {len(rows)} of {n} tasks finished; see {base}")
+            time.sleep(0.1)
+        wall = max(r["done_at"] for r in rows) - t0
+        latencies = [r["done_at"] - r["assigned_at"] for r in rows]
+        failed = sum(1 for r in rows if r["outcome"] != "exited")
+        conn.close()
+        ok = True
+        return wall, latencies, failed
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if ok:
+            shutil.rmtree(base, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=100)
     ap.add_argument("-c", "--concurrency", type=int, default=4)
-    ap.add_argument("--via", choices=["local"], default="local")
+    ap.add_argument("--via", choices=["devmaster", "local"], default="devmaster")
     args = ap.parse_args()
     n, c = args.tasks, args.concurrency
     print(f"{n} trivial tasks ({' '.join(COMMAND)} in {IMAGE}), concurrency {c}")
     d_wall, d_lat, d_failed = asyncio.run(run_docker(n, c))
-    w_wall, w_lat, w_failed = asyncio.run(run_worker(n, c))
-    for name, wall, lat, failed in (("docker run --rm", d_wall, d_lat, d_failed), ("worker", w_wall, w_lat, w_failed)):
+    if args.via == "devmaster":
+        w_wall, w_lat, w_failed = run_devmaster(n, c)
+    else:
+        w_wall, w_lat, w_failed = asyncio.run(run_worker(n, c))
+    label = "dev-master+worker" if args.via == "devmaster" else "task manager"
+    for name, wall, lat, failed in (("docker run --rm", d_wall, d_lat, d_failed), (label, w_wall, w_lat, w_failed)):
         print(
-            f"{name:>16}: wall {wall:6.1f} s, {n / wall:5.2f} tasks/s, per task median "
+            f"{name:>17}: wall {wall:6.1f} s, {n / wall:5.2f} tasks/s, per task median "
             f"{statistics.median(lat):.2f} s, p90 {p90(lat):.2f} s, failed {failed}"
         )
     overhead = statistics.median(w_lat) - statistics.median(d_lat)

@@ -241,6 +241,10 @@ class TaskManager:
         return self._capacity
 
     def free(self) -> Resources:
+        """What a new task could get now: nothing while every slot is taken, the node
+        drains or the host is under pressure (a master that reads free assigns none)."""
+        if self._draining or self.gauge.under_pressure or self._ledger.active >= self.settings.max_concurrent_tasks:
+            return Resources()
         return self._ledger.free()
 
     def snapshot(self) -> list[dict]:

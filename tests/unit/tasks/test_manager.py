@@ -400,7 +400,7 @@ async def test_gpus_are_given_exclusively_and_freed(settings, runtime, host) -> 
 
     inv = StaticGpuInventory([GpuDevice(i, f"GPU-{i}", "fake", 16 * 1024**3) for i in range(2)])
     gpus = GpuAllocator(inv)
-    for t in ("g1", "g2"):
+    for t in ("g1", "g2", "g4"):
         runtime.scripts[t] = Script(hang=True)
     m = manager(settings, runtime, host, gpus=gpus, capacity=Resources(4000, 8 * 1024**3, 2))
     await m.start()
