@@ -11,12 +11,15 @@ prints ``--total-bytes`` (default 1 GiB) of numbered lines, and measures:
 - for reference, the raw ceiling of this Docker engine: ``docker logs --follow`` of
   an identical container read to /dev/null.
 
-The host is a LocalTaskHost (acknowledges like a master, keeps no lines); the
-dev-master path is measured by passing ``--via devmaster`` once the agent wires the
-task manager (not yet). Run as root with Docker and the task image:
+Paths: ``--via devmaster`` (default) starts a dev-master and an enrolled daemon
+(`hivemind-worker run`) on loopback, submits the task and watches the lines land in
+the dev-master's database; RSS is the daemon process's. ``--via local`` runs
+TaskManager + DockerRuntime in this process with a LocalTaskHost (acknowledges like
+a master, keeps no lines); RSS is this process's. Run as root with Docker and the
+task image:
 
-    .venv/bin/python bench/logs.py                      # 1 GiB, 100-byte lines
-    .venv/bin/python bench/logs.py --total-bytes 200e6  # quicker
+    .venv/bin/python bench/logs.py                                       # 1 GiB, 100-byte lines
+    .venv/bin/python bench/logs.py --total-bytes 50e6 --spool-max 1e9    # throughput, all delivered
 """
 
 from __future__ import annotations
@@ -123,6 +126,44 @@ async def run_agent_path(args: argparse.Namespace, lines: int) -> dict:
     }
 
 
+def run_devmaster_path(args: argparse.Namespace, lines: int) -> dict:
+    from dispatch import COMMAND, DevStack
+
+    env = {"HIVEMIND_LOG_SPOOL_MAX_BYTES": str(int(args.spool_max))}
+    with DevStack("hivemind-bench-logs-", env) as stack:
+        stack.wait_done([stack.submit(COMMAND)], 120)  # connected and warm
+        proc = psutil.Process(stack.worker.pid)
+        rss_before = proc.memory_info().rss
+        peak, samples = rss_before, []
+        t0 = time.monotonic()
+        task_id = stack.submit(printer(lines, args.line_bytes), cpus=1.0, memory="512m")
+        deadline = t0 + 600 + lines / 5000
+        while not stack.done([task_id]):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the task did not finish; see {stack.base}")
+            peak = max(peak, proc.memory_info().rss)
+            top = stack.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM logs WHERE task_id=?", (task_id,)).fetchone()[0]
+            samples.append((time.monotonic(), top))
+            time.sleep(0.1)
+        total = time.monotonic() - t0
+        rss_end = proc.memory_info().rss
+        row = stack.conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(text AS BLOB)) + 1), 0), "
+            "SUM(stream != 'system'), MAX(seq) FROM logs WHERE task_id=?", (task_id,),
+        ).fetchone()
+        stored, stored_bytes, task_lines, top = row
+        gaps = top - stored
+        outcome = stack.conn.execute("SELECT outcome FROM tasks WHERE task_id=?", (task_id,)).fetchone()[0]
+        stack.ok = True
+    first = next((t for t, seq in samples if seq > 0), t0)
+    last = next((t for t, seq in samples if seq >= task_lines), samples[-1][0] if samples else t0)
+    return {
+        "total_s": total, "delivered_lines": stored, "delivered_bytes": stored_bytes,
+        "span_s": max(last - first, 0.1), "gaps": gaps, "rss_before": rss_before, "rss_peak": peak,
+        "rss_end": rss_end, "status": outcome,
+    }
+
+
 def docker_ceiling(lines: int, line_bytes: int) -> float:
     """Seconds for `docker logs -f` to read an identical container's output."""
     cid = subprocess.run(
@@ -142,20 +183,21 @@ def main() -> None:
     ap.add_argument("--total-bytes", type=float, default=1024**3)
     ap.add_argument("--line-bytes", type=int, default=100)
     ap.add_argument("--spool-max", type=float, default=Settings().log_spool_max_bytes, help="per-task spool limit")
-    ap.add_argument("--via", choices=["local"], default="local", help="local: TaskManager + LocalTaskHost")
+    ap.add_argument("--via", choices=["devmaster", "local"], default="devmaster")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the raw `docker logs -f` reference")
     args = ap.parse_args()
     lines = int(args.total_bytes // args.line_bytes)
     mib = 1024**2
     print(f"task prints {lines:,} lines of {args.line_bytes} bytes ({args.total_bytes / mib:,.0f} MiB); "
           f"spool limit {args.spool_max / mib:,.0f} MiB")
-    r = asyncio.run(run_agent_path(args, lines))
+    r = run_devmaster_path(args, lines) if args.via == "devmaster" else asyncio.run(run_agent_path(args, lines))
     print(f"status {r['status']}, total {r['total_s']:.1f} s (start to result acknowledged)")
     print(f"lines read from Docker and handled (spooled or dropped): {lines:,} in {r['total_s']:.1f} s = "
           f"{lines / r['total_s']:,.0f} lines/s (incl. start + upload)")
-    print(f"delivered to the host: {r['delivered_lines']:,} lines, {r['delivered_bytes'] / mib:,.1f} MiB, "
+    where = "the dev-master's database" if args.via == "devmaster" else "the host"
+    print(f"delivered to {where}: {r['delivered_lines']:,} lines, {r['delivered_bytes'] / mib:,.1f} MiB, "
           f"{r['delivered_lines'] / r['span_s']:,.0f} lines/s over {r['span_s']:.1f} s, gaps {r['gaps']}")
-    print(f"agent RSS: before {r['rss_before'] / mib:.1f} MiB, peak {r['rss_peak'] / mib:.1f} MiB, "
+    print(f"agent ({'daemon process' if args.via == 'devmaster' else 'this process'}) RSS: before {r['rss_before'] / mib:.1f} MiB, peak {r['rss_peak'] / mib:.1f} MiB, "
           f"end {r['rss_end'] / mib:.1f} MiB (growth at peak {(r['rss_peak'] - r['rss_before']) / mib:+.1f} MiB)")
     if not args.no_ceiling:
         ceiling = docker_ceiling(lines, args.line_bytes)

@@ -23,6 +23,10 @@ from hivemind_worker.tasks.logspool import FLUSH_LINES, LogSpool
 logger = logging.getLogger(__name__)
 
 BATCH_INTERVAL_S = 0.05
+# Lines sent but not yet acknowledged, at most: flow control that holds whatever
+# the transport does with a message (queues it, say) to a few MB per task, and lets
+# the spool, on disk, absorb a slow master instead of the agent's memory.
+SEND_WINDOW_LINES = 20_000
 
 
 class LogSender:
@@ -35,6 +39,7 @@ class LogSender:
         self.acked_seq = acked_seq
         self.sent_seq = acked_seq
         self.online = True
+        self.window = SEND_WINDOW_LINES
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -49,6 +54,7 @@ class LogSender:
     def ack(self, seq: int) -> None:
         self.acked_seq = max(self.acked_seq, min(seq, self.spool.flushed_seq))
         self.sent_seq = max(self.sent_seq, self.acked_seq)
+        self._wake.set()  # the window moved
 
     def resync(self) -> None:
         """A new session: everything not acknowledged goes again, with the same seqs."""
@@ -65,7 +71,10 @@ class LogSender:
             await self._wake.wait()
             self._wake.clear()
             while self.online and self.sent_seq < self.spool.flushed_seq:
-                batch = self.spool.read(self.sent_seq + 1, FLUSH_LINES)
+                room = self.acked_seq + self.window - self.sent_seq
+                if room <= 0:
+                    break  # wait for acknowledgements (ack() wakes us)
+                batch = self.spool.read(self.sent_seq + 1, min(FLUSH_LINES, room))
                 if not batch:
                     break
                 try:

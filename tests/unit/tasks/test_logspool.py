@@ -76,3 +76,35 @@ def test_recovery_cuts_a_torn_record_and_resumes(tmp_path: Path) -> None:
     assert [r.seq for r in again.read(1, 100)] == list(range(1, 12))
     assert [r.text for r in again.tail(2)] == ["l9", "next"]
     again.close()
+
+
+async def test_sender_keeps_at_most_a_window_unacknowledged(tmp_path: Path) -> None:
+    import asyncio
+
+    from hivemind_worker.tasks.logpump import LogSender
+
+    class SlowMaster:
+        def __init__(self) -> None:
+            self.got: list[int] = []
+
+        async def emit_logs(self, task_id, lines) -> None:
+            self.got.extend(r.seq for r in lines)
+
+    spool = LogSpool(tmp_path / "s", max_bytes=10**9)
+    for i in range(5000):
+        spool.add(OUT, f"l{i}", i)
+    spool.flush()
+    master = SlowMaster()
+    sender = LogSender("t", spool, master, acked_seq=0)
+    sender.window = 1200
+    sender.start()
+    await asyncio.sleep(0.05)
+    assert master.got == list(range(1, 1201))  # nothing acknowledged: the window is full
+    sender.ack(1000)
+    await asyncio.sleep(0.05)
+    assert master.got == list(range(1, 2201))
+    sender.ack(2200)
+    await asyncio.sleep(0.05)
+    assert master.got == list(range(1, 3401))
+    await sender.stop()
+    spool.close()
