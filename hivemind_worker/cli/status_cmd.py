@@ -10,7 +10,10 @@ from hivemind_worker.cli.common import settings_from
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help="Show this node's status (from the running daemon; what is known offline otherwise).")(status)
+    app.command(help=(
+        "Show this node's status, read from the running daemon's monitor (monitor_host:monitor_port, "
+        "default 127.0.0.1:5001). When the daemon is not running: what is known offline, and exit code 1."
+    ))(status)
 
 
 def status(
