@@ -1,8 +1,9 @@
 """Fixtures of the packaging tests: booted Debian hosts (systemd-nspawn), a dev-master
 on the host's loopback, the offline wheelhouse and the built .deb.
 
-Everything slow is cached under /var/cache/hivemind-worker-tests/ and keyed on what
-it is built from: the root file system (build-rootfs.sh), the wheelhouse
+Hosts are booted with the shared harness (tests/support/nspawn.py). Everything slow is
+cached under /var/cache/hivemind-worker-tests/ and keyed on what it is built from: the
+root file system (scripts/build-test-rootfs.sh + sshd for Ansible), the wheelhouse
 (packaging/debian/requirements.txt) and the .deb (scripts/build-deb.sh hashes its
 sources). A booted host is a throw-away copy of the cached root file system.
 
@@ -19,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,13 +30,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.nspawn import BUILD_SCRIPT, Machine, ensure_rootfs, unavailable
+
 REPO = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("HIVEMIND_TEST_CACHE", "/var/cache/hivemind-worker-tests"))
 REQUIREMENTS = REPO / "packaging" / "debian" / "requirements.txt"
-HOST_ENV = ["/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME=/root", "LANG=C.UTF-8"]
 SYSTEM_PYTHON = "/usr/bin/python3"  # the interpreter the booted hosts have too
+ROOTFS_EXTRA = "openssh-server,python3-apt"  # for the Ansible hosts
 
 
 def _require_machine() -> None:
@@ -74,14 +75,14 @@ def _git_files() -> list[str]:
 
 @pytest.fixture(scope="session")
 def packaging_rootfs() -> Path:
-    """The cached Debian 12 root file system (systemd, python3, WireGuard tools, sshd)."""
+    """The cached Debian 12 root file system (scripts/build-test-rootfs.sh: systemd,
+    python3 + venv, WireGuard tools) plus sshd and python3-apt for Ansible."""
     _require_machine()
-    script = HERE / "build-rootfs.sh"
-    dest = CACHE / "packaging" / f"rootfs-{_key(script)}"
-    with _locked("packaging-rootfs"):
-        if not dest.is_dir():
-            subprocess.run(["bash", str(script), str(dest)], check=True, timeout=900)
-    return dest
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    key = hashlib.sha256((BUILD_SCRIPT.read_text() + ROOTFS_EXTRA).encode()).hexdigest()[:12]
+    return ensure_rootfs(CACHE / "packaging" / f"bookworm-packaging-{key}.tar", extra_packages=ROOTFS_EXTRA)
 
 
 @pytest.fixture(scope="session")
@@ -202,22 +203,24 @@ def dev_master(tmp_path_factory) -> DevMaster:
 
 @dataclass
 class Host:
-    """A booted systemd host in a container; commands run in its namespaces."""
+    """A booted systemd host (tests/support/nspawn.py Machine); commands run in its
+    namespaces through a shell."""
 
-    name: str
-    root: Path
-    nspawn: subprocess.Popen
-    leader: int = 0
-    log: Path | None = None
+    machine: Machine
     ssh_port: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def name(self) -> str:
+        return self.machine.name
+
+    @property
+    def root(self) -> Path:
+        return self.machine.root
+
     def sh(self, script: str, check: bool = True, timeout: float = 300,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        extra = [f"{k}={v}" for k, v in (env or {}).items()]
-        cmd = ["nsenter", "-t", str(self.leader), "-m", "-u", "-i", "-n", "-p", "-C", "--",
-               *HOST_ENV, *extra, "/bin/sh", "-c", script]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = self.machine.exec("/bin/sh", "-c", script, check=False, timeout=timeout, env=env)
         if check and done.returncode != 0:
             raise AssertionError(f"[{self.name}] `{script}` exited {done.returncode}:\n"
                                  f"--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}")
@@ -225,20 +228,6 @@ class Host:
 
     def journal(self, unit: str = "hivemind-worker", lines: int = 60) -> str:
         return self.sh(f"journalctl -u {unit} -n {lines} --no-pager", check=False).stdout
-
-
-def _find_leader(nspawn_pid: int) -> int:
-    """The container's PID 1: the child of nspawn whose innermost PID is 1."""
-    for child in Path(f"/proc/{nspawn_pid}/task").glob("*/children"):
-        for pid in child.read_text().split():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except FileNotFoundError:
-                continue
-            nspid = next((line.split() for line in status.splitlines() if line.startswith("NSpid:")), [])
-            if nspid and nspid[-1] == "1" and len(nspid) > 2:
-                return int(pid)
-    return 0
 
 
 def copy_source(dest: Path) -> None:
@@ -250,53 +239,41 @@ def copy_source(dest: Path) -> None:
 
 
 @contextlib.contextmanager
-def booted_host(rootfs: Path, name: str, binds: dict[str, str] | None = None,
+def booted_host(tarball: Path, name: str, binds: dict[str, str] | None = None,
                 ssh_port: int | None = None, authorized_key: str | None = None,
                 source: str | None = None, files: dict[str, Path] | None = None):
-    """Copy the cached root file system, boot it with systemd and yield a Host;
+    """Unpack the cached root file system, boot it with systemd and yield a Host;
     power it off and delete the copy afterwards."""
-    work = Path(tempfile.mkdtemp(prefix=f"{name}.", dir="/var/tmp"))
-    root = work / "root"
+    work = Path(tempfile.mkdtemp(prefix="pk-hosts.", dir="/var/tmp"))
     started = time.monotonic()
-    subprocess.run(["cp", "-a", "--reflink=auto", str(rootfs), str(root)], check=True, timeout=300)
-    if source:  # the worker's source tree, as a clone would have it
-        copy_source(root / source.lstrip("/"))
-    for dst, src in (files or {}).items():
-        shutil.copy2(src, root / dst.lstrip("/"))
-    copied = time.monotonic() - started
-    if ssh_port:
-        conf = root / "etc/ssh/sshd_config.d/test.conf"
-        conf.write_text(f"Port {ssh_port}\nListenAddress 127.0.0.1\nPermitRootLogin prohibit-password\n"
-                        "PasswordAuthentication no\nUseDNS no\n")
-        ssh_dir = root / "root/.ssh"
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        (ssh_dir / "authorized_keys").write_text(authorized_key or "")
-        (ssh_dir / "authorized_keys").chmod(0o600)
-        wants = root / "etc/systemd/system/multi-user.target.wants/ssh.service"
-        wants.symlink_to("/lib/systemd/system/ssh.service")
-    args = ["systemd-nspawn", "-q", "-b", "-D", str(root), f"--machine={name}", "--register=no", "--keep-unit",
-            "--bind=/var/run/docker.sock:/run/docker.sock"]
-    for src, dst in (binds or {}).items():
-        args.append(f"--bind-ro={src}:{dst}")
-    log = work / "console.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    host = Host(name, root, proc, log=log, ssh_port=ssh_port)
+    machine = Machine.from_tarball(tarball, work, name)
+    root = machine.root
     try:
-        deadline = time.monotonic() + 60
-        while not (host.leader and Path(f"/proc/{host.leader}/root/run/systemd/private").exists()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{name} did not boot:\n{log.read_text()[-3000:]}")
-            host.leader = host.leader or _find_leader(proc.pid)
-            time.sleep(0.1)
-        state = host.sh("systemctl is-system-running --wait", check=False, timeout=120).stdout.strip()
-        if state not in ("running", "degraded"):
-            raise AssertionError(f"{name} is {state!r} after boot")
-        host.timings = {"copy_s": copied, "boot_s": time.monotonic() - started - copied}
+        if source:  # the worker's source tree, as a clone would have it
+            copy_source(root / source.lstrip("/"))
+        for dst, src in (files or {}).items():
+            shutil.copy2(src, root / dst.lstrip("/"))
+        wants = root / "etc/systemd/system/multi-user.target.wants/ssh.service"
+        if ssh_port:  # sshd on its own loopback port: the hosts share the network
+            machine.write("/etc/ssh/sshd_config.d/test.conf",
+                          f"Port {ssh_port}\nListenAddress 127.0.0.1\nPermitRootLogin prohibit-password\n"
+                          "PasswordAuthentication no\nUseDNS no\n")
+            machine.write("/root/.ssh/authorized_keys", authorized_key or "", 0o600)
+            (root / "root/.ssh").chmod(0o700)
+            if not wants.is_symlink():  # (its absolute target only resolves inside)
+                wants.symlink_to("/lib/systemd/system/ssh.service")
+        else:
+            wants.unlink(missing_ok=True)
+            (root / "etc/systemd/system/sshd.service").unlink(missing_ok=True)
+        copied = time.monotonic() - started
+        machine.boot(binds=[(Path("/var/run/docker.sock"), "/run/docker.sock")],
+                     ro_binds=[(Path(src), dst) for src, dst in (binds or {}).items()])
+        host = Host(machine, ssh_port=ssh_port,
+                    timings={"copy_s": copied, "boot_s": time.monotonic() - started - copied})
         yield host
     finally:
-        _poweroff(host)
+        machine.poweroff()
+        machine.remove()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -304,18 +281,6 @@ def booted_host(rootfs: Path, name: str, binds: dict[str, str] | None = None,
 def boot(packaging_rootfs):
     """`with boot(name, ...) as host:` boots a fresh copy of the cached root file system."""
     return lambda name, **kw: booted_host(packaging_rootfs, name, **kw)
-
-
-def _poweroff(host: Host) -> None:
-    if host.nspawn.poll() is None:
-        if host.leader:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(host.leader, signal.SIGRTMIN + 4)  # systemd: clean poweroff
-        try:
-            host.nspawn.wait(30)
-        except subprocess.TimeoutExpired:
-            host.nspawn.kill()
-            host.nspawn.wait(10)
 
 
 # --------------------------------------------------------------------------- Ansible
