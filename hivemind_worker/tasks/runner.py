@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 PREPARING = {TaskStatus.ACCEPTED, TaskStatus.FETCHING, TaskStatus.PULLING}
 LOG_DRAIN_S = 30.0
 FETCH_RETRY_S = 10.0
-RETRY_S = 5.0  # after a failure of ours (e.g. Docker restarting), try the step again  # how long to wait for the last log lines after the container exited
+RETRY_S = 5.0
+LOG_ACK_GRACE_S = 60.0  # after a failure of ours (e.g. Docker restarting), try the step again  # how long to wait for the last log lines after the container exited
 
 
 @dataclass
@@ -386,7 +387,27 @@ class TaskRun:
             finally:
                 acked.cancel()
                 resynced.cancel()
+        await self._logs_delivered()
         await self._done()
+
+    async def _logs_delivered(self) -> None:
+        """The spool goes with DONE: first let the master acknowledge every line (it
+        keeps sending across reconnects). A master that stops acknowledging for
+        LOG_ACK_GRACE_S has what it wants: the lines are in the result archive too."""
+        if self.sender is None or self.spool is None:
+            return
+        last, idle_since = -1, self.ctx.clock()
+        while self.sender.acked_seq < self.spool.flushed_seq:
+            if self.sender.acked_seq != last:
+                last, idle_since = self.sender.acked_seq, self.ctx.clock()
+            elif self.ctx.clock() - idle_since > LOG_ACK_GRACE_S:
+                logger.warning(
+                    "task %s: master acknowledged log lines up to %d of %d; the rest are in the result",
+                    self.task_id, last, self.spool.flushed_seq, extra=self._extra,
+                )
+                return
+            self.sender.wake()
+            await asyncio.sleep(0.05)
 
     async def _done(self) -> None:
         await self._step(TaskStatus.DONE, self.row.reason)

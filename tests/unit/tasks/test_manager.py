@@ -446,3 +446,27 @@ async def test_image_pull_or_start_failure_fails_never_falls_back(settings, runt
     assert ev.status is S.FAILED and "nvidia" in ev.reason and runtime.containers == {}
     assert host.uploads == {"p": 1, "s": 1}
     await m.close()
+
+
+async def test_done_waits_until_the_master_has_every_log_line(settings, runtime, tmp_path) -> None:
+    class ResultOnlyAcks(LocalTaskHost):
+        async def emit_logs(self, task_id, lines):
+            manager_ = self.manager
+            self.manager = None  # record, but do not acknowledge log lines
+            try:
+                await super().emit_logs(task_id, lines)
+            finally:
+                self.manager = manager_
+
+    host = ResultOnlyAcks(tmp_path / "r")
+    runtime.scripts["t"] = Script(lines=[f"l{i}" for i in range(700)])
+    m = manager(settings, runtime, host)
+    await m.start()
+    await m.assign(request("t"))
+    await until(lambda: host.uploads.get("t") == 1)
+    await asyncio.sleep(0.2)
+    assert [h.task_id for h in m.held_tasks()] == ["t"]  # result acknowledged, logs not yet
+    await m.ack_logs("t", 700)
+    await until(lambda: not m.held_tasks())
+    assert host.statuses("t")[-1] is S.DONE
+    await m.close()
