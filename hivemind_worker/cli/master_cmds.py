@@ -81,7 +81,8 @@ def serve(
     config = server.MasterConfig(
         state_dir=_state(state_dir).root, listen=listen, insecure=insecure,
         max_message_bytes=max_message_bytes, heartbeat_s=report_interval, vpn_subnet=vpn_subnet,
-        extra_hosts=tuple(tls_name),
+        # Nodes dial the hub's endpoint host too: it must be in the server certificate.
+        extra_hosts=tuple(tls_name) + ((wg_endpoint,) if wireguard and wg_endpoint else ()),
     )
     guard(config.validate)
     hub = None

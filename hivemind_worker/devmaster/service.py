@@ -37,6 +37,7 @@ from hivemind_worker.proto import worker_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
+SERVER_TIME_KEY = "x-server-time-ms"  # unix milliseconds; read by the doctor's clock check
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,9 @@ class ControlService(pb_grpc.NodeControlServicer):
         return (part.stat().st_size if part.exists() else 0), False
 
     async def ResultOffset(self, request: pb.ResultOffsetRequest, context) -> pb.ResultOffsetResponse:
+        # The cheapest authenticated call also tells the caller our clock, so
+        # `hivemind-worker doctor` can measure the node's skew.
+        await context.send_initial_metadata(((SERVER_TIME_KEY, str(int(time.time() * 1000))),))
         node = await self._node(context)
         await self._own_task(context, node, request.task_id)
         offset, complete = self._held(request.task_id)
