@@ -38,10 +38,16 @@ from hivemind_worker.telemetry.service import TelemetryService
 GOALS = {"rss_mb": 80.0, "cpu_s_per_min": 0.3, "sample_ms": 10.0}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: held open together, so two calls cannot return the same one."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def sampling_cost(workdir: Path, n: int) -> dict:
@@ -83,8 +89,7 @@ class Daemon:
     def __init__(self, base: Path) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
-        self.master_port = free_port()
-        self.monitor_port = free_port()
+        self.master_port, self.monitor_port = free_ports(2)
         self.env = {**os.environ, "HIVEMIND_CONFIG_DIR": str(base / "config"), "HIVEMIND_STATE_DIR": str(base / "state"),
                     "HIVEMIND_MONITOR_PORT": str(self.monitor_port), "HIVEMIND_LOG_FORMAT": "text"}
         self.procs: list[subprocess.Popen] = []

@@ -24,10 +24,16 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--no-first-run"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: held open together, so two calls cannot return the same one."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def until(check, timeout: float, what: str, interval: float = 0.2):
@@ -43,7 +49,7 @@ def until(check, timeout: float, what: str, interval: float = 0.2):
 class Stack:
     def __init__(self, base: Path, task_image: str) -> None:
         self.base, self.master_dir = base, base / "master"
-        self.master_port, self.monitor_port = free_port(), free_port()
+        self.master_port, self.monitor_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.monitor_port}"
         self.env = {**os.environ, "HIVEMIND_CONFIG_DIR": str(base / "config"), "HIVEMIND_STATE_DIR": str(base / "state"),
                     "HIVEMIND_MONITOR_PORT": str(self.monitor_port), "HIVEMIND_LOG_FORMAT": "text",
@@ -88,8 +94,10 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path, task_image):
-    s = Stack(tmp_path, task_image)
+def stack(tmp_path):
+    # The image is built (tests/conftest.py task_image) only once the monitor is known to
+    # be served, so the skip below is quick; the daemon needs the image name alone to start.
+    s = Stack(tmp_path, os.environ.get("HIVEMIND_TEST_TASK_IMAGE", "hivemind-task-runtime:local"))
     s.start()
     try:
         deadline = time.monotonic() + 12
@@ -104,9 +112,10 @@ def stack(tmp_path, task_image):
         s.stop()
 
 
-def test_real_daemon_monitor_in_chromium(stack):
+def test_real_daemon_monitor_in_chromium(stack, request):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"needs Chromium at {CHROMIUM}")
+    assert request.getfixturevalue("task_image") == stack.env["HIVEMIND_TASK_IMAGE"]
     sync_api = pytest.importorskip("playwright.sync_api")
     until(lambda: len(httpx.get(stack.url + "/api/telemetry", timeout=2).json()) >= 3, 30, "3 telemetry points")
     status = httpx.get(stack.url + "/api/status", timeout=2).json()
