@@ -71,6 +71,13 @@ def test_deb_install_doctor_remove_purge(boot, deb_package, dev_master):
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{host.journal()}") from None
 
+        # Installing over it (an upgrade) keeps it enrolled and restarts it on the new code.
+        pid = host.sh("systemctl show -P MainPID hivemind-worker").stdout
+        host.sh(f"dpkg -i {DEB}", timeout=300)
+        assert host.sh("systemctl is-active hivemind-worker", check=False).stdout.strip() == "active", host.journal()
+        assert host.sh("systemctl show -P MainPID hivemind-worker").stdout != pid
+        dev_master.wait_connected({name})
+
         # Remove: the service stops, the code goes, the identity stays.
         host.sh("dpkg -r hivemind-worker", timeout=180)
         assert host.sh("systemctl is-active hivemind-worker", check=False).stdout.strip() != "active"

@@ -83,6 +83,15 @@ def test_install_sh_enrolls_and_is_idempotent(boot, wheelhouse, dev_master):
         assert host.sh(FINGERPRINT).stdout == before
         assert [r["node_id"] for r in dev_master.nodes() if r["hostname"] == name] == [node_id]
 
+        # --reinstall (new sources of the same version) replaces the worker and
+        # restarts the service; the node stays the same node.
+        pid = host.sh("systemctl show -P MainPID hivemind-worker").stdout
+        third = host.sh(f"{SRC}/install.sh --reinstall --wheelhouse {WHEELHOUSE}", timeout=300)
+        assert "(was " in third.stdout and "restarted hivemind-worker.service" in third.stdout, third.stdout
+        assert host.sh("systemctl show -P MainPID hivemind-worker").stdout != pid
+        dev_master.wait_connected({name})
+        assert [r["node_id"] for r in dev_master.nodes() if r["hostname"] == name] == [node_id]
+
         # --uninstall keeps the identity; --purge removes it and the user.
         host.sh(f"{SRC}/install.sh --uninstall", timeout=180)
         assert host.sh("systemctl is-active hivemind-worker", check=False).stdout.strip() != "active"
