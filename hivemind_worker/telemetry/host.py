@@ -23,6 +23,22 @@ _SKIP_NIC_PREFIXES = ("lo", "veth")
 _MIN_CPU_WINDOW_S = 0.1
 
 
+def _times(t: Any) -> tuple[float, float]:
+    """(total, busy) seconds of one CPU, as psutil computes them for cpu_percent()."""
+    total = sum(getattr(t, f) for f in t._fields) if hasattr(t, "_fields") else sum(vars(t).values())
+    # guest time is already counted in user/nice on Linux
+    total -= getattr(t, "guest", 0) + getattr(t, "guest_nice", 0)
+    return total, total - t.idle - getattr(t, "iowait", 0)
+
+
+def _busy_percent(before: Any, after: Any) -> float:
+    t0, b0 = _times(before)
+    t1, b1 = _times(after)
+    if t1 <= t0:
+        return 0.0
+    return round(min(100.0, max(0.0, (b1 - b0) / (t1 - t0) * 100.0)), 1)
+
+
 class HostCollector:
     def __init__(self, psutil_module: Any = None, disk_paths: Mapping[str, Path] | None = None) -> None:
         if psutil_module is None:
@@ -30,9 +46,10 @@ class HostCollector:
         self._ps = psutil_module
         self._disk_paths = dict(disk_paths or {})
         self._warn = WarnOnce(logger)
-        # cpu_percent() measures since the previous call; prime it so that the
-        # first real sample covers the time since start-up instead of reading 0.
-        self._safe("cpu", lambda: self._ps.cpu_percent(percpu=True))
+        # CPU use is computed from our own cpu_times() snapshots, not psutil.cpu_percent():
+        # that keeps ONE module-wide baseline, which any other caller in the process (the
+        # task manager's pressure check does) resets, leaving us near-empty windows (0 %).
+        self._cpu_prev = self._safe("cpu", lambda: self._ps.cpu_times(percpu=True))
         self._primed_at: float | None = time.monotonic()
 
     def _safe(self, key: str, fn, default=None):
@@ -49,7 +66,7 @@ class HostCollector:
             time.sleep(max(0.0, _MIN_CPU_WINDOW_S - (time.monotonic() - self._primed_at)))
             self._primed_at = None
         cpu_count = self._safe("cpu_count", lambda: ps.cpu_count(logical=True), 0) or 0
-        per_core = tuple(float(x) for x in self._safe("cpu", lambda: ps.cpu_percent(percpu=True), ()) or ())
+        per_core = self._cpu_per_core()
         load = self._safe("load", ps.getloadavg)
         vm = self._safe("memory", ps.virtual_memory)
         swap = self._safe("swap", ps.swap_memory)
@@ -69,6 +86,13 @@ class HostCollector:
             disks=self._disks(),
             net=self._net(),
         )
+
+    def _cpu_per_core(self) -> tuple[float, ...]:
+        now = self._safe("cpu", lambda: self._ps.cpu_times(percpu=True))
+        prev, self._cpu_prev = self._cpu_prev, now
+        if not now or not prev or len(now) != len(prev):
+            return ()
+        return tuple(_busy_percent(a, b) for a, b in zip(prev, now))
 
     def _disks(self) -> tuple[DiskUsage, ...]:
         out = []

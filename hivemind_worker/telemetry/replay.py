@@ -26,7 +26,7 @@ def _ns(value: Any) -> Any:
 
 
 class ReplayPsutil:
-    """Answers psutil's calls from a recording. ``cpu_percent_percpu`` is a list of
+    """Answers psutil's calls from a recording. ``cpu_times_percpu`` is a list of
     successive readings, replayed in turn (the last one repeats)."""
 
     def __init__(self, data: Mapping[str, Any]) -> None:
@@ -44,11 +44,11 @@ class ReplayPsutil:
     def cpu_count(self, logical: bool = True) -> int:
         return self._get("cpu_count")
 
-    def cpu_percent(self, interval: float | None = None, percpu: bool = False) -> Any:
-        reads = self._get("cpu_percent_percpu")
+    def cpu_times(self, percpu: bool = False) -> Any:
+        reads = self._get("cpu_times_percpu")
         row = reads[min(self._cpu_reads, len(reads) - 1)]
         self._cpu_reads += 1
-        return list(row) if percpu else sum(row) / len(row)
+        return [_ns(core) for core in row] if percpu else None
 
     def getloadavg(self) -> tuple[float, float, float]:
         return tuple(self._get("getloadavg"))
@@ -156,14 +156,14 @@ def _record_call(fn, convert=lambda x: x) -> Any:
 def record_psutil(psutil: Any, disk_paths: Mapping[str, str], cpu_reads: int = 3) -> dict:
     import time
 
-    psutil.cpu_percent(percpu=True)
     reads = []
-    for _ in range(cpu_reads):
-        time.sleep(0.5)
-        reads.append(psutil.cpu_percent(percpu=True))
+    for i in range(cpu_reads):
+        if i:
+            time.sleep(0.5)
+        reads.append([t._asdict() for t in psutil.cpu_times(percpu=True)])
     return {
         "cpu_count": psutil.cpu_count(logical=True),
-        "cpu_percent_percpu": reads,
+        "cpu_times_percpu": reads,
         "getloadavg": list(psutil.getloadavg()),
         "virtual_memory": psutil.virtual_memory()._asdict(),
         "swap_memory": psutil.swap_memory()._asdict(),

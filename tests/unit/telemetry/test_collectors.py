@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,28 @@ GiB = 2**30
 
 def load(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text())
+
+
+def busy(a: dict, b: dict) -> float:
+    """psutil's cpu_percent() formula, written out independently."""
+    def tot_busy(t):
+        total = sum(t.values()) - t["guest"] - t["guest_nice"]
+        return total, total - t["idle"] - t["iowait"]
+    (t0, b0), (t1, b1) = tot_busy(a), tot_busy(b)
+    return round(max(0.0, min(100.0, (b1 - b0) / (t1 - t0) * 100)), 1)
+
+
+def test_cpu_figures_are_ours_not_psutils_shared_baseline(tmp_path):
+    """psutil.cpu_percent() keeps one baseline per process; another caller (the task
+    manager's pressure check) must not shrink our window to nothing."""
+    import psutil
+
+    host = TelemetryCollector(tmp_path, None, nvml=ReplayNvml(load("nvml_failing.json")["nvml"])).host
+    host.sample()
+    deadline = time.monotonic() + 0.6
+    while time.monotonic() < deadline:  # busy here, while someone else keeps resetting psutil
+        psutil.cpu_percent(interval=None)
+    assert host.sample().cpu_percent > 20
 
 
 def collector(name: str, **kw) -> tuple[TelemetryCollector, ReplayNvml]:
@@ -35,9 +58,9 @@ def test_host_figures_from_recording(name):
     s = c.sample()
     h = s.host
     assert h.cpu_count == rec["cpu_count"] == len(h.cpu_per_core_percent)
-    # the collector primes cpu_percent at start, so the first sample is the second reading
-    assert list(h.cpu_per_core_percent) == rec["cpu_percent_percpu"][1]
-    assert h.cpu_percent == pytest.approx(sum(rec["cpu_percent_percpu"][1]) / rec["cpu_count"])
+    # primed with reading 0 at start, so the first sample spans readings 0 -> 1
+    assert list(h.cpu_per_core_percent) == [busy(a, b) for a, b in zip(*rec["cpu_times_percpu"][:2])]
+    assert h.cpu_percent == pytest.approx(sum(h.cpu_per_core_percent) / rec["cpu_count"], abs=0.01)
     vm = rec["virtual_memory"]
     assert h.memory_total_bytes == vm["total"] and h.memory_available_bytes == vm["available"]
     assert h.memory_used_bytes == vm["total"] - vm["available"] and h.memory_percent == vm["percent"]
