@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from hivemind_worker.config import Settings
-from hivemind_worker.errors import MasterUnreachable, ResultError, WorkerError
+from hivemind_worker.errors import MasterUnreachable, WorkerError
 from hivemind_worker.runtime.spec import EXIT_DEPS_FAILED, EXIT_NO_ENTRYPOINT, ContainerInfo, ContainerSpec
 from hivemind_worker.tasks.journal import Journal, TaskRow
 from hivemind_worker.tasks.logpump import LogSender, pump
-from hivemind_worker.tasks.logspool import LogSpool, render_text
+from hivemind_worker.tasks.logspool import LogSpool
+from hivemind_worker.tasks.result import build_result, exit_record
 from hivemind_worker.tasks.model import Resources, TaskEvent, TaskStatus
 from hivemind_worker.tasks.workspace import TaskDirs
 
@@ -326,49 +327,17 @@ class TaskRun:
         self.ctx.release(self.task_id)
 
     async def _archive(self) -> None:
-        from hivemind_worker.tasks.archive import make_result_archive
-
-        s = self.ctx.settings
         spool = self.open_spool()
         spool.flush()
-        record = {
-            "task_id": self.task_id,
-            "status": self.row.status.value,
-            "exit_code": self.row.exit_code,
-            "reason": self.row.reason,
-            "image": self.row.request.image or s.task_image,
-            "started_ms": self.row.started_ms,
-            "ended_ms": self.row.ended_ms,
-            "log_lines": spool.last_seq,
-            "log_dropped_lines": spool.dropped_lines,
-            "log_dropped_bytes": spool.dropped_bytes,
-        }
-        output = self.dirs.output
-        logs = self.dirs.root / "logs.txt"
-        try:
-            await asyncio.to_thread(render_text, spool.path, logs)
-            await asyncio.to_thread(output.mkdir, parents=True, exist_ok=True)
-            size, sha = await asyncio.to_thread(
-                make_result_archive, output, logs, record, self.dirs.result, s.result_max_bytes
-            )
-        except (ResultError, OSError) as exc:
-            # The task ran but its result cannot be shipped: say so, ship logs + record.
-            reason = f"{self.row.reason}; result not delivered: {exc}"
-            record.update(status=TaskStatus.FAILED.value, reason=reason, output_dropped=True)
-            empty = self.dirs.root / "empty-output"
-            await asyncio.to_thread(empty.mkdir, parents=True, exist_ok=True)
-            size, sha = await asyncio.to_thread(
-                make_result_archive, empty, logs if logs.exists() else None, record, self.dirs.result, s.result_max_bytes
-            )
-            await self._step(TaskStatus.FAILED, reason)
-        finally:
-            logs.unlink(missing_ok=True)
+        record = exit_record(self.row, spool, self.ctx.settings.task_image)
+        size, sha, failure = await asyncio.to_thread(
+            build_result, self.dirs, spool.path, record, self.ctx.settings.result_max_bytes
+        )
+        if failure:  # the task ran, but its output cannot be shipped: say so
+            await self._step(TaskStatus.FAILED, failure)
         await self._step(
-            TaskStatus.UPLOADING,
-            self.row.reason,
-            result_path=str(self.dirs.result),
-            result_size=size,
-            result_sha256=sha,
+            TaskStatus.UPLOADING, self.row.reason,
+            result_path=str(self.dirs.result), result_size=size, result_sha256=sha,
         )
 
     async def _deliver(self) -> None:

@@ -28,7 +28,7 @@ def manager(settings: Settings, runtime: FakeRuntime, host: LocalTaskHost, **kw)
     return m
 
 
-async def until(predicate, timeout: float = 5.0) -> None:
+async def until(predicate, timeout: float = 15.0) -> None:
     end = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > end:
