@@ -4,85 +4,83 @@ which concrete implementation backs each seam."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import Any, Callable
-
-import psutil
 
 from hivemind_worker.address import parse_master_address
 from hivemind_worker.agent.daemon import Agent, AgentParts
 from hivemind_worker.agent.facts import node_capacity
+from hivemind_worker.agent.view import AgentStatus
 from hivemind_worker.config import Settings
 from hivemind_worker.control.channel import open_channel
 from hivemind_worker.errors import RuntimeUnavailable
 from hivemind_worker.identity import NodeIdentity, load_ca, load_identity
+from hivemind_worker.monitor.live_view import LiveNodeView, monitor_part
 from hivemind_worker.runtime import DockerRuntime, GpuAllocator
 from hivemind_worker.systemd.notify import SystemdNotifier
 from hivemind_worker.tasks.manager import TaskManager
+from hivemind_worker.telemetry.service import TelemetryService
 
 logger = logging.getLogger(__name__)
 
 
-def _basic_sample(settings: Settings) -> dict[str, Any]:
-    memory = psutil.virtual_memory()
-    try:
-        disk_free = psutil.disk_usage(str(settings.state_dir)).free
-    except OSError:
-        disk_free = 0
-    return {
-        "time_ms": int(time.time() * 1000),
-        "cpu_percent": psutil.cpu_percent(interval=None),
-        "memory_percent": memory.percent,
-        "memory_used_bytes": memory.total - memory.available,
-        "memory_total_bytes": memory.total,
-        "load1": psutil.getloadavg()[0],
-        "disk_free_bytes": disk_free,
-    }
-
-
-async def build_agent(settings: Settings, reload: Callable[[], Settings] | None = None, identity: NodeIdentity | None = None) -> Agent:
+async def build_agent(settings: Settings, reload: Callable[[], Settings] | None = None,
+                      identity: NodeIdentity | None = None) -> Agent:
     identity = identity or load_identity(settings.config_dir)
     address = parse_master_address(settings.master_url or identity.master)
     if settings.master_url is None:
         address = type(address)(address.host, address.port, identity.tls)
     ca_pem = load_ca(settings.config_dir)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"node_id": identity.node_id}
 
-    async def sample() -> dict[str, Any]:
-        return await asyncio.to_thread(_basic_sample, settings)
+    tasks_ref: list[TaskManager] = []
 
+    def running_containers() -> dict[str, str]:
+        if not tasks_ref:
+            return {}
+        return {t["task_id"]: t["container_id"] for t in tasks_ref[0].snapshot()
+                if t["status"] == "running" and t.get("container_id")}
+
+    telemetry = TelemetryService(settings, running_containers)
     parts = AgentParts(
         channel_factory=lambda: open_channel(address, ca_pem, settings.max_message_bytes),
         notifier=SystemdNotifier(),
-        sample=sample,
+        sample=telemetry.sample,
         reload_settings=reload,
     )
     agent = Agent(settings, identity, parts)
-    tasks = await _task_manager(settings, identity, agent)
-    if tasks is not None:
-        agent.attach_tasks(tasks)
-    return agent
+    agent.router.on_event = telemetry.on_task_event
 
-
-async def _task_manager(settings: Settings, identity: NodeIdentity, agent: Agent) -> TaskManager | None:
-    """The task manager over real Docker, or None (and an error in the log) when
-    Docker is not reachable: the node stays visible to the master, refuses tasks
-    with the reason, and `hivemind-worker doctor` says what to fix."""
     runtime = DockerRuntime()
+    docker: dict[str, Any] = {"available": False, "version": "", "error": ""}
     try:
-        version = await runtime.version()
+        docker["version"] = await runtime.version()
         gpus = GpuAllocator(await runtime.gpu_inventory(), settings.max_gpus)
+        docker["available"] = True
     except RuntimeUnavailable as exc:
-        logger.error("tasks disabled: %s", exc, extra={"node_id": identity.node_id})
+        # The node stays visible to the master and refuses tasks with the reason;
+        # `hivemind-worker doctor` says what to fix.
+        docker["error"] = str(exc)
+        logger.error("tasks disabled: %s", exc, extra=extra)
         runtime.close()
-        return None
-    logger.info("Docker %s, %d GPU(s)", version, gpus.total, extra={"node_id": identity.node_id})
-    return TaskManager(
-        settings, runtime, agent.router, identity.node_id,
-        capacity=node_capacity(settings, gpus.total), gpus=gpus,
+    else:
+        logger.info("Docker %s, %d GPU(s)", docker["version"], gpus.total, extra=extra)
+        tasks = TaskManager(settings, runtime, agent.router, identity.node_id,
+                            capacity=node_capacity(settings, gpus.total), gpus=gpus)
+        tasks_ref.append(tasks)
+        agent.attach_tasks(tasks)
+
+    status = AgentStatus(agent, docker, lambda: telemetry.reports)
+    parts.on_report = lambda sample: agent.spawn_once("vpn-status", status.refresh_vpn())
+    view = LiveNodeView(
+        telemetry, status.status, status.counters,
+        task_snapshot=tasks_ref[0].snapshot if tasks_ref else list,
+        log_tail=tasks_ref[0].log_tail if tasks_ref else (lambda task_id, n: ()),
     )
+    parts.monitor = monitor_part(settings, view)
+    parts.on_close = telemetry.close
+    return agent
 
 
 async def run_agent(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:

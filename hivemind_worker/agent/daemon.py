@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from hivemind_worker.agent.convert import resources_to_pb
@@ -42,7 +42,7 @@ class AgentParts:
     monitor: Callable[[asyncio.Event], Awaitable[None]] | None = None
     on_report: Callable[[dict[str, Any]], None] | None = None
     reload_settings: Callable[[], Settings] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    on_close: Callable[[], None] | None = None
 
 
 class Agent:
@@ -68,7 +68,8 @@ class Agent:
         self.started_at = time.time()
         self.last_report: dict[str, Any] = {}
         self.fatal: BaseException | None = None
-        self._background: dict[str, asyncio.Task] = {}
+        self._background: dict[str, asyncio.Task] = {}  # long-lived; one ending is unhealthy
+        self._chores: dict[str, asyncio.Task] = {}  # short, periodic (e.g. reading the tunnel)
         self._log_extra = {"node_id": identity.node_id}
 
     def attach_tasks(self, tasks: TaskService) -> None:
@@ -134,11 +135,14 @@ class Agent:
                 await asyncio.wait_for(asyncio.shield(session), timeout=3)
             except (asyncio.TimeoutError, Exception):
                 pass
-        for task in self._background.values():
+        running = [*self._background.values(), *self._chores.values()]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._background.values(), return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         if self.parts.tasks is not None:
             await self.parts.tasks.close()
+        if self.parts.on_close is not None:
+            self.parts.on_close()
         logger.info("agent stopped", extra=self._log_extra)
 
     # ------------------------------------------------------------------ loops
@@ -232,3 +236,11 @@ class Agent:
 
     def _spawn(self, name: str, coro: Awaitable[None]) -> None:
         self._background[name] = asyncio.create_task(coro, name=name)
+
+    def spawn_once(self, name: str, coro: Awaitable[None]) -> None:
+        """Run a short chore unless the last one of that name is still running."""
+        previous = self._chores.get(name)
+        if previous is not None and not previous.done():
+            coro.close()
+            return
+        self._chores[name] = asyncio.create_task(coro, name=name)

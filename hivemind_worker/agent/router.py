@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from hivemind_worker import __version__
 from hivemind_worker.agent.convert import (
@@ -57,6 +57,7 @@ class Router:
         self.report_interval_override: float | None = None
         self.counters: dict[str, int] = {"log_lines_sent": 0, "log_bytes_sent": 0, "events_sent": 0}
         self.welcome_server_time_ms: int = 0
+        self.on_event: Callable[[TaskEvent], None] | None = None  # e.g. the task history
 
     # ------------------------------------------------------------ SessionHandler
     def hello(self) -> pb.Hello:
@@ -112,6 +113,8 @@ class Router:
         return self.session is not None and self.session.send(message)
 
     async def emit_event(self, event: TaskEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
         if self.send(event_to_pb(event)):
             self.counters["events_sent"] += 1
 
