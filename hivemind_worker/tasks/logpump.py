@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from hivemind_worker.tasks.logspool import FLUSH_LINES, LogSpool
 
@@ -61,6 +61,19 @@ class LogSender:
         self.sent_seq = self.acked_seq
         self.online = True
         self._wake.set()
+
+    async def drained(self, clock: Callable[[], float], grace_s: float) -> bool:
+        """Wait until every flushed line is acknowledged (True), or until acks made no
+        progress for grace_s (False). Keeps nudging the sender meanwhile."""
+        last, idle_since = -1, clock()
+        while self.acked_seq < self.spool.flushed_seq:
+            if self.acked_seq != last:
+                last, idle_since = self.acked_seq, clock()
+            elif clock() - idle_since > grace_s:
+                return False
+            self._wake.set()
+            await asyncio.sleep(0.05)
+        return True
 
     @property
     def caught_up(self) -> bool:

@@ -249,7 +249,7 @@ class TaskManager:
 
     def snapshot(self) -> list[dict]:
         """Tasks the node holds now (not yet delivered), for the monitor."""
-        return [r.snapshot() for r in self._runs.values()]
+        return [run_snapshot(r, self.settings.task_image) for r in self._runs.values()]
 
     def history(self) -> list[dict]:
         """Recently delivered tasks, newest first."""
@@ -335,3 +335,30 @@ class TaskManager:
             )
         except Exception as exc:
             logger.warning("disk hygiene after a task failed: %s", exc, extra=self._extra)
+
+
+def run_snapshot(run: TaskRun, default_image: str) -> dict:
+    """JSON-ready view for the monitor (monitor/view.py tasks() shape, plus more)."""
+    r = run.row
+    started = r.started_ms or None
+    return {
+        "task_id": r.task_id,
+        "status": r.status.value,
+        "image": r.request.image or default_image,
+        "container_id": r.container_id,
+        "created_ms": r.created_ms,
+        "started_ms": started,
+        "ended_ms": r.ended_ms or None,
+        "exit_code": r.exit_code if r.status.finished and started else None,
+        "reason": r.reason,
+        "priority": r.request.priority,
+        "resources": {
+            "cpu_millicores": run.resources.cpu_millicores,
+            "memory_bytes": run.resources.memory_bytes,
+            "gpu_count": run.resources.gpu_count,
+        },
+        "gpu_ids": list(r.gpu_ids),
+        "cpu_shares": run.cpu_shares,
+        "log_lines": run.spool.last_seq if run.spool else 0,
+        "last_log": [rec.text for rec in (run.spool.tail(5) if run.spool else [])],
+    }

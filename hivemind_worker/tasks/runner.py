@@ -360,23 +360,13 @@ class TaskRun:
         await self._done()
 
     async def _logs_delivered(self) -> None:
-        """The spool goes with DONE: first let the master acknowledge every line (it
-        keeps sending across reconnects). A master that stops acknowledging for
-        LOG_ACK_GRACE_S has what it wants: the lines are in the result archive too."""
-        if self.sender is None or self.spool is None:
-            return
-        last, idle_since = -1, self.ctx.clock()
-        while self.sender.acked_seq < self.spool.flushed_seq:
-            if self.sender.acked_seq != last:
-                last, idle_since = self.sender.acked_seq, self.ctx.clock()
-            elif self.ctx.clock() - idle_since > LOG_ACK_GRACE_S:
-                logger.warning(
-                    "task %s: master acknowledged log lines up to %d of %d; the rest are in the result",
-                    self.task_id, last, self.spool.flushed_seq, extra=self._extra,
-                )
-                return
-            self.sender.wake()
-            await asyncio.sleep(0.05)
+        """The spool goes with DONE: first let the master acknowledge every line. A
+        master silent for LOG_ACK_GRACE_S has what it needs: the lines are in the result."""
+        if self.sender is not None and not await self.sender.drained(self.ctx.clock, LOG_ACK_GRACE_S):
+            logger.warning(
+                "task %s: master acknowledged log lines up to %d of %d; the rest are in the result",
+                self.task_id, self.sender.acked_seq, self.sender.spool.flushed_seq, extra=self._extra,
+            )
 
     async def _done(self) -> None:
         await self._step(TaskStatus.DONE, self.row.reason)
@@ -394,29 +384,3 @@ class TaskRun:
             await self.sender.stop()
         if self.spool is not None:
             self.spool.close()
-
-    def snapshot(self) -> dict:
-        """JSON-ready view for the monitor (monitor/view.py tasks() shape, plus more)."""
-        r = self.row
-        started = r.started_ms or None
-        return {
-            "task_id": r.task_id,
-            "status": r.status.value,
-            "image": r.request.image or self.ctx.settings.task_image,
-            "container_id": r.container_id,
-            "created_ms": r.created_ms,
-            "started_ms": started,
-            "ended_ms": r.ended_ms or None,
-            "exit_code": r.exit_code if r.status.finished and started else None,
-            "reason": r.reason,
-            "priority": r.request.priority,
-            "resources": {
-                "cpu_millicores": self.resources.cpu_millicores,
-                "memory_bytes": self.resources.memory_bytes,
-                "gpu_count": self.resources.gpu_count,
-            },
-            "gpu_ids": list(r.gpu_ids),
-            "cpu_shares": self.cpu_shares,
-            "log_lines": self.spool.last_seq if self.spool else 0,
-            "last_log": [rec.text for rec in (self.spool.tail(5) if self.spool else [])],
-        }
