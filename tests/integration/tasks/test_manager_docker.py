@@ -173,3 +173,33 @@ async def test_sigkilled_agent_replaced_delivers_complete_logs_once(tmp_path, se
     await asyncio.sleep(0.3)
     assert m2.held_tasks() == [] and again.uploads == {}
     await m2.close()
+
+
+async def test_pressure_lowers_cpu_weight_of_lower_priority_in_docker(tmp_path, settings, docker_runtime, docker_client, node_id) -> None:
+    sample = [(10.0, 10.0)]
+    host = LocalTaskHost(tmp_path / "results")
+    m = TaskManager(settings, docker_runtime, host, node_id, capacity=Resources(2000, 2048 * MiB),
+                    sampler=lambda: sample[0], pressure_interval_s=3600)
+    host.manager = m
+    await m.start()
+    sleeper = ("python3", "-c", "import time; print('up', flush=True); time.sleep(300)")
+    await m.assign(TaskRequest("t-hi", command=sleeper, resources=Resources(250, 64 * MiB), priority=9))
+    await m.assign(TaskRequest("t-lo", command=sleeper, resources=Resources(250, 64 * MiB), priority=1))
+    await host.wait_for(lambda: all(host.last_seq.get(t, 0) >= 1 for t in ("t-hi", "t-lo")), timeout=60)
+
+    def shares(task_id: str) -> int:
+        c = docker_client.containers.get(f"hivemind-task-{task_id}")
+        return c.attrs["HostConfig"]["CpuShares"]
+
+    sample[0] = (99.0, 10.0)
+    await m.check_pressure()
+    assert (shares("t-hi"), shares("t-lo")) == (1024, 128)
+    await m.assign(TaskRequest("t-new", command=sleeper))
+    assert host.final_event("t-new").reason.startswith("node under pressure (CPU 99% > 90%)")
+    sample[0] = (20.0, 10.0)
+    await m.check_pressure()
+    assert (shares("t-hi"), shares("t-lo")) == (1024, 1024)
+    for t in ("t-hi", "t-lo"):
+        await m.cancel(t, "test over")
+    await finished(m)
+    await m.close()

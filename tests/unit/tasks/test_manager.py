@@ -60,6 +60,7 @@ async def test_bundle_task_end_to_end(tmp_path, settings, runtime, host) -> None
     assert host.uploads == {"t1": 1}
     assert not (settings.state_dir / "tasks" / "t1").exists()
     assert runtime.containers == {} and runtime.removed
+    await until(lambda: runtime.gc_calls >= 1)  # image hygiene after a delivered task
     spec_env = None  # the container got the workspace with the unpacked bundle
     assert m.free() == CAPACITY
     assert m.snapshot() == [] and m.history()[0]["status"] == "done"
