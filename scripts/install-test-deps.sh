@@ -14,7 +14,7 @@ packages=(
     chromium                                           # the monitor in a real browser
     python3-venv python3-pip
     dh-virtualenv dh-python debhelper lintian build-essential   # the Debian package
-    openssh-client
+    openssh-client shellcheck dpkg-dev
 )
 missing=()
 for p in "${packages[@]}"; do
