@@ -23,6 +23,7 @@ from typing import Any, Callable
 from hivemind_worker.config import Settings
 from hivemind_worker.errors import MasterUnreachable, WorkerError
 from hivemind_worker.runtime.spec import EXIT_DEPS_FAILED, EXIT_NO_ENTRYPOINT, ContainerInfo, ContainerSpec
+from hivemind_worker.tasks.cleanup import remove_traces
 from hivemind_worker.tasks.journal import Journal, TaskRow
 from hivemind_worker.tasks.logpump import LogSender, pump
 from hivemind_worker.tasks.logspool import LogSpool
@@ -370,13 +371,8 @@ class TaskRun:
 
     async def _done(self) -> None:
         await self._step(TaskStatus.DONE, self.row.reason)
-        if self.row.container_id:
-            try:
-                await self.ctx.runtime.remove(self.row.container_id)
-            except WorkerError as exc:
-                logger.warning("task %s: container not removed: %s", self.task_id, exc, extra=self._extra)
         await self.close_logs()
-        await asyncio.to_thread(self.dirs.remove)
+        await remove_traces(self.ctx.runtime, self.ctx.settings, self.ctx.node_id, self.row, self.dirs)
         self.ctx.on_done(self)
 
     async def close_logs(self) -> None:

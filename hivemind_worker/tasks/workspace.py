@@ -11,13 +11,15 @@ The spool, bundle and archive sit beside the workspace, not in it, so the task c
 tamper with its own logs or result.
 
 Permissions. The task runs as ``task_user`` (1000:1000), the agent as root (tests,
-CI, most installs) or as a service user in the docker group. As root the workspace
-is chowned to the task user with mode 0700: only the task (and root) can touch it.
-A non-root agent cannot chown, so workspace/ and output/ get mode 0777 instead: the
-parent directory is 0700 and owned by the agent, so no other host user can reach
-them anyway, while uid 1000 inside the container (which never traverses the host
-parents of a bind mount) can write. Removal after the result is acknowledged is
-best effort for files the task made unreadable to a non-root agent.
+CI, some installs) or, under the packaged systemd unit, as the service user
+``hivemind-worker`` in the docker group. As root the workspace is chowned to the
+task user with mode 0700: only the task (and root) can touch it. A non-root agent
+cannot chown, so the workspace tree is opened up instead (directories 0777, files
+a+rw): the parent ``tasks/<id>/`` is 0700 and owned by the agent, so no other host
+user can reach it, while uid 1000 inside the container (which never traverses the
+host parents of a bind mount) can write. What the task creates is owned by uid
+1000; a non-root agent that cannot delete it asks the runtime for a cleanup
+container (see runner.py), so nothing is left behind either way.
 
 Path handling only; no Docker, no journal.
 """
@@ -75,12 +77,18 @@ class TaskDirs:
             os.chmod(self.workspace, 0o700)
             os.chmod(self.output, 0o700)
         else:
-            os.chmod(self.workspace, 0o777)
-            os.chmod(self.output, 0o777)
+            for dirpath, dirnames, filenames in os.walk(self.workspace):
+                os.chmod(dirpath, 0o777)
+                for name in filenames:
+                    path = os.path.join(dirpath, name)
+                    if not os.path.islink(path):
+                        os.chmod(path, os.stat(path).st_mode | 0o666)
 
     def ensure_output(self) -> Path:
         self.output.mkdir(parents=True, exist_ok=True)
         return self.output
 
-    def remove(self) -> None:
+    def remove(self) -> bool:
+        """Delete everything; False if something (made by the task) could not go."""
         shutil.rmtree(self.root, ignore_errors=True)
+        return not self.root.exists()

@@ -1,0 +1,83 @@
+"""The packaged agent is not root: it runs as a service user in the docker group.
+Its tasks (uid 1000) must still be able to write their workspace, the agent must
+still read their output and remove everything afterwards."""
+
+from __future__ import annotations
+
+import grp
+import io
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.docker
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+AGENT_UID = 4242
+
+MAIN = """
+import os
+out = os.environ["HIVEMIND_OUTPUT_DIR"]
+os.makedirs(os.path.join(out, "deep", "er"))
+open(os.path.join(out, "deep", "er", "result.txt"), "w").write("written by uid %d" % os.getuid())
+os.makedirs(".cache/junk")  # task-made clutter in the workspace, owned by uid 1000
+open(".cache/junk/x", "w").write("x")
+open("data/more.txt", "w").write("the task may write into its bundle's directories")
+print("ok")
+"""
+
+
+@pytest.fixture
+def open_dir():
+    """pytest's tmp_path lives under a 0700 directory of root's: not for other users."""
+    path = Path(tempfile.mkdtemp(prefix="hivemind-nonroot-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_non_root_agent_runs_reads_and_cleans_up(open_dir, task_image, node_id) -> None:
+    tmp_path = open_dir
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start the agent as another user")
+    try:
+        docker_gid = grp.getgrnam("docker").gr_gid
+    except KeyError:
+        pytest.skip("needs a docker group (the service user's way to the Docker socket)")
+    if not SYSTEM_PYTHON.exists():
+        pytest.skip(f"needs {SYSTEM_PYTHON} (the venv's interpreter may not be reachable by other users)")
+    site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"), None)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{REPO}:{site}", "HOME": str(tmp_path)}
+    probe = subprocess.run([str(SYSTEM_PYTHON), "-c", "import docker, psutil, hivemind_worker.tasks.manager"],
+                           env=env, user=AGENT_UID, group=AGENT_UID, extra_groups=[docker_gid], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"the project is not importable by uid {AGENT_UID}: {probe.stderr.decode()[-200:]}")
+
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, AGENT_UID, AGENT_UID)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("main.py", MAIN)
+        zf.writestr("data/input.txt", "in")
+    bundle = tmp_path / "bundle.zip"
+    bundle.write_bytes(buf.getvalue())
+    done = subprocess.run(
+        [str(SYSTEM_PYTHON), str(HERE / "nonroot_proc.py"), str(state), node_id, task_image, str(bundle)],
+        env=env, user=AGENT_UID, group=AGENT_UID, extra_groups=[docker_gid],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["uid"] == AGENT_UID
+    assert (summary["status"], summary["reason"]) == ("exited", "exited with code 0"), summary
+    assert summary["result"] == "written by uid 1000"
+    assert "logs.txt" in summary["files"] and "exit.json" in summary["files"]
+    assert summary["task_dir_left"] is False and summary["held"] == 0
