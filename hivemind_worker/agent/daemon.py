@@ -66,7 +66,6 @@ class Agent:
         )
         self.router.session = self.session
         self.started_at = time.time()
-        self.last_report: dict[str, Any] = {}
         self.fatal: BaseException | None = None
         self._background: dict[str, asyncio.Task] = {}  # long-lived; one ending is unhealthy
         self._chores: dict[str, asyncio.Task] = {}  # short, periodic (e.g. reading the tunnel)
@@ -159,7 +158,6 @@ class Agent:
         while not self.should_exit.is_set():
             try:
                 sample = await self.parts.sample()
-                self.last_report = sample
                 if self.parts.on_report is not None:
                     self.parts.on_report(sample)
                 report = report_from_sample(sample)

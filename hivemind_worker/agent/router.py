@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -28,6 +29,8 @@ from hivemind_worker.proto import worker_pb2 as pb
 from hivemind_worker.tasks.model import HeldTask, LogRecord, Resources, TaskEvent, TaskRequest, TaskStatus
 
 logger = logging.getLogger(__name__)
+
+MAX_CLOCK_SKEW_S = 5.0  # task timeouts and log times are compared across hosts
 
 
 class TaskService(Protocol):
@@ -56,7 +59,6 @@ class Router:
         self.draining = False
         self.report_interval_override: float | None = None
         self.counters: dict[str, int] = {"log_lines_sent": 0, "log_bytes_sent": 0, "events_sent": 0}
-        self.welcome_server_time_ms: int = 0
         self.on_event: Callable[[TaskEvent], None] | None = None  # e.g. the task history
 
     # ------------------------------------------------------------ SessionHandler
@@ -75,7 +77,9 @@ class Router:
         )
 
     async def on_connected(self, welcome: pb.Welcome) -> None:
-        self.welcome_server_time_ms = welcome.server_time_ms
+        skew_s = time.time() - welcome.server_time_ms / 1000 if welcome.server_time_ms else 0.0
+        if abs(skew_s) > MAX_CLOCK_SKEW_S:
+            logger.warning("this host's clock is %+.1f s off the master's; enable time sync (timedatectl set-ntp true)", skew_s)
         if welcome.report_interval_s:
             self.report_interval_override = float(welcome.report_interval_s)
         if self.draining:
