@@ -23,7 +23,7 @@ from typing import Any, Callable
 from hivemind_worker.config import Settings
 from hivemind_worker.errors import MasterUnreachable, WorkerError
 from hivemind_worker.runtime.spec import EXIT_DEPS_FAILED, EXIT_NO_ENTRYPOINT, ContainerInfo, ContainerSpec
-from hivemind_worker.tasks.cleanup import remove_traces
+from hivemind_worker.tasks.cleanup import open_output, remove_traces
 from hivemind_worker.tasks.journal import Journal, TaskRow
 from hivemind_worker.tasks.logpump import LogSender, pump
 from hivemind_worker.tasks.logspool import LogSpool
@@ -331,6 +331,7 @@ class TaskRun:
         spool = self.open_spool()
         spool.flush()
         record = exit_record(self.row, spool, self.ctx.settings.task_image)
+        await open_output(self.ctx.runtime, self.ctx.settings, self.ctx.node_id, self.row, self.dirs)
         size, sha, failure = await asyncio.to_thread(
             build_result, self.dirs, spool.path, record, self.ctx.settings.result_max_bytes
         )

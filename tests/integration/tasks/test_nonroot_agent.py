@@ -27,6 +27,10 @@ import os
 out = os.environ["HIVEMIND_OUTPUT_DIR"]
 os.makedirs(os.path.join(out, "deep", "er"))
 open(os.path.join(out, "deep", "er", "result.txt"), "w").write("written by uid %d" % os.getuid())
+fd = os.open(os.path.join(out, "private.txt"), os.O_WRONLY | os.O_CREAT, 0o600)  # unreadable to others
+os.write(fd, b"secret")
+os.close(fd)
+os.chmod(os.path.join(out, "deep"), 0o700)
 os.makedirs(".cache/junk")  # task-made clutter in the workspace, owned by uid 1000
 open(".cache/junk/x", "w").write("x")
 open("data/more.txt", "w").write("the task may write into its bundle's directories")
@@ -80,4 +84,5 @@ def test_non_root_agent_runs_reads_and_cleans_up(open_dir, task_image, node_id) 
     assert (summary["status"], summary["reason"]) == ("exited", "exited with code 0"), summary
     assert summary["result"] == "written by uid 1000"
     assert "logs.txt" in summary["files"] and "exit.json" in summary["files"]
+    assert "output/private.txt" in summary["files"]
     assert summary["task_dir_left"] is False and summary["held"] == 0
