@@ -85,3 +85,16 @@ def test_a_failing_view_section_does_not_fail_the_scrape(view_factory, server_fa
     assert ("hivemind_node_cpu_usage_ratio", ()) in samples
     assert ("hivemind_agent_reconnects_total", ()) not in samples
     assert sum("agent section failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_promtool_accepts_four_gpus_one_without_power(view_factory, server_factory):
+    view = view_factory("gpus4.json")
+    view.report()
+    server = server_factory(view)
+    text, samples = _scrape(server.url)
+    result = _promtool(text)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+    util = {k[1][0][1]: v for k, v in samples.items() if k[0] == "hivemind_gpu_utilization_ratio"}
+    power = {k[1][0][1] for k in samples if k[0] == "hivemind_gpu_power_watts"}
+    assert sorted(util) == ["0", "1", "2", "3"] and power == {"0", "1", "2"}
+    assert samples[("hivemind_gpus", ())] == 4
