@@ -4,7 +4,8 @@ The pump follows the container's log stream (Docker pushes lines; nothing polls)
 into the task's LogSpool, which batches them (FLUSH_LINES lines / FLUSH_BYTES) and
 a ticker flushes what is left every BATCH_INTERVAL_S, so a quiet task's lines still
 leave within 50 ms. The sender reads flushed lines back from the spool and hands
-them to the host in order, at most FLUSH_LINES per call; it never holds more than
+them to the host in order: what is pending, up to SEND_MAX_LINES / SEND_MAX_BYTES
+per call (a master that is behind gets fewer, larger batches); it never holds more than
 one batch, so a slow or absent master costs disk (bounded by the spool), not memory.
 
 After a restart the pump resumes from the spool's resume point: it follows the
@@ -18,7 +19,7 @@ import asyncio
 import logging
 from typing import Any, Callable
 
-from hivemind_worker.tasks.logspool import FLUSH_LINES, LogSpool
+from hivemind_worker.tasks.logspool import LogSpool
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ BATCH_INTERVAL_S = 0.05
 # the transport does with a message (queues it, say) to a few MB per task, and lets
 # the spool, on disk, absorb a slow master instead of the agent's memory.
 SEND_WINDOW_LINES = 20_000
+SEND_MAX_LINES = 5_000
+SEND_MAX_BYTES = 1024 * 1024  # well under the session's message limit (4 MiB by default)
 
 
 class LogSender:
@@ -87,7 +90,7 @@ class LogSender:
                 room = self.acked_seq + self.window - self.sent_seq
                 if room <= 0:
                     break  # wait for acknowledgements (ack() wakes us)
-                batch = self.spool.read(self.sent_seq + 1, min(FLUSH_LINES, room))
+                batch = self.spool.read(self.sent_seq + 1, min(SEND_MAX_LINES, room), SEND_MAX_BYTES)
                 if not batch:
                     break
                 try:
