@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -123,7 +122,6 @@ class Journal:
         self._clock = clock
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        self._owner: threading.Thread | None = None
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._executor is None:
