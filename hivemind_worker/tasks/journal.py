@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -135,6 +136,10 @@ class Journal:
     def _open(self) -> None:
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
+            # Task requests carry their env, which may hold secrets: owner-only, from
+            # the start (SQLite gives its -wal / -shm files the database file's mode).
+            os.close(os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(self._path, 0o600)
             conn = sqlite3.connect(self._path, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a committed change survives the process being killed;

@@ -61,6 +61,7 @@ class TaskDirs:
     def create(self, task_user: str) -> None:
         """Fresh directories (an interrupted earlier attempt's workspace is wiped)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root.parent, 0o700)  # tasks/: nobody but the agent lists them
         os.chmod(self.root, 0o700)
         if self.workspace.exists():
             shutil.rmtree(self.workspace, ignore_errors=True)

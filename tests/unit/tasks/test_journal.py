@@ -30,6 +30,7 @@ async def test_put_get_reopen_and_ack(tmp_path: Path) -> None:
     await j.close()
 
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert path.stat().st_mode & 0o777 == 0o600
     j2 = Journal(path, clock)
     await j2.open()
     got = await j2.get("t1")
