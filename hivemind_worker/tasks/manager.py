@@ -6,8 +6,26 @@ reconnect, drain on shutdown) and reads it (held_tasks for the hello, snapshot a
 log_tail for the monitor). It talks to the outside only through the TaskHost it
 was given and to Docker only through the runtime; it never imports the control
 session. A task's life is in runner.py, the journal in journal.py, log handling
-in logspool.py / logpump.py, admission arithmetic in admission.py and host
-pressure in pressure.py.
+in logspool.py / logpump.py, admission arithmetic in admission.py, host pressure
+in pressure.py, results in result.py, workspaces in workspace.py / cleanup.py.
+
+API::
+
+    TaskManager(settings, runtime, host: TaskHost, node_id, *, capacity: Resources,
+                journal_path=None (state_dir/journal.db), clock=time.time,
+                gpus: GpuAllocator | None = None, sampler=psutil_sampler (None: never
+                under pressure), pressure_interval_s=5.0)
+    await start()      open the journal, reconcile with Docker (re-attach / deliver)
+    await assign(req)  admit (ACCEPTED, then the task runs) or emit REJECTED + reason
+    await cancel(task_id, reason); await ack_logs(task_id, seq); await ack_result(task_id)
+    await resync()     after a (re)connect: resend unacked lines (same seqs), re-upload
+                       pending results, re-emit each held task's last event
+    await drain(deadline_s); resume(); draining
+    await check_pressure()   one pressure sample + CPU weights (the loop calls it)
+    held_tasks() -> [HeldTask]; capacity(); free() (zero while slots are full,
+    draining or under pressure); snapshot() -> [dict] (held tasks, monitor shape);
+    history() -> [dict] (recently delivered); log_tail(task_id, n) -> [LogRecord]
+    await close()      stop watching; containers keep running for the next agent
 """
 
 from __future__ import annotations
