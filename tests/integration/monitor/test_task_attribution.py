@@ -82,11 +82,13 @@ def test_block_io_of_a_real_container(burner):
         pytest.skip("the container's cgroup is not visible under /sys/fs/cgroup from here")
     (u,) = TaskUsageTracker(CgroupReader()).usage({"t1": burner.id})
     assert u.io_write_bytes is not None and u.io_read_bytes is not None
-    if u.io_write_bytes < 16 * MiB:
-        docker_view = counters_from_docker_stats(burner.stats(stream=False))
-        if not docker_view.io_write_bytes:
-            pytest.skip("this kernel accounts no block I/O to containers (docker stats shows 0 B as well)")
-        pytest.fail(f"16 MiB of direct writes, cgroup says {u.io_write_bytes} B, Docker {docker_view.io_write_bytes} B")
+    docker_view = counters_from_docker_stats(burner.stats(stream=False))
+    if docker_view.io_write_bytes:  # the kernel accounts block I/O: the 16 MiB must show
+        assert u.io_write_bytes >= 16 * MiB, (u.io_write_bytes, docker_view.io_write_bytes)
+    else:
+        # Some kernels (CI's machines among them) account no block I/O to containers;
+        # then we must agree with Docker's own figure rather than invent one.
+        assert u.io_write_bytes == docker_view.io_write_bytes == 0
 
 
 def test_docker_stats_agree_with_cgroup_files(burner):
