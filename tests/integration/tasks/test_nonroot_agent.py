@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import zipfile
 from pathlib import Path
@@ -55,14 +57,23 @@ def test_non_root_agent_runs_reads_and_cleans_up(open_dir, task_image, node_id) 
         docker_gid = grp.getgrnam("docker").gr_gid
     except KeyError:
         pytest.skip("needs a docker group (the service user's way to the Docker socket)")
-    if not SYSTEM_PYTHON.exists():
-        pytest.skip(f"needs {SYSTEM_PYTHON} (the venv's interpreter may not be reachable by other users)")
-    site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"), None)
+    # The test's interpreter may live under root's home (pyenv): try it, then the
+    # system's, with this environment's packages on the path.
+    site = sysconfig.get_paths()["purelib"]
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{REPO}:{site}", "HOME": str(tmp_path)}
-    probe = subprocess.run([str(SYSTEM_PYTHON), "-c", "import docker, psutil, hivemind_worker.tasks.manager"],
-                           env=env, user=AGENT_UID, group=AGENT_UID, extra_groups=[docker_gid], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"the project is not importable by uid {AGENT_UID}: {probe.stderr.decode()[-200:]}")
+    python = None
+    for candidate in (sys.executable, str(SYSTEM_PYTHON)):
+        try:
+            probe = subprocess.run([candidate, "-c", "import docker, psutil, hivemind_worker.tasks.manager"],
+                                   env=env, user=AGENT_UID, group=AGENT_UID, extra_groups=[docker_gid],
+                                   capture_output=True)
+        except OSError:  # not executable by that user
+            continue
+        if probe.returncode == 0:
+            python = candidate
+            break
+    if python is None:
+        pytest.skip(f"no Python that uid {AGENT_UID} can run with this project importable")
 
     state = tmp_path / "state"
     state.mkdir()
@@ -74,7 +85,7 @@ def test_non_root_agent_runs_reads_and_cleans_up(open_dir, task_image, node_id) 
     bundle = tmp_path / "bundle.zip"
     bundle.write_bytes(buf.getvalue())
     done = subprocess.run(
-        [str(SYSTEM_PYTHON), str(HERE / "nonroot_proc.py"), str(state), node_id, task_image, str(bundle)],
+        [python, str(HERE / "nonroot_proc.py"), str(state), node_id, task_image, str(bundle)],
         env=env, user=AGENT_UID, group=AGENT_UID, extra_groups=[docker_gid],
         capture_output=True, text=True, timeout=180,
     )
