@@ -90,6 +90,7 @@ async def run_worker(n: int, concurrency: int) -> tuple[float, list[float], int]
         wall = time.monotonic() - t0
         await m.close()
         rt.close()
+        shutil.rmtree(state, ignore_errors=True)
     failed = sum(1 for i in range(n) if (e := host.final_event(f"d{i:04d}")) is None or e.status is not TaskStatus.EXITED)
     return wall, latencies, failed
 
