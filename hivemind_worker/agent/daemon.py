@@ -53,7 +53,8 @@ class Agent:
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self.reload_requested = False
-        self.router = Router(identity.node_id, identity.credential, settings.max_message_bytes)
+        self.router = Router(identity.node_id, identity.credential, settings.max_message_bytes,
+                             settings.max_concurrent_tasks)
         self.router.tasks = parts.tasks
         self.session = ControlSession(
             parts.channel_factory,

@@ -50,10 +50,11 @@ class TaskService(Protocol):
 
 
 class Router:
-    def __init__(self, node_id: str, credential: str, max_message_bytes: int) -> None:
+    def __init__(self, node_id: str, credential: str, max_message_bytes: int, task_slots: int = 0) -> None:
         self.node_id = node_id
         self._credential = credential
         self._max_message_bytes = max_message_bytes
+        self._task_slots = task_slots
         self.session: ControlSession | None = None
         self.tasks: TaskService | None = None
         self.draining = False
@@ -74,6 +75,7 @@ class Router:
             tasks=[held_to_pb(h) for h in held],
             draining=self.draining,
             max_message_bytes=self._max_message_bytes,
+            task_slots=self._task_slots,
         )
 
     async def on_connected(self, welcome: pb.Welcome) -> None:

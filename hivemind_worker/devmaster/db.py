@@ -89,6 +89,12 @@ CREATE TABLE IF NOT EXISTS logs (
     time_ms INTEGER,
     PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
+-- Per task, the highest seq up to which every log line is stored: advancing it
+-- over each new batch keeps storing O(batch) however long the log grows.
+CREATE TABLE IF NOT EXISTS log_marks (
+    task_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 """
 
 

@@ -45,13 +45,20 @@ def state_name(value: int) -> str:
     return pb.TaskState.Name(value).removeprefix("TASK_STATE_").lower()
 
 
-def _resources(spec: dict) -> tuple[int, int, int]:
+def _requested(spec: dict) -> tuple[int, int, int]:
     return int(spec.get("cpu_millicores", 0)), int(spec.get("memory_bytes", 0)), int(spec.get("gpu_count", 0))
+
+
+def _resources(spec: dict) -> tuple[int, int, int]:
+    """What a task takes on its node: a worker gives an unset CPU or memory request
+    its defaults (tasks are never unlimited), so count those here too."""
+    cpu, mem, gpus = _requested(spec)
+    return cpu or NODE_DEFAULT_MILLICORES, mem or NODE_DEFAULT_MEMORY_BYTES, gpus
 
 
 def task_spec(row: sqlite3.Row) -> pb.TaskSpec:
     spec = json.loads(row["spec_json"])
-    cpu, mem, gpus = _resources(spec)
+    cpu, mem, gpus = _requested(spec)
     return pb.TaskSpec(
         task_id=row["task_id"],
         image=spec.get("image", ""),
@@ -71,6 +78,8 @@ class _End:
         self.code, self.message = code, message
 
 
+NODE_DEFAULT_MILLICORES = 1000  # what tasks.admission gives a task that asks for nothing
+NODE_DEFAULT_MEMORY_BYTES = 512 * 1024 * 1024
 DEFAULT_NODE_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default, for nodes that do not say
 MESSAGE_OVERHEAD_BYTES = 64  # oneof tag and length prefixes around the spec
 
@@ -83,6 +92,7 @@ class Session:
         self.draining = hello.draining
         # What the node's gRPC channel accepts; a larger message would break its stream.
         self.max_message_bytes = hello.max_message_bytes or DEFAULT_NODE_MAX_MESSAGE_BYTES
+        self.task_slots = hello.task_slots  # 0: the node did not say; capacity alone limits
         self.ending = False
         self.outbox: asyncio.Queue = asyncio.Queue()
 
@@ -258,6 +268,9 @@ class SessionHub:
             cpu, mem, gpus = cpu - c, mem - m, gpus - g
         return cpu, mem, gpus
 
+    def _slots_full(self, session: Session) -> bool:
+        return bool(session.task_slots) and len(taskdb.active_on(self.conn, session.node_id)) >= session.task_slots
+
     def dispatch(self) -> None:
         """Assign queued tasks, pass on cancellations, end revoked nodes' streams."""
         revoked = registry.revoked_ids(self.conn)
@@ -290,9 +303,9 @@ class SessionHub:
                               "put large data in the bundle, not in --env or --command")
                 continue
             for session in candidates:
-                free = self._free(session)
-                if size > session.max_message_bytes:
+                if size > session.max_message_bytes or self._slots_full(session):
                     continue
+                free = self._free(session)
                 if all(n <= f for n, f in zip(need, free)) and taskdb.assign(self.conn, row["task_id"], session.node_id):
                     session.send(message)
                     logger.info("task assigned", extra={"node_id": session.node_id, "task_id": row["task_id"]})

@@ -122,18 +122,25 @@ def store_logs(conn: sqlite3.Connection, task_id: str, lines: list[tuple[int, st
             "INSERT OR IGNORE INTO logs (task_id, seq, stream, text, time_ms) VALUES (?,?,?,?,?)",
             [(task_id, *line) for line in lines],
         )
-    return contiguous_seq(conn, task_id)
+        return _advance_mark(conn, task_id)
 
 
 def contiguous_seq(conn: sqlite3.Connection, task_id: str) -> int:
-    count, top = conn.execute("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM logs WHERE task_id=?", (task_id,)).fetchone()
-    if count == top:  # seqs start at 1 and are unique: no gap
-        return top
-    seq = 0
-    for (s,) in conn.execute("SELECT seq FROM logs WHERE task_id=? ORDER BY seq", (task_id,)):
+    with Tx(conn):
+        return _advance_mark(conn, task_id)
+
+
+def _advance_mark(conn: sqlite3.Connection, task_id: str) -> int:
+    row = conn.execute("SELECT seq FROM log_marks WHERE task_id=?", (task_id,)).fetchone()
+    mark = seq = row[0] if row else 0
+    # Only the lines after the mark are read; seqs start at 1 and are unique.
+    for (s,) in conn.execute("SELECT seq FROM logs WHERE task_id=? AND seq>? ORDER BY seq", (task_id, mark)):
         if s != seq + 1:
             break
         seq = s
+    if seq != mark:
+        conn.execute("INSERT INTO log_marks (task_id, seq) VALUES (?, ?)"
+                     " ON CONFLICT(task_id) DO UPDATE SET seq=excluded.seq", (task_id, seq))
     return seq
 
 

@@ -153,7 +153,7 @@ class HeldTask(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., last_log_seq: _Optional[int] = ..., result_pending: _Optional[bool] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "agent_version", "capacity", "free", "tasks", "draining", "max_message_bytes")
+    __slots__ = ("node_id", "agent_version", "capacity", "free", "tasks", "draining", "max_message_bytes", "task_slots")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +161,7 @@ class Hello(_message.Message):
     TASKS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TASK_SLOTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     agent_version: str
     capacity: Resources
@@ -168,7 +169,8 @@ class Hello(_message.Message):
     tasks: _containers.RepeatedCompositeFieldContainer[HeldTask]
     draining: bool
     max_message_bytes: int
-    def __init__(self, node_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ..., draining: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    task_slots: int
+    def __init__(self, node_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ..., draining: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., task_slots: _Optional[int] = ...) -> None: ...
 
 class GpuSample(_message.Message):
     __slots__ = ("index", "uuid", "name", "utilization_percent", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w")

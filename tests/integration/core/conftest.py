@@ -100,6 +100,7 @@ class Node:
             # CI's two cores are busy with other tests; host pressure would (rightly)
             # stop admission, which is tested in tests/*/tasks, not here.
             "HIVEMIND_PRESSURE_CPU_PERCENT": "100",
+            "HIVEMIND_PRESSURE_MEMORY_PERCENT": "100",
             **{f"HIVEMIND_{k.upper()}": str(v) for k, v in settings.items()},
         }
         self.proc: subprocess.Popen | None = None

@@ -104,7 +104,7 @@ class FakeNode:
         return reply
 
     async def connect(self, cpus: int = 4000, memory: int = 8 << 30, gpus: int = 0,
-                      held: tuple[pb.HeldTask, ...] = (), draining: bool = False) -> pb.Welcome:
+                      held: tuple[pb.HeldTask, ...] = (), draining: bool = False, task_slots: int = 0) -> pb.Welcome:
         # A request iterator, as the real client uses: the master's status then
         # arrives on read() even when it ends the call before reading anything.
         self.outbox: asyncio.Queue = asyncio.Queue()
@@ -120,7 +120,7 @@ class FakeNode:
         capacity = pb.Resources(cpu_millicores=cpus, memory_bytes=memory, gpu_count=gpus)
         outbox.put_nowait(pb.WorkerMessage(hello=pb.Hello(
             node_id=self.node_id, agent_version="test", capacity=capacity, free=capacity,
-            tasks=list(held), draining=draining)))
+            tasks=list(held), draining=draining, task_slots=task_slots)))
         self.call = self.stub.Connect(outgoing(), metadata=self.meta)
         first = await asyncio.wait_for(self.call.read(), 10)
         assert first.WhichOneof("kind") == "welcome", first

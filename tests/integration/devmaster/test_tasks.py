@@ -64,6 +64,24 @@ async def test_first_fit_respects_capacity_and_priority(master, make_node, db):
     assert taskdb.get_task(db, big)["state"] == "queued"  # never fits this node
 
 
+async def test_task_slots_and_default_requests_are_respected(master, make_node, db):
+    node = await make_node(cpus=8000, memory=8 << 30, task_slots=2)
+    first, second, third = (queue(master, cpu_millicores=1000) for _ in range(3))
+    assigned = {(await node.recv_kind("assign")).task_id for _ in range(2)}
+    await asyncio.sleep(0.3)
+    assert assigned == {first, second}
+    assert taskdb.get_task(db, third)["state"] == "queued", "two slots: the third waits"
+    await node.event(first, pb.TASK_STATE_EXITED, exit_code=0)
+    assert (await node.recv_kind("assign")).task_id == third
+
+    small = await make_node("small", cpus=1500, memory=8 << 30)
+    unset = queue(master, cpu_millicores=0, memory_bytes=0)  # the node gives it 1 CPU / 512 MiB
+    assert (await small.recv_kind("assign")).task_id == unset
+    another = queue(master, cpu_millicores=0, memory_bytes=0)
+    await asyncio.sleep(0.3)
+    assert taskdb.get_task(db, another)["state"] == "queued", "1.5 CPUs hold one default task, not two"
+
+
 async def test_upload_resumes_checks_and_acks(master, make_node, db):
     node = await make_node()
     task_id = queue(master)
