@@ -18,12 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,20 +30,9 @@ import psutil
 from hivemind_worker.config import Settings
 from hivemind_worker.telemetry.collector import TelemetryCollector
 from hivemind_worker.telemetry.service import TelemetryService
+from stack import DevStack, free_port
 
 GOALS = {"rss_mb": 80.0, "cpu_s_per_min": 0.3, "sample_ms": 10.0}
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports: held open together, so two calls cannot return the same one."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def sampling_cost(workdir: Path, n: int) -> dict:
@@ -83,66 +68,13 @@ def sampling_cost(workdir: Path, n: int) -> dict:
     }
 
 
-class Daemon:
-    """dev-master + enrolled node + `hivemind-worker run`, all in one temp dir."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        base.mkdir(parents=True, exist_ok=True)
-        self.master_port, self.monitor_port = free_ports(2)
-        self.env = {**os.environ, "HIVEMIND_CONFIG_DIR": str(base / "config"), "HIVEMIND_STATE_DIR": str(base / "state"),
-                    "HIVEMIND_MONITOR_PORT": str(self.monitor_port), "HIVEMIND_LOG_FORMAT": "text"}
-        self.procs: list[subprocess.Popen] = []
-
-    def _cli(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "hivemind_worker", *args], env=self.env, capture_output=True,
-                              text=True, timeout=120)
-        if done.returncode != 0:
-            raise RuntimeError(f"hivemind-worker {' '.join(args[:2])} failed: {done.stderr.strip()}")
-        return done.stdout.strip()
-
-    def _spawn(self, log: str, *args: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "hivemind_worker", *args], env=self.env,
-                                stdout=(self.base / log).open("a"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def start(self, timeout: float = 60) -> subprocess.Popen:
-        master_dir = str(self.base / "master")
-        addr = f"127.0.0.1:{self.master_port}"
-        self._spawn("master.log", "dev-master", "serve", "--state-dir", master_dir, "--listen", addr)
-        deadline = time.monotonic() + timeout
-        while socket.socket().connect_ex(("127.0.0.1", self.master_port)) != 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError("dev-master did not listen: " + (self.base / "master.log").read_text()[-500:])
-            time.sleep(0.2)
-        token = self._cli("dev-master", "token", "create", "--state-dir", master_dir)
-        ca_hash = self._cli("dev-master", "ca-hash", "--state-dir", master_dir)
-        self._cli("enroll", "--master", addr, "--token", token, "--ca-hash", ca_hash)
-        worker = self._spawn("worker.log", "run")
-        while True:
-            nodes = json.loads(self._cli("dev-master", "nodes", "--state-dir", master_dir, "--json"))
-            if nodes and nodes[0].get("session_state") == "connected":
-                return worker
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("worker did not connect: " + (self.base / "worker.log").read_text()[-800:])
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-
-
-def idle_daemon(base: Path, duration: float, settle: float) -> dict:
-    daemon = Daemon(base)
-    try:
-        worker = daemon.start()
+def idle_daemon(duration: float, settle: float) -> dict:
+    monitor_port = free_port()
+    daemon = DevStack("hivemind-footprint-", {"HIVEMIND_MONITOR_ENABLED": "true", "HIVEMIND_MONITOR_PORT": str(monitor_port),
+                                              "HIVEMIND_LOG_LEVEL": "INFO"})
+    with daemon:
+        daemon.wait_connected()
+        worker = daemon.worker
         proc = psutil.Process(worker.pid)
         time.sleep(settle)  # start-up (imports, enrollment check, first report) is not idle
         cpu0 = proc.cpu_times()
@@ -158,11 +90,11 @@ def idle_daemon(base: Path, duration: float, settle: float) -> dict:
         try:
             import urllib.request
 
-            urllib.request.urlopen(f"http://127.0.0.1:{daemon.monitor_port}/healthz", timeout=2).read()
+            urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/healthz", timeout=2).read()
             monitor = "serving"
         except OSError:
             monitor = "not serving (not wired into the daemon yet?)"
-        return {
+        result = {
             "duration_s": round(elapsed, 1),
             "rss_mb_max": round(max(rss) / 2**20, 1),
             "rss_mb_end": round(full.rss / 2**20, 1),
@@ -173,8 +105,8 @@ def idle_daemon(base: Path, duration: float, settle: float) -> dict:
             "monitor": monitor,
             "still_running": worker.poll() is None,
         }
-    finally:
-        daemon.stop()
+        daemon.ok = True
+        return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = {"sampling": sampling_cost(base / "ws", args.samples)}
         if not args.no_daemon:
-            result["idle_daemon"] = idle_daemon(base / "node", args.duration, args.settle)
+            result["idle_daemon"] = idle_daemon(args.duration, args.settle)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -127,7 +127,8 @@ async def run_agent_path(args: argparse.Namespace, lines: int) -> dict:
 
 
 def run_devmaster_path(args: argparse.Namespace, lines: int) -> dict:
-    from dispatch import COMMAND, DevStack
+    from dispatch import COMMAND
+    from stack import DevStack
 
     env = {"HIVEMIND_LOG_SPOOL_MAX_BYTES": str(int(args.spool_max))}
     with DevStack("hivemind-bench-logs-", env) as stack:

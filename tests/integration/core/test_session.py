@@ -8,7 +8,7 @@ import time
 
 import grpc
 
-from tests.integration.core.conftest import wait_for
+from tests.support.stack import wait_for
 
 
 def connected(master, node_id):

@@ -3,18 +3,15 @@ through crashes of either side."""
 
 from __future__ import annotations
 
-import io
 import json
-import signal
 import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
 
-import pytest
 
-from tests.integration.e2e.conftest import wait_for
+from tests.support.stack import wait_for
 
 
 def submit(master, *args: str) -> subprocess.Popen:

@@ -1,16 +1,16 @@
-"""A real dev-master and real worker daemons as subprocesses, over loopback gRPC+TLS."""
+"""A real dev-master and real worker daemons as subprocesses, over loopback gRPC+TLS:
+the harness the integration tests and the benches share."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import cli, free_port
 
@@ -41,8 +41,6 @@ class DevMaster:
              "--listen", self.address, *self.extra],
             stdout=out, stderr=subprocess.STDOUT,
         )
-        import socket
-
         def listening():
             assert self.proc.poll() is None, f"dev-master exited: {self.log.read_text()[-2000:]}"
             with socket.socket() as s:
@@ -67,6 +65,12 @@ class DevMaster:
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
+    def submit(self, *args: str) -> str:
+        """`hivemind-worker submit ARGS` without --wait: prints the task id."""
+        done = cli("submit", *args, "--state-dir", str(self.state), check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().split()[-1]
+
     def ca_hash(self) -> str:
         return self.run("ca-hash")
 
@@ -75,14 +79,6 @@ class DevMaster:
 
     def nodes(self) -> list[dict]:
         return json.loads(self.run("nodes", "--json"))
-
-
-@pytest.fixture
-def devmaster(tmp_path):
-    master = DevMaster(tmp_path / "master", free_port(), tmp_path / "master.log")
-    master.start()
-    yield master
-    master.stop()
 
 
 class Node:
@@ -121,6 +117,10 @@ class Node:
     def wait(self, timeout: float = 30) -> int:
         return self.proc.wait(timeout)
 
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['HIVEMIND_MONITOR_PORT']}"
+
     def node_id(self) -> str:
         return json.loads((self.config_dir / "node.json").read_text())["node_id"]
 
@@ -131,17 +131,3 @@ class Node:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-
-
-@pytest.fixture
-def make_node(tmp_path):
-    nodes: list[Node] = []
-
-    def make(name: str = "node", **settings) -> Node:
-        node = Node(tmp_path / name, **settings)
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        node.stop()
