@@ -44,6 +44,9 @@ ExecReload=/bin/sh -c 'kill -HUP "$MAINPID"'
 WatchdogSec={watchdog_sec}
 Restart=on-failure
 RestartSec=5
+# Exit codes a restart cannot mend (hivemind_worker/errors.py): a bad setting (2),
+# not enrolled (3), the master revoked this node (6). The journal says which.
+RestartPreventExitStatus=2 3 6
 TimeoutStartSec=120
 # SIGTERM starts a drain of up to drain_timeout_s ({drain_s}s); then SIGKILL.
 # KillMode=mixed: SIGTERM to the main process only, SIGKILL to all at the end.
