@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import typer
 
@@ -49,10 +48,8 @@ def up_cmd(
     status = result.status
     typer.echo(f"{status.interface}: {'already up' if result.already_up else 'up'}"
                + (" (wg0.conf written from the stored assignment)" if result.rendered else ""))
-    for peer in status.peers:
-        age = int(time.time() - peer.latest_handshake) if peer.latest_handshake else None
-        typer.echo(f"  peer {peer.public_key} endpoint {peer.endpoint or '-'} "
-                   f"handshake {f'{age}s ago' if age is not None else 'never'} rx {peer.rx_bytes} tx {peer.tx_bytes}")
+    for line in tunnel.describe_peers(status):
+        typer.echo("  " + line)
     if result.master_checked:
         typer.echo(f"  master {result.master_checked} answers through the tunnel")
 

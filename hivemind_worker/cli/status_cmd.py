@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import typer
@@ -26,11 +27,26 @@ def status(
 
     settings = settings_from(ctx)
     result = read_local_status(settings)
+    peers = _tunnel_peers(settings)
     if as_json:
-        typer.echo(json.dumps(result.status if result.running else {"running": False, "error": result.error,
-                                                                      **result.offline}, indent=2, sort_keys=True))
+        doc = result.status if result.running else {"running": False, "error": result.error, **result.offline}
+        typer.echo(json.dumps({**doc, "tunnel_peers": peers}, indent=2, sort_keys=True))
     else:
         for line in format_status(result):
             typer.echo(line)
+        for line in peers:
+            typer.echo("  Tunnel     " + line)
     if not result.running:
         raise typer.Exit(1)
+
+
+def _tunnel_peers(settings) -> list[str]:
+    """Peers, handshake and bytes from `wg show IF dump`. The daemon cannot read
+    them (no CAP_NET_ADMIN under systemd); root running `status` can."""
+    from hivemind_worker.errors import VpnError
+    from hivemind_worker.vpn import tunnel
+
+    try:
+        return tunnel.describe_peers(asyncio.run(tunnel.tunnel_status(settings.wireguard_interface)))
+    except VpnError:
+        return []

@@ -159,3 +159,14 @@ async def down(settings: Settings) -> bool:
 async def tunnel_status(interface: str) -> TunnelStatus:
     """Peer, endpoint, latest handshake, rx/tx bytes from `wg show IF dump` (root)."""
     return await asyncio.to_thread(wgtool.show, interface)
+
+
+def describe_peers(status: TunnelStatus, now: float | None = None) -> list[str]:
+    """One line per peer, as `up` and `status` print them."""
+    now = time.time() if now is None else now
+    lines = []
+    for peer in status.peers:
+        age = f"{int(now - peer.latest_handshake)}s ago" if peer.latest_handshake else "never"
+        lines.append(f"peer {peer.public_key} endpoint {peer.endpoint or '-'} handshake {age} "
+                     f"rx {peer.rx_bytes} B tx {peer.tx_bytes} B")
+    return lines

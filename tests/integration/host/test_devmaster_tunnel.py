@@ -85,6 +85,8 @@ def test_session_through_devmaster_hub(netns_pair, tmp_path):
         status = subprocess.run(netns_pair.exec_argv(netns_pair.node, "wg", "show", "wg0", "transfer"),
                                 capture_output=True, text=True).stdout.split()
         assert int(status[1]) > 3000 and int(status[2]) > 3000, status  # TLS + session bytes went through wg0
+        shown = _in(netns_pair, netns_pair.node, "status", env=node_env)
+        assert "Tunnel     peer" in shown.stdout and "handshake" in shown.stdout, shown.stdout + shown.stderr
     finally:
         if daemon is not None:
             daemon.terminate()
