@@ -8,6 +8,7 @@ the filesystem beyond reading the config file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -53,6 +54,8 @@ class Settings:
     monitor_enabled: bool = True
     monitor_host: str = "127.0.0.1"
     monitor_port: int = 5001
+    monitor_tls_cert: Path | None = None  # required when monitor_host is not loopback
+    monitor_tls_key: Path | None = None
 
     task_image: str = "hivemind-task-runtime:local"
     task_user: str = "1000:1000"
@@ -135,6 +138,9 @@ def _validate(s: Settings) -> None:
         raise bad("log_format", "must be auto, json or text")
     if not 0 < s.monitor_port < 65536:
         raise bad("monitor_port", "must be a TCP port, 1-65535")
+    if not _is_loopback(s.monitor_host) and not (s.monitor_tls_cert and s.monitor_tls_key):
+        raise bad("monitor_host", f"{s.monitor_host} is off loopback: the monitor then speaks only TLS; "
+                  "set monitor_tls_cert and monitor_tls_key (PEM files), or keep monitor_host = 127.0.0.1")
     if s.max_message_bytes < 64 * 1024:
         raise bad("max_message_bytes", "must be at least 65536")
     if s.max_concurrent_tasks < 1:
@@ -148,6 +154,13 @@ def _validate(s: Settings) -> None:
             parse_master_address(s.master_url)
         except ConfigError as exc:
             raise bad("master_url", str(exc)) from exc
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def load_settings(

@@ -101,6 +101,7 @@ def monitor_part(settings: Settings, view: NodeView) -> Callable[[asyncio.Event]
     app = create_app(view)
 
     async def run(should_exit: asyncio.Event) -> None:
-        await serve(app, settings.monitor_host, settings.monitor_port, should_exit, sock=sock)
+        tls = (settings.monitor_tls_cert, settings.monitor_tls_key) if settings.monitor_tls_cert else None
+        await serve(app, settings.monitor_host, settings.monitor_port, should_exit, sock=sock, tls=tls)
 
     return run

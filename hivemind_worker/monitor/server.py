@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -38,21 +39,26 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def serve(app: Starlette, host: str, port: int, should_exit: asyncio.Event,
-                sock: socket.socket | None = None) -> None:
-    """Run until ``should_exit`` is set. Raises ConfigError if the port is taken."""
+                sock: socket.socket | None = None, tls: tuple[Path, Path] | None = None) -> None:
+    """Run until ``should_exit`` is set. Raises ConfigError if the port is taken.
+    ``tls`` (certificate, key): serve HTTPS, as required off loopback."""
     sock = sock or bind(host, port)
     # date_header off: the Date header is refreshed by uvicorn's main loop, which we
     # do not run (it wakes 10 times a second: ~0.13 CPU s/min on an idle node, half
     # the idle budget). We drive startup()/shutdown() ourselves and sleep in between.
     config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False,
-                            timeout_graceful_shutdown=2, server_header=False, date_header=False)
-    config.load()
+                            timeout_graceful_shutdown=2, server_header=False, date_header=False,
+                            ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)
+    try:
+        config.load()
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"monitor_tls_cert / monitor_tls_key: cannot load them ({exc})") from exc
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)
     stop = getattr(app.state, "stop", None)
     await server.startup(sockets=[sock])
     await server.on_tick(0)  # sets the default response headers once
-    logger.info("monitor listening on http://%s:%d/monitor.html", host, sock.getsockname()[1])
+    logger.info("monitor listening on %s://%s:%d/monitor.html", "https" if tls else "http", host, sock.getsockname()[1])
     try:
         await should_exit.wait()
     finally:

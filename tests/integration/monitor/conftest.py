@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -149,11 +150,13 @@ def fake_view(tmp_path):
 
 
 class LiveServer:
-    def __init__(self, view, push_interval_s: float = 0.3) -> None:
+    def __init__(self, view, push_interval_s: float = 0.3, tls=None) -> None:
         self.app = create_app(view, push_interval_s=push_interval_s)
         self.sock = bind("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.verify = ssl.create_default_context(cafile=str(tls[0])) if tls else True
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.loop = asyncio.new_event_loop()
         self.should_exit: asyncio.Event | None = None
         self.error: BaseException | None = None
@@ -162,7 +165,7 @@ class LiveServer:
     def _run(self) -> None:
         async def main() -> None:
             self.should_exit = asyncio.Event()
-            await serve(self.app, "127.0.0.1", self.port, self.should_exit, sock=self.sock)
+            await serve(self.app, "127.0.0.1", self.port, self.should_exit, sock=self.sock, tls=self.tls)
         try:
             self.loop.run_until_complete(main())
         except BaseException as exc:  # surfaced by stop()
@@ -173,7 +176,7 @@ class LiveServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=1, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)

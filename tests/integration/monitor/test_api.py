@@ -133,3 +133,51 @@ def test_busy_port_is_a_config_error():
         s.listen(1)
         with pytest.raises(ConfigError, match="monitor_port"):
             bind("127.0.0.1", s.getsockname()[1])
+
+
+def _self_signed(tmp_path):
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "monitor")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "monitor.pem", tmp_path / "monitor.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_monitor_speaks_tls_when_given_a_certificate(fake_view, tmp_path):
+    from tests.integration.monitor.conftest import LiveServer
+
+    server = LiveServer(fake_view, tls=_self_signed(tmp_path)).start()
+    try:
+        assert server.url.startswith("https://")
+        assert httpx.get(server.url + "/api/status", verify=server.verify, timeout=5).json()["node_id"]
+        with pytest.raises(httpx.HTTPError):  # no plain HTTP on the TLS port
+            httpx.get(server.url.replace("https://", "http://") + "/healthz", timeout=2)
+    finally:
+        server.stop()
+
+
+def test_off_loopback_monitor_needs_tls(tmp_path):
+    from hivemind_worker.config import load_settings
+    from hivemind_worker.errors import ConfigError
+
+    env = {"HIVEMIND_CONFIG_DIR": str(tmp_path), "HIVEMIND_MONITOR_HOST": "0.0.0.0"}
+    with pytest.raises(ConfigError, match="monitor_host: 0.0.0.0 is off loopback"):
+        load_settings(environ=env)
+    cert, key = _self_signed(tmp_path)
+    ok = load_settings(environ={**env, "HIVEMIND_MONITOR_TLS_CERT": str(cert), "HIVEMIND_MONITOR_TLS_KEY": str(key)})
+    assert ok.monitor_tls_cert == cert
