@@ -34,10 +34,10 @@ from hivemind_worker.tasks.workspace import TaskDirs
 logger = logging.getLogger(__name__)
 
 PREPARING = {TaskStatus.ACCEPTED, TaskStatus.FETCHING, TaskStatus.PULLING}
-LOG_DRAIN_S = 30.0
-FETCH_RETRY_S = 10.0
-RETRY_S = 5.0
-LOG_ACK_GRACE_S = 60.0  # after a failure of ours (e.g. Docker restarting), try the step again  # how long to wait for the last log lines after the container exited
+LOG_DRAIN_S = 30.0  # how long to wait for the last log lines after the container exited
+FETCH_RETRY_S = 10.0  # the bundle could not be fetched (master away): try again
+RETRY_S = 5.0  # after a failure of ours (e.g. Docker restarting), try the step again
+LOG_ACK_GRACE_S = 60.0  # DONE waits this long without progress for the master's log acks
 
 
 @dataclass
