@@ -129,10 +129,10 @@ def run_demo(echo: Callable[[str], None], keep: bool = False, image: str = "hive
         echo(f"5. Result archive(s) in {results}: {', '.join(p.name for p in sorted(results.iterdir()))}")
         return base
     finally:
+        # The worker first (it drains and says goodbye), then the master.
         for proc in reversed(procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in reversed(procs):
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -103,7 +103,9 @@ class TaskRun:
 
     async def _step(self, status: TaskStatus, reason: str = "", **changes: Any) -> None:
         await self._record(status=status, reason=reason, **changes)
-        logger.info("task %s %s %s", self.task_id, status.value, reason, extra=self._extra)
+        # UPLOADING and DONE carry the outcome's reason along; it was logged with the outcome.
+        said = f" ({reason})" if reason and status not in (TaskStatus.UPLOADING, TaskStatus.DONE) else ""
+        logger.info("task %s %s%s", self.task_id, status.value, said, extra=self._extra)
         await self._emit(status, reason, self.row.exit_code)
 
     async def reemit(self) -> None:
