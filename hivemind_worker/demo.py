@@ -74,6 +74,10 @@ def run_demo(echo: Callable[[str], None], keep: bool = False, image: str = "hive
     env = {**os.environ, "HIVEMIND_CONFIG_DIR": str(config_dir), "HIVEMIND_STATE_DIR": str(state_dir)}
     env["HIVEMIND_MONITOR_PORT"] = str(_free_port())
     env["RESOURCE_REPORT_INTERVAL"] = "2"
+    # A first run on a busy laptop should still show a task: the demo node does not
+    # refuse work for host pressure (a real node does; see pressure_cpu_percent).
+    env.setdefault("HIVEMIND_PRESSURE_CPU_PERCENT", "100")
+    env.setdefault("HIVEMIND_PRESSURE_MEMORY_PERCENT", "100")
     port = _free_port()
     procs: list[subprocess.Popen] = []
     log = (base / "demo.log").open("w")
