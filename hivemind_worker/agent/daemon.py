@@ -3,7 +3,7 @@ driven by ``should_exit``; signal handlers only set flags.
 
 SIGTERM/SIGINT drain (no new tasks, running ones finish or are cancelled at the
 deadline, the master is told) and exit cleanly; SIGHUP reloads what can change at
-run time. The watchdog is pinged from the event loop only while the loop and every
+run time; SIGUSR1 / SIGUSR2 drain without exiting / resume (`hivemind-worker drain`). The watchdog is pinged from the event loop only while the loop and every
 subsystem are healthy, so a wedged loop or a dead subsystem gets us restarted.
 """
 
@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from hivemind_worker.agent.convert import resources_to_pb
@@ -21,7 +23,8 @@ from hivemind_worker.agent.report import report_from_sample
 from hivemind_worker.agent.router import Router, TaskService
 from hivemind_worker.config import Settings
 from hivemind_worker.control.session import ControlSession
-from hivemind_worker.errors import CredentialRevoked, WorkerError
+from hivemind_worker.errors import CredentialRevoked, HostError, WorkerError
+from hivemind_worker.fsutil import atomic_write
 from hivemind_worker.identity import NodeIdentity
 from hivemind_worker.proto import worker_pb2 as pb
 from hivemind_worker.systemd.notify import Notifier, watchdog_interval
@@ -29,6 +32,24 @@ from hivemind_worker.systemd.notify import Notifier, watchdog_interval
 logger = logging.getLogger(__name__)
 
 Sampler = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def pid_path(state_dir: Path) -> Path:
+    """Where the running daemon writes its pid, for `hivemind-worker drain`."""
+    return state_dir / "hivemind-worker.pid"
+
+
+def signal_daemon(state_dir: Path, draining: bool) -> int:
+    """Ask the running daemon to drain (or resume); returns its pid."""
+    path = pid_path(state_dir)
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGUSR1 if draining else signal.SIGUSR2)
+    except (FileNotFoundError, ValueError, ProcessLookupError) as exc:
+        raise HostError(f"no running hivemind-worker daemon here ({path}: {exc}); start it: systemctl start hivemind-worker") from exc
+    except PermissionError as exc:
+        raise HostError(f"not allowed to signal the daemon (pid {path.read_text().strip()}); run as root") from exc
+    return pid
 
 
 @dataclass
@@ -100,6 +121,7 @@ class Agent:
         interval = watchdog_interval()
         if interval:
             self._spawn("watchdog", self._watchdog_loop(interval))
+        atomic_write(pid_path(self.settings.state_dir), f"{os.getpid()}\n", 0o644)
         self.parts.notifier.ready(f"Running as {self.identity.node_id}; connecting to {self.identity.master}")
         logger.info("agent started as %s, master %s", self.identity.node_id, self.identity.master, extra=self._log_extra)
 
@@ -143,6 +165,7 @@ class Agent:
             await self.parts.tasks.close()
         if self.parts.on_close is not None:
             self.parts.on_close()
+        pid_path(self.settings.state_dir).unlink(missing_ok=True)
         logger.info("agent stopped", extra=self._log_extra)
 
     # ------------------------------------------------------------------ loops
@@ -207,6 +230,9 @@ class Agent:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._handle_exit, sig)
             loop.add_signal_handler(signal.SIGHUP, self._handle_reload)
+            # `hivemind-worker drain [--resume]`: stop taking tasks, keep running.
+            loop.add_signal_handler(signal.SIGUSR1, self.set_draining, True)
+            loop.add_signal_handler(signal.SIGUSR2, self.set_draining, False)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
 
@@ -217,6 +243,15 @@ class Agent:
 
     def _handle_reload(self) -> None:
         self.reload_requested = True
+
+    def set_draining(self, draining: bool) -> None:
+        """Take no new tasks (running ones finish) and tell the master, or resume."""
+        if draining == self.router.draining:
+            return
+        self.router.draining = draining
+        reason = "drained by the operator" if draining else "resumed by the operator"
+        self.router.send(pb.WorkerMessage(drain=pb.Drain(draining=draining, reason=reason)))
+        logger.info("%s", reason, extra=self._log_extra)
 
     def _reload(self) -> None:
         if self.parts.reload_settings is None:

@@ -56,6 +56,7 @@ _PANELS = {
     "demo": "Getting started",
     "install": "Setting up a node", "enroll": "Setting up a node", "up": "Setting up a node", "down": "Setting up a node",
     "run": "Operating a node", "status": "Operating a node", "doctor": "Operating a node",
+    "tasks": "Operating a node", "drain": "Operating a node",
     "dev-master": "Reference control plane", "submit": "Reference control plane",
 }
 for info in app.registered_commands:

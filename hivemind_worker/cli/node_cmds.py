@@ -14,6 +14,8 @@ def register(app: typer.Typer) -> None:
     app.command()(demo)
     app.command()(enroll)
     app.command()(run)
+    app.command()(drain)
+    app.command()(tasks)
 
 
 def enroll(
@@ -80,3 +82,39 @@ def demo(
 
     settings_from(ctx)
     guard(lambda: run_demo(echo=typer.echo, keep=keep))
+
+
+def drain(
+    ctx: typer.Context,
+    resume: bool = typer.Option(False, "--resume", help="Take tasks again."),
+) -> None:
+    """Stop taking new tasks; running ones finish (the daemon keeps running).
+
+    The master is told, so it assigns this node nothing until `drain --resume`.
+    Use before maintenance; `systemctl stop` drains too, then exits."""
+    from hivemind_worker.agent.daemon import signal_daemon
+
+    settings = settings_from(ctx)
+    pid = guard(lambda: signal_daemon(settings.state_dir, draining=not resume))
+    if resume:
+        typer.echo(f"Resumed (daemon pid {pid}): the node takes tasks again.")
+    else:
+        typer.echo(f"Draining (daemon pid {pid}): no new tasks; see `hivemind-worker tasks` for the running ones.")
+
+
+def tasks(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="The monitor's /api/tasks and /api/history as JSON."),
+) -> None:
+    """List the tasks on this node and the recent history (from the running daemon)."""
+    import json
+
+    from hivemind_worker.monitor.local_status import format_tasks, read_local_tasks
+
+    settings = settings_from(ctx)
+    listing = guard(lambda: read_local_tasks(settings))
+    if as_json:
+        typer.echo(json.dumps(listing, indent=2, sort_keys=True))
+        return
+    for line in format_tasks(listing):
+        typer.echo(line)

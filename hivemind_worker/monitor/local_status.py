@@ -1,4 +1,4 @@
-"""What `hivemind-worker status` shows: the running daemon's /api/status, or - when
+"""What `hivemind-worker status` and `tasks` show: the running daemon's /api/status, or - when
 nothing answers - what is known offline (identity, earnings ledger, paths).
 
 Core code: returns values and text lines, never prints or exits (the CLI does).
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hivemind_worker.config import Settings
-from hivemind_worker.errors import WorkerError
+from hivemind_worker.errors import HostError, WorkerError
 from hivemind_worker.identity import load_identity
 from hivemind_worker.telemetry.rewards import DB_FILE, utc_day
 
@@ -35,7 +36,18 @@ def monitor_url(settings: Settings) -> str:
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{settings.monitor_port}"
+    scheme = "https" if settings.monitor_tls_cert else "http"
+    return f"{scheme}://{host}:{settings.monitor_port}"
+
+
+def _get(settings: Settings, path: str, timeout_s: float) -> Any:
+    """GET a JSON document from the local monitor (trusting its own certificate)."""
+    context = None
+    if settings.monitor_tls_cert:
+        context = ssl.create_default_context(cafile=str(settings.monitor_tls_cert))
+        context.check_hostname = False  # we dial 127.0.0.1; the certificate names the host
+    with urllib.request.urlopen(monitor_url(settings) + path, timeout=timeout_s, context=context) as resp:
+        return json.loads(resp.read())
 
 
 def _offline(settings: Settings) -> dict[str, Any]:
@@ -64,11 +76,37 @@ def read_local_status(settings: Settings, timeout_s: float = 3.0) -> LocalStatus
         return LocalStatus(url, False, error="the monitor is disabled (monitor_enabled = false)",
                            offline=_offline(settings))
     try:
-        with urllib.request.urlopen(url + "/api/status", timeout=timeout_s) as resp:
-            return LocalStatus(url, True, status=json.loads(resp.read()))
+        return LocalStatus(url, True, status=_get(settings, "/api/status", timeout_s))
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return LocalStatus(url, False, error=f"nothing answers on {url} ({reason})", offline=_offline(settings))
+
+
+def read_local_tasks(settings: Settings, timeout_s: float = 3.0) -> dict[str, Any]:
+    """The daemon's tasks and recent history; HostError when it does not answer."""
+    try:
+        return {"tasks": _get(settings, "/api/tasks", timeout_s), "history": _get(settings, "/api/history", timeout_s)}
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise HostError(f"the daemon's monitor at {monitor_url(settings)} does not answer ({getattr(exc, 'reason', exc)}); "
+                        "is it running? systemctl status hivemind-worker") from exc
+
+
+def format_tasks(listing: dict[str, Any], now_ms: int | None = None) -> list[str]:
+    now_ms = now_ms or int(time.time() * 1000)
+    lines = [f"{'TASK':<22} {'STATE':<11} {'SINCE':<12} {'EXIT':>4}  IMAGE"]
+    for t in listing["tasks"]:
+        exit_code = "" if t.get("exit_code") is None else str(t["exit_code"])
+        lines.append(f"{t['task_id']:<22} {t['status']:<11} {_ago(t.get('started_ms'), now_ms):<12} {exit_code:>4}  "
+                     f"{t.get('image', '')}")
+    if len(lines) == 1:
+        lines.append("(no tasks on this node)")
+    if listing["history"]:
+        lines += ["", f"{'FINISHED':<22} {'STATE':<11} {'WHEN':<12} {'EXIT':>4}  REWARD"]
+        for h in listing["history"][:10]:
+            exit_code = "" if h.get("exit_code") is None else str(h["exit_code"])
+            lines.append(f"{h['task_id']:<22} {h['state']:<11} {_ago(h.get('finished_ms'), now_ms):<12} "
+                         f"{exit_code:>4}  {h.get('reward', '')}")
+    return lines
 
 
 def _ago(ms: int | None, now_ms: int) -> str:

@@ -5,7 +5,7 @@ import pytest
 from tests.conftest import cli
 
 COMMANDS = [
-    (), ("demo",), ("enroll",), ("run",), ("install",), ("up",), ("down",), ("doctor",), ("status",),
+    (), ("demo",), ("enroll",), ("run",), ("tasks",), ("drain",), ("install",), ("up",), ("down",), ("doctor",), ("status",),
     ("submit",), ("dev-master",), ("dev-master", "serve"), ("dev-master", "token", "create"),
     ("dev-master", "ca-hash"), ("dev-master", "nodes"),
 ]
