@@ -48,7 +48,7 @@ def signal_daemon(state_dir: Path, draining: bool) -> int:
     except (FileNotFoundError, ValueError, ProcessLookupError) as exc:
         raise HostError(f"no running hivemind-worker daemon here ({path}: {exc}); start it: systemctl start hivemind-worker") from exc
     except PermissionError as exc:
-        raise HostError(f"not allowed to signal the daemon (pid {path.read_text().strip()}); run as root") from exc
+        raise HostError(f"not allowed to reach the daemon ({path}); run as root") from exc
     return pid
 
 
