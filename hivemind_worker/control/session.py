@@ -186,7 +186,6 @@ class ControlSession:
             self.channel = None
 
 
-
 def _closed(target: str) -> MasterUnreachable:
     # A non-OK status raises from call.read(); EOF means the master ended us cleanly
     # (restart, replaced session), which is worth a reconnect, not an alarm.
