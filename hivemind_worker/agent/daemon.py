@@ -10,6 +10,7 @@ subsystem are healthy, so a wedged loop or a dead subsystem gets us restarted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -128,10 +129,7 @@ class Agent:
     async def main_loop(self) -> None:
         last_status = ""
         while not self.should_exit.is_set():
-            try:
-                await asyncio.wait_for(self.should_exit.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
+            await self._wait_exit(1.0)
             if self.reload_requested:
                 self.reload_requested = False
                 self._reload()
@@ -153,10 +151,10 @@ class Agent:
         self.session.close_stream()
         session = self._background.get("session")
         if session is not None:
-            try:
+            # Give the master a moment to see the stream end cleanly; whatever the
+            # session ends with now was logged by it and changes nothing here.
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(asyncio.shield(session), timeout=3)
-            except (asyncio.TimeoutError, Exception):
-                pass
         running = [*self._background.values(), *self._chores.values()]
         for task in running:
             task.cancel()
@@ -192,11 +190,7 @@ class Agent:
                              report.cpu_percent, report.memory_percent)
             except WorkerError as exc:
                 logger.warning("telemetry sample failed: %s", exc)
-            interval = self.router.report_interval_override or self.settings.report_interval_s
-            try:
-                await asyncio.wait_for(self.should_exit.wait(), timeout=interval)
-            except asyncio.TimeoutError:
-                pass
+            await self._wait_exit(self.router.report_interval_override or self.settings.report_interval_s)
 
     async def _watchdog_loop(self, interval: float) -> None:
         while True:
@@ -267,6 +261,11 @@ class Agent:
             logging.getLogger().setLevel(new.log_level)
             logger.info("settings reloaded (report interval %.0f s, log level %s)", new.report_interval_s, new.log_level)
         self.parts.notifier.ready(self.status_line())
+
+    async def _wait_exit(self, timeout_s: float) -> None:
+        """Sleep up to ``timeout_s``, waking at once when the agent is told to stop."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.should_exit.wait(), timeout=timeout_s)
 
     def _spawn(self, name: str, coro: Awaitable[None]) -> None:
         self._background[name] = asyncio.create_task(coro, name=name)

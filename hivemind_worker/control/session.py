@@ -8,6 +8,7 @@ builds the hello and handles what the master sends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import random
@@ -130,10 +131,8 @@ class ControlSession:
             self.reconnects += 1
             self.state = SessionState.BACKOFF
             logger.info("reconnecting to the master in %.1f s (attempt %d)", delay, attempt)
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(should_exit.wait(), timeout=delay)
-            except asyncio.TimeoutError:
-                pass
         self.state = SessionState.CLOSED
 
     async def _one_session(self, should_exit: asyncio.Event) -> None:
