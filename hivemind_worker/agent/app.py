@@ -34,12 +34,12 @@ async def build_agent(settings: Settings, reload: Callable[[], Settings] | None 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     extra = {"node_id": identity.node_id}
 
-    tasks_ref: list[TaskManager] = []
+    tasks: TaskManager | None = None  # made below, once Docker answered
 
     def running_containers() -> dict[str, str]:
-        if not tasks_ref:
+        if tasks is None:
             return {}
-        return {t["task_id"]: t["container_id"] for t in tasks_ref[0].snapshot()
+        return {t["task_id"]: t["container_id"] for t in tasks.snapshot()
                 if t["status"] == "running" and t.get("container_id")}
 
     telemetry = TelemetryService(settings, running_containers)
@@ -68,15 +68,14 @@ async def build_agent(settings: Settings, reload: Callable[[], Settings] | None 
         logger.info("Docker %s, %d GPU(s)", docker["version"], gpus.total, extra=extra)
         tasks = TaskManager(settings, runtime, agent.router, identity.node_id,
                             capacity=node_capacity(settings, gpus.total), gpus=gpus)
-        tasks_ref.append(tasks)
         agent.attach_tasks(tasks)
 
     status = AgentStatus(agent, docker, lambda: telemetry.reports)
     parts.on_report = lambda sample: agent.spawn_once("vpn-status", status.refresh_vpn())
     view = LiveNodeView(
         telemetry, status.status, status.counters,
-        task_snapshot=tasks_ref[0].snapshot if tasks_ref else list,
-        log_tail=tasks_ref[0].log_tail if tasks_ref else (lambda task_id, n: ()),
+        task_snapshot=tasks.snapshot if tasks else list,
+        log_tail=tasks.log_tail if tasks else (lambda task_id, n: ()),
     )
     parts.monitor = monitor_part(settings, view)
     parts.on_close = telemetry.close
