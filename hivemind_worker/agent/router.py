@@ -61,6 +61,7 @@ class Router:
         self.report_interval_override: float | None = None
         self.counters: dict[str, int] = {"log_lines_sent": 0, "log_bytes_sent": 0, "events_sent": 0}
         self.on_event: Callable[[TaskEvent], None] | None = None  # e.g. the task history
+        self._transfers: set[asyncio.Future] = set()  # bulk calls in flight
 
     # ------------------------------------------------------------ SessionHandler
     def hello(self) -> pb.Hello:
@@ -113,6 +114,10 @@ class Router:
 
     async def on_disconnected(self) -> None:
         logger.info("session closed; tasks keep running and their output is kept until the master is back")
+        # A bulk call on the lost connection can hang rather than fail (seen with an
+        # upload in flight when the master was killed): end it, the next session resumes.
+        for transfer_task in list(self._transfers):
+            transfer_task.cancel()
 
     # ------------------------------------------------------------ TaskHost
     def send(self, message: pb.WorkerMessage) -> bool:
@@ -138,11 +143,25 @@ class Router:
         return channel
 
     async def fetch_bundle(self, task_id: str, dest: Path, size: int, sha256: str) -> None:
-        await transfer.fetch_bundle(self._channel(), self._credential, task_id, dest, size, sha256)
+        await self._transfer(transfer.fetch_bundle(self._channel(), self._credential, task_id, dest, size, sha256))
 
     async def upload_result(self, task_id: str, archive: Path) -> None:
         digest = await asyncio.to_thread(transfer.file_sha256, archive)
-        await transfer.upload_result(self._channel(), self._credential, task_id, archive, digest)
+        await self._transfer(transfer.upload_result(self._channel(), self._credential, task_id, archive, digest))
+
+    async def _transfer(self, coro) -> None:
+        """Run a bulk call that on_disconnected() can end; its caller then sees
+        MasterUnreachable (and retries on the next session), not a cancellation."""
+        task = asyncio.ensure_future(coro)
+        self._transfers.add(task)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # we are being cancelled ourselves
+                raise
+            raise MasterUnreachable("the session ended during the transfer") from None
+        finally:
+            self._transfers.discard(task)
 
     def summary(self) -> dict[str, Any]:
         s = self.session

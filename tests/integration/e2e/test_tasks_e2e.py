@@ -140,4 +140,5 @@ def test_master_killed_mid_upload_receives_the_whole_result(devmaster, make_node
         blob = tar.extractfile("output/blob.bin").read()
         logs = tar.extractfile("logs.txt").read().decode()
     assert f"sha256 {hashlib.sha256(blob).hexdigest()}" in logs
+    assert "resuming result upload at" in node.log.read_text(), "resumed from the master's offset, not from 0"
     assert node.proc.poll() is None
