@@ -22,6 +22,8 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATE_OOM_KILLED: _ClassVar[TaskState]
     TASK_STATE_UPLOADING: _ClassVar[TaskState]
     TASK_STATE_DONE: _ClassVar[TaskState]
+    TASK_STATE_DEFERRED: _ClassVar[TaskState]
+    TASK_STATE_LOST: _ClassVar[TaskState]
 
 class LogStream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -47,6 +49,8 @@ TASK_STATE_TIMED_OUT: TaskState
 TASK_STATE_OOM_KILLED: TaskState
 TASK_STATE_UPLOADING: TaskState
 TASK_STATE_DONE: TaskState
+TASK_STATE_DEFERRED: TaskState
+TASK_STATE_LOST: TaskState
 LOG_STREAM_UNSPECIFIED: LogStream
 LOG_STREAM_STDOUT: LogStream
 LOG_STREAM_STDERR: LogStream
@@ -141,19 +145,21 @@ class Resources(_message.Message):
     def __init__(self, cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ...) -> None: ...
 
 class HeldTask(_message.Message):
-    __slots__ = ("task_id", "state", "last_log_seq", "result_pending")
+    __slots__ = ("task_id", "state", "last_log_seq", "result_pending", "attempt")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_LOG_SEQ_FIELD_NUMBER: _ClassVar[int]
     RESULT_PENDING_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     state: TaskState
     last_log_seq: int
     result_pending: bool
-    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., last_log_seq: _Optional[int] = ..., result_pending: _Optional[bool] = ...) -> None: ...
+    attempt: int
+    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., last_log_seq: _Optional[int] = ..., result_pending: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "agent_version", "capacity", "free", "tasks", "draining", "max_message_bytes", "task_slots")
+    __slots__ = ("node_id", "agent_version", "capacity", "free", "tasks", "draining", "max_message_bytes", "task_slots", "drain_reason")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +168,7 @@ class Hello(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     TASK_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_REASON_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     agent_version: str
     capacity: Resources
@@ -170,7 +177,8 @@ class Hello(_message.Message):
     draining: bool
     max_message_bytes: int
     task_slots: int
-    def __init__(self, node_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ..., draining: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., task_slots: _Optional[int] = ...) -> None: ...
+    drain_reason: str
+    def __init__(self, node_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ..., draining: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., task_slots: _Optional[int] = ..., drain_reason: _Optional[str] = ...) -> None: ...
 
 class GpuSample(_message.Message):
     __slots__ = ("index", "uuid", "name", "utilization_percent", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w")
@@ -245,20 +253,24 @@ class TelemetryReport(_message.Message):
     def __init__(self, time_ms: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., gpu_percent: _Optional[float] = ..., gpus: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., load1: _Optional[float] = ..., disk_free_bytes: _Optional[int] = ..., reward: _Optional[_Union[Reward, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
-    __slots__ = ("task_id", "state", "reason", "exit_code", "time_ms", "detail")
+    __slots__ = ("task_id", "state", "reason", "exit_code", "time_ms", "detail", "seq", "attempt")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     TIME_MS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     state: TaskState
     reason: str
     exit_code: int
     time_ms: int
     detail: str
-    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., time_ms: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+    seq: int
+    attempt: int
+    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., time_ms: _Optional[int] = ..., detail: _Optional[str] = ..., seq: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("seq", "stream", "text", "time_ms")
@@ -321,7 +333,7 @@ class BundleRef(_message.Message):
     def __init__(self, size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "image", "command", "entrypoint", "env", "resources", "priority", "timeout_s", "network", "bundle")
+    __slots__ = ("task_id", "image", "command", "entrypoint", "env", "resources", "priority", "timeout_s", "network", "bundle", "attempt", "no_retry")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -339,6 +351,8 @@ class TaskSpec(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    NO_RETRY_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -349,7 +363,9 @@ class TaskSpec(_message.Message):
     timeout_s: int
     network: NetworkPolicy
     bundle: BundleRef
-    def __init__(self, task_id: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., priority: _Optional[int] = ..., timeout_s: _Optional[int] = ..., network: _Optional[_Union[NetworkPolicy, str]] = ..., bundle: _Optional[_Union[BundleRef, _Mapping]] = ...) -> None: ...
+    attempt: int
+    no_retry: bool
+    def __init__(self, task_id: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., priority: _Optional[int] = ..., timeout_s: _Optional[int] = ..., network: _Optional[_Union[NetworkPolicy, str]] = ..., bundle: _Optional[_Union[BundleRef, _Mapping]] = ..., attempt: _Optional[int] = ..., no_retry: _Optional[bool] = ...) -> None: ...
 
 class CancelTask(_message.Message):
     __slots__ = ("task_id", "reason")
@@ -368,26 +384,40 @@ class LogAck(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class ResultAck(_message.Message):
-    __slots__ = ("task_id",)
+    __slots__ = ("task_id", "attempt")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
-    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+    attempt: int
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class EventAck(_message.Message):
+    __slots__ = ("task_id", "attempt", "seq")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    seq: int
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class MasterMessage(_message.Message):
-    __slots__ = ("welcome", "assign", "cancel", "log_ack", "result_ack", "drain")
+    __slots__ = ("welcome", "assign", "cancel", "log_ack", "result_ack", "drain", "event_ack")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     LOG_ACK_FIELD_NUMBER: _ClassVar[int]
     RESULT_ACK_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ACK_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assign: TaskSpec
     cancel: CancelTask
     log_ack: LogAck
     result_ack: ResultAck
     drain: Drain
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[TaskSpec, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., log_ack: _Optional[_Union[LogAck, _Mapping]] = ..., result_ack: _Optional[_Union[ResultAck, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+    event_ack: EventAck
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[TaskSpec, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., log_ack: _Optional[_Union[LogAck, _Mapping]] = ..., result_ack: _Optional[_Union[ResultAck, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., event_ack: _Optional[_Union[EventAck, _Mapping]] = ...) -> None: ...
 
 class FetchBundleRequest(_message.Message):
     __slots__ = ("task_id", "offset")
@@ -410,10 +440,12 @@ class BundleChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ResultOffsetRequest(_message.Message):
-    __slots__ = ("task_id",)
+    __slots__ = ("task_id", "attempt")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
-    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+    attempt: int
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class ResultOffsetResponse(_message.Message):
     __slots__ = ("offset", "complete")
@@ -424,18 +456,20 @@ class ResultOffsetResponse(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., complete: _Optional[bool] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
-    __slots__ = ("task_id", "offset", "data", "total_bytes", "sha256")
+    __slots__ = ("task_id", "offset", "data", "total_bytes", "sha256", "attempt")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     offset: int
     data: bytes
     total_bytes: int
     sha256: str
-    def __init__(self, task_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    attempt: int
+    def __init__(self, task_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class UploadResultResponse(_message.Message):
     __slots__ = ("offset", "complete")
