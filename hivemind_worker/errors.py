@@ -14,7 +14,8 @@ so each message says what went wrong *and* what to do.
     │   ├── CredentialRevoked  the master no longer accepts this node; not retried
     │   └── ProtocolError      the peer sent something we cannot accept
     ├── TaskError              a task could not be admitted or run
-    │   ├── TaskRejected       admission refused (names the missing resource)
+    │   ├── TaskRejected       admission refused for good: the task can never run here
+    │   ├── TaskDeferred       "not now": draining, full, host pressure, low disk
     │   ├── BundleError        a bundle is malformed or malicious
     │   └── ResultError        the result archive could not be made or is too large
     ├── RuntimeUnavailable     Docker (or the NVIDIA runtime) is missing or broken
@@ -65,6 +66,10 @@ class TaskError(WorkerError):
 
 class TaskRejected(TaskError):
     pass
+
+
+class TaskDeferred(TaskError):
+    """Not now: the master keeps the task queued (preferably for another node)."""
 
 
 class BundleError(TaskError):

@@ -26,6 +26,12 @@ class TaskStatus(str, enum.Enum):
     OOM_KILLED = "oom_killed"
     UPLOADING = "uploading"
     DONE = "done"
+    # "Not now" (draining, full, host pressure, low disk): not an outcome; the node
+    # holds nothing and the master keeps the task queued.
+    DEFERRED = "deferred"
+    # An infrastructure failure (engine restart, container vanished): not the task's
+    # fault; an outcome, and the master may run the task again.
+    LOST = "lost"
 
     @property
     def finished(self) -> bool:
@@ -40,6 +46,7 @@ _FINISHED = {
     TaskStatus.CANCELLED,
     TaskStatus.TIMED_OUT,
     TaskStatus.OOM_KILLED,
+    TaskStatus.LOST,
     TaskStatus.UPLOADING,
     TaskStatus.DONE,
 }
