@@ -59,3 +59,37 @@ def task_image(docker_client) -> str:
     script = REPO / "images" / "task-runtime" / "build-from-debian.sh"
     subprocess.run(["bash", str(script), TASK_IMAGE], check=True, timeout=900)
     return TASK_IMAGE
+
+
+
+# CI runs on a machine with root, Docker and every tool the suite needs: there, a
+# skip means a missing install step or a broken fixture, not a missing machine
+# feature. Only tests that need a GPU may skip (these machines have none).
+EXPECTED_SKIP_WORDS = ("gpu",)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _unexpected_skips(config) -> list[str]:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    out = []
+    for report in (reporter.stats.get("skipped", []) if reporter else []):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if not any(word in reason.lower() for word in EXPECTED_SKIP_WORDS):
+            out.append(f"{report.nodeid}: {reason}")
+    return out
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _in_ci() and _unexpected_skips(session.config):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    unexpected = _unexpected_skips(config) if _in_ci() else []
+    if unexpected:
+        terminalreporter.section("unexpected skips (in CI only GPU tests may skip)", red=True)
+        for line in unexpected:
+            terminalreporter.write_line(line)
