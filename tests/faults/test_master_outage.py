@@ -1,0 +1,96 @@
+"""Drills 1 and 4: the master goes away while a task ends (and while it floods its
+log), stays away for several times the node's reconnect backoff cap, and comes back on
+the same state directory and port. Nothing the node saw may be lost: the outcome, the
+exit code and reason, every log line once, the whole result."""
+
+from __future__ import annotations
+
+import tarfile
+import time
+
+import pytest
+
+from tests.faults.conftest import BACKOFF_MAX_S, OUTAGE_S
+from tests.faults.drill import (
+    Waiter, assert_agree, assert_healthy, assert_lines_once, describe, log_lines, node_finished, result_archive,
+    wait_connected, wait_final, wait_task,
+)
+from tests.support.stack import wait_for
+
+pytestmark = [pytest.mark.faults, pytest.mark.docker, pytest.mark.root]
+
+TASK = """\
+import os, sys, time
+n = int(os.environ["LINES"])
+for i in range(1, n + 1):
+    print(f"line {i}", flush=n < 1000)
+    if float(os.environ["PAUSE"]):
+        time.sleep(float(os.environ["PAUSE"]))
+with open(os.path.join(os.environ["HIVEMIND_OUTPUT_DIR"], "done.txt"), "w") as fh:
+    fh.write(f"{n} lines")
+sys.exit(int(os.environ["EXIT"]))
+"""
+
+
+def bundle(tmp_path, delay: float = 0.0):
+    b = tmp_path / "bundle"
+    b.mkdir()
+    script = TASK if not delay else f"import time\ntime.sleep({delay})\n" + TASK
+    (b / "main.py").write_text(script)
+    return b
+
+
+def outage(master, node, task_id, started: float) -> None:
+    """The node sees the task end while the master is down; the master stays down
+    OUTAGE_S in all (at least twice the node's backoff cap), then comes back."""
+    assert OUTAGE_S >= 2 * BACKOFF_MAX_S, "the outage must outlast the reconnect backoff cap twice"
+    wait_for(lambda: node_finished(node, task_id), 120, "the node to see the task end while the master is down")
+    assert master.proc.poll() is not None
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))  # the fault's duration, not a wait for an event
+    master.start()
+
+
+def test_master_down_while_a_task_exits(master, node, tmp_path):
+    waiter = Waiter(master, tmp_path / "out", str(bundle(tmp_path)), "--cpus", "0.5", "--memory", "128m",
+                    "--env", "LINES=60", "--env", "PAUSE=0.1", "--env", "EXIT=3")
+    task_id = waiter.task_id
+    wait_task(master, task_id, lambda r: log_lines(master, task_id), 120, "to log its first line", node)
+    master.kill()
+    outage(master, node, task_id, time.monotonic())
+
+    row = wait_final(master, task_id, 120, node)
+    assert (row["state"], row["outcome"], row["exit_code"], row["reason"]) == ("done", "exited", 3, "exited with code 3"), \
+        describe(master, task_id, node)
+    code, stdout, stderr = waiter.finish(15)
+    assert code == 3, stderr[-2000:]
+    assert_lines_once(master, task_id, [f"line {i}" for i in range(1, 61)])
+    assert [l for l in stdout.splitlines() if l.startswith("line ")] == [f"line {i}" for i in range(1, 61)]
+    with tarfile.open(result_archive(master, task_id)) as tar:
+        assert tar.extractfile("output/done.txt").read() == b"60 lines"
+    wait_connected(master, node)
+    assert_healthy(master, node)
+    assert_agree(master, node)
+
+
+FLOOD = 200_000
+
+
+def test_log_flood_while_the_master_is_down(master, node, tmp_path):
+    # The task sleeps first so that the master is surely down before the flood starts.
+    waiter = Waiter(master, tmp_path / "out", str(bundle(tmp_path, delay=4)), "--cpus", "1", "--memory", "256m",
+                    "--env", f"LINES={FLOOD}", "--env", "PAUSE=0", "--env", "EXIT=0")
+    task_id = waiter.task_id
+    wait_task(master, task_id, lambda r: r["state"] == "running", 120, "to run", node, interval=0.1)
+    master.kill()
+    started = time.monotonic()
+    outage(master, node, task_id, started)
+
+    row = wait_final(master, task_id, 300, node)
+    assert (row["state"], row["outcome"], row["exit_code"]) == ("done", "exited", 0), describe(master, task_id, node)
+    code, stdout, stderr = waiter.finish(60)
+    assert code == 0, stderr[-2000:]
+    assert_lines_once(master, task_id, [f"line {i}" for i in range(1, FLOOD + 1)])
+    result_archive(master, task_id)
+    wait_connected(master, node)
+    assert_healthy(master, node)
+    assert_agree(master, node)
