@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -58,7 +59,10 @@ class Settings:
     monitor_tls_key: Path | None = None
 
     task_image: str = "hivemind-task-runtime:local"
-    task_user: str = "1000:1000"
+    # uid:gid of task processes: an id no host account has (Debian reserves 65000-65533;
+    # under userns-remap it must stay below 65536). tasks/policy.py refuses tasks while
+    # it names a host account, so a task's files are never a login user's files.
+    task_user: str = "65100:65100"
     container_ca_bundle: Path | None = None  # CA bundle given to task containers
     max_cpus: float = 0.0  # 0 = all cores of the host
     max_memory_bytes: int = 0  # 0 = all memory of the host less a reserve
@@ -74,6 +78,14 @@ class Settings:
     pressure_memory_percent: float = 90.0
     disk_high_watermark_percent: float = 85.0
     disk_low_watermark_percent: float = 70.0
+
+    # What tasks may do: the master proposes, the node decides (tasks/policy.py).
+    task_networks: str = "none"  # comma-separated, of none, bridge (bridge: firewalled egress)
+    task_images: str = ""  # comma-separated globs / @sha256: digests; "" = task_image only; "*" = any
+    task_max_gpus: int = -1  # per task; -1 = as many as the node has
+    task_max_timeout_s: float = 86400.0  # a spec asking for more is rejected, not clamped
+    task_env_max_bytes: int = 64 * 1024  # all keys and values of a task's env together
+    task_runtime: str = "runc"  # OCI runtime for --network none tasks (runsc: gVisor); bridge: runc
 
     source: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -147,6 +159,17 @@ def _validate(s: Settings) -> None:
         raise bad("max_concurrent_tasks", "must be at least 1")
     if not 0 < s.disk_low_watermark_percent < s.disk_high_watermark_percent <= 100:
         raise bad("disk_low_watermark_percent", "needs 0 < low < high <= 100")
+    networks = {n.strip() for n in s.task_networks.split(",") if n.strip()}
+    if not networks or not networks <= {"none", "bridge"}:
+        raise bad("task_networks", 'a comma-separated list of none and bridge, e.g. "none" or "none,bridge"')
+    if not re.fullmatch(r"[0-9]+:[0-9]+", s.task_user):
+        raise bad("task_user", "must be numeric uid:gid, e.g. 65100:65100 (an id no host account has)")
+    if s.task_max_timeout_s <= 0 or s.task_timeout_s > s.task_max_timeout_s:
+        raise bad("task_timeout_s", "needs 0 < task_timeout_s <= task_max_timeout_s")
+    if s.task_env_max_bytes < 0 or s.task_max_gpus < -1:
+        raise bad("task_max_gpus", "task_max_gpus must be -1 (no ceiling) or more; task_env_max_bytes >= 0")
+    if not re.fullmatch(r"[a-z][a-z0-9_.-]{0,62}", s.task_runtime):
+        raise bad("task_runtime", "the name of an OCI runtime registered with Docker, e.g. runc or runsc")
     if s.master_url is not None:
         from hivemind_worker.address import parse_master_address
 

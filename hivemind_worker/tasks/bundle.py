@@ -5,7 +5,10 @@ paths, path traversal (``..``), odd or duplicate names, encrypted entries, devic
 files, symlinks that resolve outside the workspace, more entries than allowed, and
 more uncompressed bytes than allowed - declared sizes are checked before anything
 is written, and actual bytes are counted while writing, so a lying header cannot
-bomb the disk. Nothing is ever written outside ``dest``: files are created with
+bomb the disk. The entry count and the central directory's size are checked from
+the end record, and the directory's headers counted as a stream, BEFORE zipfile
+parses it: zipfile keeps ~520 bytes per entry, so a 1 GB bundle listing millions
+of entries would otherwise cost gigabytes of agent memory before any limit applies. Nothing is ever written outside ``dest``: files are created with
 O_EXCL | O_NOFOLLOW under directories we made, symlinks are created last and then
 checked with realpath. On any failure everything written is removed again.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,12 @@ from hivemind_worker.errors import BundleError
 CHUNK = 1024 * 1024
 MAX_NAME_BYTES = 1024
 MAX_COMPONENT_BYTES = 255
+# Per entry, what the central directory may hold on average: the 46-byte fixed
+# header, a name up to MAX_NAME_BYTES, and room for extra fields and a comment.
+MAX_DIRECTORY_BYTES_PER_ENTRY = 4096
+_CD_HEADER = struct.Struct("<4s4B4HL2L5H2L")  # zipfile's structCentralDir
+_CD_SIGNATURE = b"PK\x01\x02"
+_ZIP64_TRAILER_BYTES = 56 + 20  # zip64 end record + its locator, between directory and end record
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class _Written:
 def unpack_bundle(zip_path: Path, dest: Path, max_files: int, max_bytes: int) -> UnpackedBundle:
     zip_path, dest = Path(zip_path), Path(dest)
     try:
+        _check_directory(zip_path, max_files)
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, ValueError) as exc:
         raise BundleError(f"bundle is not a zip file ({exc}); send the task's files as one .zip") from exc
@@ -61,6 +72,51 @@ def unpack_bundle(zip_path: Path, dest: Path, max_files: int, max_bytes: int) ->
         except BaseException:
             _undo(written, dest)
             raise
+
+
+def _check_directory(zip_path: Path, max_files: int) -> None:
+    """Bound what zipfile will parse, reading only the end record and the fixed
+    46-byte headers: the declared count, the directory's size, and the headers
+    actually there (the end record's count may lie; zipfile parses by size)."""
+    with open(zip_path, "rb") as f:
+        # zipfile's own reader of the end record (zip64 included), so the size we
+        # bound is the very size zipfile will read and parse.
+        end = zipfile._EndRecData(f)
+        if not end:
+            return  # not a zip: zipfile says so in its own words
+        count, size, offset, location = end[4], end[5], end[6], end[9]
+        if count > max_files:
+            raise BundleError(
+                f"bundle lists {count} entries, more than the limit of {max_files} files; "
+                "send fewer files (pack many small ones into one archive inside the bundle)"
+            )
+        budget = max_files * MAX_DIRECTORY_BYTES_PER_ENTRY
+        if size > budget:
+            raise BundleError(
+                f"bundle's central directory is {size} bytes, more than the {budget} bytes allowed "
+                f"for {max_files} files; send fewer files or shorter names"
+            )
+        start = location - size - (_ZIP64_TRAILER_BYTES if end[0] == b"PK\x06\x06" else 0)
+        if start < 0:
+            raise BundleError("bundle is not a zip file (its central directory lies before the file's start); "
+                              "send the task's files as one .zip")
+        f.seek(start)
+        seen = consumed = 0
+        while consumed < size:
+            header = f.read(_CD_HEADER.size)
+            if len(header) != _CD_HEADER.size or header[:4] != _CD_SIGNATURE:
+                raise BundleError("bundle is not a zip file (its central directory is corrupt); "
+                                  "send the task's files as one .zip")
+            fields = _CD_HEADER.unpack(header)
+            seen += 1
+            if seen > max_files:
+                raise BundleError(
+                    f"bundle has more than {max_files} entries (its end record says {count}), "
+                    f"more than the limit of {max_files} files"
+                )
+            skip = fields[12] + fields[13] + fields[14]  # name, extra field, comment
+            f.seek(skip, os.SEEK_CUR)
+            consumed += _CD_HEADER.size + skip
 
 
 def _check_entries(archive: zipfile.ZipFile, max_files: int, max_bytes: int) -> list[tuple[str, zipfile.ZipInfo]]:

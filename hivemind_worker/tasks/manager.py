@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 from hivemind_worker.config import Settings
 from hivemind_worker.errors import TaskRejected, WorkerError
-from hivemind_worker.tasks import admission
+from hivemind_worker.tasks import admission, policy
 from hivemind_worker.tasks.journal import Journal, TaskRow
 from hivemind_worker.tasks.model import HeldTask, LogRecord, Resources, TaskEvent, TaskRequest, TaskStatus
 from hivemind_worker.tasks.pressure import PressureGauge, Sampler, plan_shares, psutil_sampler
@@ -163,6 +163,7 @@ class TaskManager:
         gpu_ids: tuple[str, ...] = ()
         try:
             check_task_id(req.task_id)
+            policy.check(req, self.settings)  # the master proposes, the node decides
             need = admission.effective_resources(req, self._capacity)
             admission.check(
                 need,

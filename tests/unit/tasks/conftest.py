@@ -13,7 +13,7 @@ from tests.unit.tasks.fakes import FakeRuntime
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(state_dir=tmp_path / "state", config_dir=tmp_path / "etc", task_timeout_s=60)
+    return Settings(state_dir=tmp_path / "state", config_dir=tmp_path / "etc", task_timeout_s=60, task_images="*")
 
 
 @pytest.fixture

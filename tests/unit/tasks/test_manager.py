@@ -79,7 +79,7 @@ async def test_container_spec_limits_and_pull(settings, runtime, host) -> None:
     assert any(e.status is S.PULLING and e.detail == "pulling 1.0/1.0 MB" for e in host.events)
     spec = runtime.by_task("t").spec
     assert (spec.cpu_millicores, spec.memory_bytes, spec.pids_limit) == (1500, 300 * 1024**2, settings.task_pids_limit)
-    assert (spec.command, spec.entrypoint, spec.env["K"], spec.user) == (("echo", "x"), "run.sh", "V", "1000:1000")
+    assert (spec.command, spec.entrypoint, spec.env["K"], spec.user) == (("echo", "x"), "run.sh", "V", settings.task_user)
     assert spec.workspace == (settings.state_dir / "tasks" / "t" / "workspace").resolve()
     assert (spec.workspace / "output").is_dir()
     snap = m.snapshot()[0]
