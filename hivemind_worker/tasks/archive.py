@@ -6,6 +6,10 @@ as links, others are skipped (and listed in exit.json), and only regular files
 are read (a FIFO left behind by a task cannot hang the agent). The archive is
 written to a temporary name and renamed, so a crash never leaves half an archive
 under the final name; past ``max_bytes`` (compressed) it fails with ResultError.
+The bytes it reads are capped too (``max_read_bytes``), counted by each file's
+size BEFORE it is read: a sparse ``truncate -s 4T output/x`` occupies no disk and
+gzips to almost nothing, so only its apparent size stops the agent from spending
+hours compressing a terabyte of zeros.
 
 Synchronous: callers run it with ``asyncio.to_thread``. Knows nothing of uploads.
 """
@@ -28,6 +32,26 @@ OUTPUT_PREFIX = "output"
 LOGS_NAME = "logs.txt"
 EXIT_NAME = "exit.json"
 GZIP_LEVEL = 6  # tarfile's default 9 costs much CPU for little gain
+# Uncompressed bytes read per compressed byte allowed: text and CSV compress ~10:1,
+# so 16 leaves real results room; a file past it is refused before it is read.
+READ_FACTOR = 16
+
+
+class _Budget:
+    """Uncompressed bytes still allowed; files are charged by st_size before reading."""
+
+    def __init__(self, max_read_bytes: int) -> None:
+        self.max = max_read_bytes
+        self.used = 0
+
+    def charge(self, arcname: str, size: int) -> None:
+        if self.used + size > self.max:
+            raise ResultError(
+                f"{arcname} is {size} bytes (by its size; a sparse file counts whole): the result would "
+                f"read more than the limit of {self.max} uncompressed bytes; write less to the output "
+                "directory or raise result_max_bytes"
+            )
+        self.used += size
 
 
 class _Sink(io.RawIOBase):
@@ -56,10 +80,13 @@ class _Sink(io.RawIOBase):
 
 
 def make_result_archive(
-    output_dir: Path, logs_file: Path | None, exit_record: dict, dest: Path, max_bytes: int
+    output_dir: Path, logs_file: Path | None, exit_record: dict, dest: Path, max_bytes: int,
+    max_read_bytes: int | None = None,
 ) -> tuple[int, str]:
-    """Write the archive to ``dest``; return (size in bytes, sha256 hex)."""
+    """Write the archive to ``dest``; return (size in bytes, sha256 hex).
+    ``max_read_bytes`` (uncompressed) defaults to READ_FACTOR times ``max_bytes``."""
     output_dir, dest = Path(output_dir), Path(dest)
+    budget = _Budget(max_bytes * READ_FACTOR if max_read_bytes is None else max_read_bytes)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     skipped: list[str] = []
@@ -68,9 +95,9 @@ def make_result_archive(
             sink = _Sink(raw, max_bytes)
             with tarfile.open(fileobj=sink, mode="w:gz", compresslevel=GZIP_LEVEL) as tar:
                 if output_dir.is_dir() and not output_dir.is_symlink():
-                    _add_tree(tar, output_dir, skipped)
+                    _add_tree(tar, output_dir, skipped, budget)
                 if logs_file is not None and Path(logs_file).is_file():
-                    _add_file(tar, Path(logs_file), LOGS_NAME)
+                    _add_file(tar, Path(logs_file), LOGS_NAME, budget)
                 record = dict(exit_record)
                 if skipped:
                     record["skipped_from_output"] = skipped
@@ -84,7 +111,7 @@ def make_result_archive(
     return sink.size, sink.sha256.hexdigest()
 
 
-def _add_tree(tar: tarfile.TarFile, root: Path, skipped: list[str]) -> None:
+def _add_tree(tar: tarfile.TarFile, root: Path, skipped: list[str], budget: _Budget) -> None:
     real_root = os.path.realpath(root)
     _add_dir(tar, root, OUTPUT_PREFIX)
     for here, dirs, files in os.walk(root, followlinks=False):
@@ -109,7 +136,7 @@ def _add_tree(tar: tarfile.TarFile, root: Path, skipped: list[str]) -> None:
             elif stat.S_ISDIR(info.st_mode):
                 _add_dir(tar, path, arcname)
             elif stat.S_ISREG(info.st_mode):
-                _add_file(tar, path, arcname)
+                _add_file(tar, path, arcname, budget)
             else:
                 skipped.append(f"{arcname} (not a regular file)")
 
@@ -122,7 +149,7 @@ def _add_dir(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
     tar.addfile(info)
 
 
-def _add_file(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+def _add_file(tar: tarfile.TarFile, path: Path, arcname: str, budget: _Budget) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -131,6 +158,7 @@ def _add_file(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
         st = os.fstat(src.fileno())
         if not stat.S_ISREG(st.st_mode):
             return
+        budget.charge(arcname, st.st_size)  # tarfile reads exactly st_size bytes, no more
         info = tarfile.TarInfo(arcname)
         info.size = st.st_size
         info.mode = 0o755 if st.st_mode & 0o111 else 0o644
