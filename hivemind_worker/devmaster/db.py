@@ -98,6 +98,36 @@ CREATE TABLE IF NOT EXISTS log_marks (
 """
 
 
+# Columns added after the first release: ALTER TABLE brings an older state.db up to
+# date in place (new databases get them the same way, so each is declared once).
+ADDED_COLUMNS = (
+    ("nodes", "drain_reason", "TEXT NOT NULL DEFAULT ''"),
+    # The current attempt (TaskSpec.attempt, from 1); earlier ones live in task_events.
+    ("tasks", "attempt", "INTEGER NOT NULL DEFAULT 1"),
+    ("tasks", "event_seq", "INTEGER NOT NULL DEFAULT 0"),  # last applied TaskEvent.seq of the attempt
+    ("tasks", "retry_pending", "INTEGER NOT NULL DEFAULT 0"),  # lost; re-queued once settled on its node
+    ("tasks", "defer_count", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "deferred_by", "TEXT"),
+    ("tasks", "deferred_until", "REAL"),  # before this, not offered again to deferred_by
+    ("tasks", "first_deferred_at", "REAL"),
+    ("tasks", "log_lines", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "log_bytes", "INTEGER NOT NULL DEFAULT 0"),
+    ("task_events", "attempt", "INTEGER NOT NULL DEFAULT 1"),
+    ("task_events", "seq", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    for table, column, decl in ADDED_COLUMNS:
+        if any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})")):
+            continue
+        try:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode (explicit BEGIN where a transaction matters)."""
     conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
@@ -111,6 +141,7 @@ def connect(path: Path) -> sqlite3.Connection:
 def open_db(path: Path) -> sqlite3.Connection:
     conn = connect(path)
     conn.executescript(SCHEMA)
+    _add_columns(conn)
     if path.exists():
         path.chmod(0o600)
     return conn

@@ -129,7 +129,7 @@ def active_peers(conn: sqlite3.Connection) -> list[tuple[str, str]]:
 
 def list_nodes(conn: sqlite3.Connection) -> list[dict]:
     rows = conn.execute(
-        "SELECT node_id, hostname, vpn_address, enrolled_at, revoked_at, draining, session_state, agent_version,"
+        "SELECT node_id, hostname, vpn_address, enrolled_at, revoked_at, draining, drain_reason, session_state, agent_version,"
         " capacity_json, last_seen_at, last_report_at, last_telemetry FROM nodes ORDER BY enrolled_at"
     ).fetchall()
     out = []
@@ -158,10 +158,11 @@ def mark_session(conn: sqlite3.Connection, node_id: str, session_id: str, connec
             conn.execute("UPDATE nodes SET session_state='disconnected', last_seen_at=? WHERE node_id=?", (t, node_id))
 
 
-def record_hello(conn: sqlite3.Connection, node_id: str, agent_version: str, capacity: dict, draining: bool) -> None:
+def record_hello(conn: sqlite3.Connection, node_id: str, agent_version: str, capacity: dict, draining: bool,
+                 drain_reason: str = "") -> None:
     conn.execute(
-        "UPDATE nodes SET agent_version=?, capacity_json=?, draining=?, last_seen_at=? WHERE node_id=?",
-        (agent_version, json.dumps(capacity), int(draining), now(), node_id),
+        "UPDATE nodes SET agent_version=?, capacity_json=?, draining=?, drain_reason=?, last_seen_at=? WHERE node_id=?",
+        (agent_version, json.dumps(capacity), int(draining), drain_reason if draining else "", now(), node_id),
     )
 
 
@@ -173,8 +174,9 @@ def record_telemetry(conn: sqlite3.Connection, node_id: str, telemetry_json: str
     )
 
 
-def set_draining(conn: sqlite3.Connection, node_id: str, draining: bool) -> None:
-    conn.execute("UPDATE nodes SET draining=? WHERE node_id=?", (int(draining), node_id))
+def set_draining(conn: sqlite3.Connection, node_id: str, draining: bool, reason: str = "") -> None:
+    conn.execute("UPDATE nodes SET draining=?, drain_reason=? WHERE node_id=?",
+                 (int(draining), reason if draining else "", node_id))
 
 
 def drain_flags(conn: sqlite3.Connection, node_ids: list[str]) -> dict[str, bool]:
@@ -187,7 +189,8 @@ def drain_flags(conn: sqlite3.Connection, node_ids: list[str]) -> dict[str, bool
 
 def request_drain(conn: sqlite3.Connection, node_id: str, draining: bool) -> bool:
     """The operator's drain/resume; False when no such (unrevoked) node exists."""
-    cur = conn.execute("UPDATE nodes SET draining=? WHERE node_id=? AND revoked_at IS NULL", (int(draining), node_id))
+    cur = conn.execute("UPDATE nodes SET draining=?, drain_reason=? WHERE node_id=? AND revoked_at IS NULL",
+                       (int(draining), "operator" if draining else "", node_id))
     return cur.rowcount == 1
 
 

@@ -4,7 +4,8 @@ Startup makes the state directory, the CA (first start) and a fresh server
 certificate, opens the database, starts the gRPC server (grpc.aio) and writes
 master.json. The main loop wakes on in-process events or every ``poll_interval_s``
 and, when another process committed to the database (``PRAGMA data_version``) or a
-session changed, runs the assignment / cancellation / revocation pass. Signal
+session changed, runs the assignment / cancellation / revocation pass; about once a
+second it also looks for absent nodes and tasks deferred too long (``attempts``). Signal
 handlers only set ``should_exit``. This module never prints; ``on_ready`` tells
 the caller the address and the CA hash.
 """
@@ -23,17 +24,21 @@ from typing import Callable
 import grpc
 
 from hivemind_worker.devmaster import ca, registry
+from hivemind_worker.devmaster.attempts import RetryPolicy
 from hivemind_worker.devmaster.db import ChangeWatch, open_db
 from hivemind_worker.devmaster.hub import VpnHub
 from hivemind_worker.devmaster.layout import StateDir, is_loopback_host, split_listen
-from hivemind_worker.devmaster.service import ControlService, VpnSettings, tunnel_master_address
+from hivemind_worker.devmaster.service import (DEFAULT_MAX_RESULT_BYTES, ControlService, VpnSettings,
+                                               tunnel_master_address)
 from hivemind_worker.devmaster.sessions import SessionHub
+from hivemind_worker.devmaster.taskdb import LogLimits
 from hivemind_worker.errors import ConfigError
 from hivemind_worker.proto import worker_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
 MIN_MESSAGE_BYTES = 64 * 1024
+SWEEP_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,9 @@ class MasterConfig:
     vpn_subnet: str = registry.DEFAULT_SUBNET
     poll_interval_s: float = 0.2
     extra_hosts: tuple[str, ...] = field(default=())  # more names for the server certificate
+    retry: RetryPolicy = RetryPolicy()
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    log_limits: LogLimits = LogLimits()
 
     def validate(self) -> None:
         host, _ = split_listen(self.listen)
@@ -58,6 +66,14 @@ class MasterConfig:
             raise ConfigError(f"--max-message-bytes must be at least {MIN_MESSAGE_BYTES}")
         if self.heartbeat_s < 1:
             raise ConfigError("--report-interval must be at least 1 second")
+        r, logs = self.retry, self.log_limits
+        if r.max_retries < 0:
+            raise ConfigError("--max-retries must be 0 (never run a lost task again) or more")
+        if r.defer_limit_s <= 0 or r.node_lost_after_s <= 0:
+            raise ConfigError("--defer-limit and --node-lost-after must be longer than 0 seconds, e.g. 10m")
+        if self.max_result_bytes < 1 or min(logs.max_lines, logs.max_bytes, logs.max_line_bytes) < 1:
+            raise ConfigError("--max-result-bytes, --max-log-lines, --max-log-bytes and --max-log-line-bytes "
+                              "must be at least 1")
 
 
 class DevMaster:
@@ -75,6 +91,7 @@ class DevMaster:
         self.sessions: SessionHub | None = None
         self._hub_removed: set[str] = set()
         self._lock_fd: int | None = None
+        self.ticks = 0  # main-loop turns, so a test can wait for a whole pass instead of sleeping
 
     async def startup(self) -> None:
         host, port = split_listen(self.config.listen)
@@ -84,7 +101,7 @@ class DevMaster:
         self.ca_hash = ca.ca_hash(self.state)
         self.conn = open_db(self.state.db)
         registry.reset_sessions(self.conn)
-        self.sessions = SessionHub(self.conn, self._wake)
+        self.sessions = SessionHub(self.conn, self._wake, self.state, self.config.retry, self.config.log_limits)
         hub_ip = registry.hub_address(self.config.vpn_subnet).split("/")[0] if self.hub else ""
         limit = self.config.max_message_bytes
         self._server = grpc.aio.server(options=[
@@ -100,6 +117,7 @@ class DevMaster:
         service = ControlService(
             self.state, self.conn, self.sessions, heartbeat_s=self.config.heartbeat_s, hub=self.hub,
             vpn=VpnSettings(subnet=self.config.vpn_subnet), max_message_bytes=limit,
+            max_result_bytes=self.config.max_result_bytes,
         )
         pb_grpc.add_NodeControlServicer_to_server(service, self._server)
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -144,16 +162,22 @@ class DevMaster:
     async def main_loop(self) -> None:
         watch = ChangeWatch(self.conn)
         self.sessions.dispatch()
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + SWEEP_INTERVAL_S
         while not self.should_exit:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_s)
             except asyncio.TimeoutError:
                 pass
+            if loop.time() >= next_sweep:
+                next_sweep = loop.time() + SWEEP_INTERVAL_S
+                self._sweep()
             woken = self._wake.is_set()
             self._wake.clear()
             if watch.changed() or woken:
                 self._dispatch()
                 await self._sync_hub()
+            self.ticks += 1
 
     async def _sync_hub(self) -> None:
         """Drop revoked nodes' keys from the hub (revocation happens in another process)."""
@@ -167,6 +191,12 @@ class DevMaster:
             except Exception:  # the hub's error names the problem; the master keeps serving
                 logger.exception("could not remove a revoked node from the WireGuard hub")
             self._hub_removed.add(key)
+
+    def _sweep(self) -> None:
+        try:
+            self.sessions.sweep()
+        except Exception:  # as for _dispatch: logged, tried again next time
+            logger.exception("sweep for absent nodes and long-deferred tasks failed")
 
     def _dispatch(self) -> None:
         try:

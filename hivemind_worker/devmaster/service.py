@@ -8,7 +8,11 @@ project's errors turn into statuses on the master side.
 Bulk data: bundles go out in chunks of at most 1 MiB (less when the message limit
 is smaller); results come in at an offset that must equal what is already held
 (FAILED_PRECONDITION names the size to resume from), are checked against their
-sha256 when complete and then renamed to results/<task_id>.tar.gz.
+sha256 when complete and then renamed to results/<task_id>.tar.gz. A result larger
+than ``max_result_bytes``, or one that would leave less than ``DISK_RESERVE_BYTES``
+free on the master's disk, is refused (RESOURCE_EXHAUSTED). A result of an attempt
+that is no longer wanted (the task was lost there and runs again) is read, dropped
+and answered complete, so that the node frees its spool.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import binascii
 import hashlib
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -37,6 +42,8 @@ from hivemind_worker.proto import worker_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
+DEFAULT_MAX_RESULT_BYTES = 2 * 1024 ** 3
+DISK_RESERVE_BYTES = 256 * 1024 * 1024  # what a result upload always leaves free on the master's disk
 SERVER_TIME_KEY = "x-server-time-ms"  # unix milliseconds; read by the doctor's clock check
 
 
@@ -101,8 +108,9 @@ async def _drain(request_iterator) -> None:
 class ControlService(pb_grpc.NodeControlServicer):
     def __init__(self, state: StateDir, conn: sqlite3.Connection, sessions: SessionHub, *,
                  heartbeat_s: int = 30, vpn: VpnSettings = VpnSettings(), hub: VpnHub | None = None,
-                 max_message_bytes: int = 4 * 1024 * 1024) -> None:
+                 max_message_bytes: int = 4 * 1024 * 1024, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         self.state, self.conn, self.sessions = state, conn, sessions
+        self.max_result_bytes = max_result_bytes
         self.heartbeat_s, self.vpn, self.hub = heartbeat_s, vpn, hub
         # Room for the chunk's other fields and framing.
         self.chunk_bytes = max(16 * 1024, min(CHUNK_BYTES, max_message_bytes - 16 * 1024))
@@ -216,7 +224,12 @@ class ControlService(pb_grpc.NodeControlServicer):
         # `hivemind-worker doctor` can measure the node's skew.
         await context.send_initial_metadata(((SERVER_TIME_KEY, str(int(time.time() * 1000))),))
         node = await self._node(context)
-        await self._own_task(context, node, request.task_id)
+        role = self.sessions.attempts.result_role(node["node_id"], request.task_id, request.attempt)
+        if role is None:
+            await self._own_task(context, node, request.task_id)  # NOT_FOUND, with the reason
+        if role == "stale":
+            self.sessions.attempts.drop_stale_result(node["node_id"], request.task_id, request.attempt)
+            return pb.ResultOffsetResponse(offset=0, complete=True)
         offset, complete = self._held(request.task_id)
         return pb.ResultOffsetResponse(offset=offset, complete=complete)
 
@@ -234,15 +247,19 @@ class ControlService(pb_grpc.NodeControlServicer):
         node = self._lookup(context)
         if node is None:
             raise _Refusal(grpc.StatusCode.UNAUTHENTICATED, REVOKED_MESSAGE)
-        task_id, fh, size, complete = None, None, 0, False
+        node_id = node["node_id"]
+        task_id, fh, size, complete, attempt = None, None, 0, False, 0
         try:
             async for chunk in request_iterator:
                 if task_id is None:
-                    task_id = chunk.task_id
-                    row = taskdb.get_task(self.conn, task_id)
-                    if row is None or row["node_id"] != node["node_id"]:
-                        raise _Refusal(grpc.StatusCode.NOT_FOUND,
-                                       f"task {task_id!r} is not assigned to node {node['node_id']}")
+                    task_id, attempt = chunk.task_id, chunk.attempt
+                    role = self.sessions.attempts.result_role(node_id, task_id, attempt)
+                    if role is None:
+                        raise _Refusal(grpc.StatusCode.NOT_FOUND, f"task {task_id!r} is not assigned to node {node_id}")
+                    if role == "stale":
+                        return await self._drop_stale(node_id, task_id, attempt, chunk, request_iterator)
+                    attempt = taskdb.get_task(self.conn, task_id)["attempt"]
+                    self._check_room(task_id, chunk.total_bytes)
                     size, complete = self._held(task_id)
                     if not complete:
                         fh = open(self.state.result_part(task_id), "ab")
@@ -256,14 +273,14 @@ class ControlService(pb_grpc.NodeControlServicer):
                         f"result of {task_id}: chunk offset {chunk.offset} but the master holds {size} bytes; "
                         f"resume from offset {size}",
                     )
-                if size + len(chunk.data) > chunk.total_bytes:
+                if size + len(chunk.data) > min(chunk.total_bytes, self.max_result_bytes):
                     raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"result of {task_id}: more bytes than total_bytes={chunk.total_bytes}")
                 fh.write(chunk.data)
                 size += len(chunk.data)
                 if size == chunk.total_bytes:
                     fh.close()
-                    complete = await self._finish(node["node_id"], task_id, size, chunk.sha256)
+                    complete = await self._finish(node_id, task_id, attempt, size, chunk.sha256)
         finally:
             if fh is not None and not fh.closed:
                 fh.close()
@@ -271,7 +288,34 @@ class ControlService(pb_grpc.NodeControlServicer):
             raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "UploadResult carried no chunk")
         return pb.UploadResultResponse(offset=size, complete=complete)
 
-    async def _finish(self, node_id: str, task_id: str, size: int, expected: str) -> bool:
+    def _check_room(self, task_id: str, total: int) -> None:
+        """A node must not be able to fill the master's disk."""
+        if total > self.max_result_bytes:
+            raise _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"result of {task_id} is {total} bytes, more than this master accepts "
+                           f"({self.max_result_bytes} bytes, `dev-master serve --max-result-bytes`); "
+                           "write less to the task's output or raise the limit")
+        held, _ = self._held(task_id)
+        free = shutil.disk_usage(self.state.results).free
+        if free - max(0, total - held) < DISK_RESERVE_BYTES:
+            raise _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"result of {task_id} ({total} bytes) does not fit on the master's disk "
+                           f"({free} bytes free, {DISK_RESERVE_BYTES} kept in reserve); try again once the "
+                           "master's operator has freed space")
+
+    async def _drop_stale(self, node_id: str, task_id: str, attempt: int, first: pb.ResultChunk,
+                          request_iterator) -> pb.UploadResultResponse:
+        """Read and drop an old attempt's result (within bounds), then answer complete."""
+        received = len(first.data)
+        async for chunk in request_iterator:
+            received += len(chunk.data)
+            if received > self.max_result_bytes:
+                raise _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"result of {task_id}: more than {self.max_result_bytes} bytes")
+        self.sessions.attempts.drop_stale_result(node_id, task_id, attempt)
+        return pb.UploadResultResponse(offset=first.total_bytes, complete=True)
+
+    async def _finish(self, node_id: str, task_id: str, attempt: int, size: int, expected: str) -> bool:
         part = self.state.result_part(task_id)
         actual = await asyncio.to_thread(_sha256_file, part)
         if actual != expected.lower():
@@ -285,5 +329,5 @@ class ControlService(pb_grpc.NodeControlServicer):
         os.replace(part, self.state.result(task_id))
         taskdb.set_result(self.conn, task_id, size, actual, True)
         logger.info("result stored (%d bytes)", size, extra={"node_id": node_id, "task_id": task_id})
-        self.sessions.result_stored(node_id, task_id)
+        self.sessions.result_stored(node_id, task_id, attempt)
         return True

@@ -6,18 +6,14 @@ stores what the node sends (telemetry, task events, logs - acknowledged with
 LogAck once stored - and drain notices); the writer sends what ``dispatch()`` and
 the result upload queue for the node.
 
-Hello reconciliation, for each task the master has on the node that is not
-settled (not done/lost/rejected):
-- the node does not hold it: still ``assigned`` (never acknowledged) -> queued
-  again; its result already complete -> ``done``; otherwise -> ``lost`` with a reason;
-- the node holds it: result complete here but pending there -> ResultAck again;
-  cancellation requested -> CancelTask again; stored logs -> LogAck up to them.
-Tasks the node holds that the master does not know (or gave to another node) are
-cancelled while they run, and their pending results acknowledged (nobody here will
-ask for them); a held task settled here already gets its missing ResultAck.
+Hello reconciliation and the rules for events, deferrals, lost tasks and attempts
+live in ``attempts``; this module routes messages to them. Log lines are stored within
+the per-task limits (``taskdb.LogLimits``) and acknowledged once stored or dropped.
 
 Assignment is first fit in priority order against the capacity from hello minus
-the tasks still running on the node; draining nodes get nothing. Not a scheduler.
+the tasks still running on the node; draining nodes get nothing, a node does not get
+back a task it deferred before the backoff is over, nor one whose old attempt it
+still holds. Not a scheduler.
 """
 
 from __future__ import annotations
@@ -33,16 +29,14 @@ import grpc
 from google.protobuf import json_format
 
 from hivemind_worker.devmaster import registry, taskdb
+from hivemind_worker.devmaster.attempts import Attempts, RetryPolicy, state_name
+from hivemind_worker.devmaster.layout import StateDir
 from hivemind_worker.proto import worker_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 30.0
 REVOKED_MESSAGE = "node credential refused (revoked or unknown); re-enroll this node"
-
-
-def state_name(value: int) -> str:
-    return pb.TaskState.Name(value).removeprefix("TASK_STATE_").lower()
 
 
 def _requested(spec: dict) -> tuple[int, int, int]:
@@ -70,6 +64,8 @@ def task_spec(row: sqlite3.Row) -> pb.TaskSpec:
         timeout_s=int(spec.get("timeout_s", 0)),
         network=pb.NETWORK_POLICY_BRIDGE if spec.get("network") == "bridge" else pb.NETWORK_POLICY_NONE,
         bundle=pb.BundleRef(size_bytes=row["bundle_size"], sha256=row["bundle_sha256"]),
+        attempt=row["attempt"],
+        no_retry=bool(spec.get("no_retry")),
     )
 
 
@@ -93,6 +89,9 @@ class Session:
         # What the node's gRPC channel accepts; a larger message would break its stream.
         self.max_message_bytes = hello.max_message_bytes or DEFAULT_NODE_MAX_MESSAGE_BYTES
         self.task_slots = hello.task_slots  # 0: the node did not say; capacity alone limits
+        # task id -> an old attempt the node still holds (from its hello) until that
+        # copy is settled there: the task's current attempt goes to other nodes.
+        self.stale: dict[str, int] = {}
         self.ending = False
         self.outbox: asyncio.Queue = asyncio.Queue()
 
@@ -109,10 +108,18 @@ class Session:
 class SessionHub:
     """All live sessions of one `serve`, and the assignment of queued tasks."""
 
-    def __init__(self, conn: sqlite3.Connection, wake: asyncio.Event) -> None:
+    def __init__(self, conn: sqlite3.Connection, wake: asyncio.Event, state: StateDir,
+                 policy: RetryPolicy = RetryPolicy(), log_limits: taskdb.LogLimits = taskdb.LogLimits()) -> None:
         self.conn = conn
         self.wake = wake
         self.sessions: dict[str, Session] = {}
+        self.log_limits = log_limits
+        self.attempts = Attempts(conn, state, policy, wake, self.send)
+
+    def send(self, node_id: str, message: pb.MasterMessage) -> None:
+        session = self.sessions.get(node_id)
+        if session is not None:
+            session.send(message)
 
     # ------------------------------------------------------------ the stream
 
@@ -139,14 +146,14 @@ class SessionHub:
         self.sessions[node_id] = session
         registry.mark_session(self.conn, node_id, session.session_id, connected=True)
         capacity = json_format.MessageToDict(hello.capacity, preserving_proto_field_name=True)
-        registry.record_hello(self.conn, node_id, hello.agent_version, capacity, hello.draining)
+        registry.record_hello(self.conn, node_id, hello.agent_version, capacity, hello.draining, hello.drain_reason)
         logger.info("node connected (session %s)", session.session_id, extra={"node_id": node_id})
         end_reason = "stream closed by the node"
         reader = None
         try:
             await context.write(pb.MasterMessage(welcome=pb.Welcome(
                 session_id=session.session_id, report_interval_s=0, server_time_ms=int(time.time() * 1000))))
-            self._reconcile(session, hello)
+            self.attempts.reconcile(node_id, hello.tasks, session.stale)
             self.wake.set()
             reader = asyncio.ensure_future(self._read(session, requests))
             while True:
@@ -188,76 +195,41 @@ class SessionHub:
                 self._on_logs(session, message.logs)
             elif kind == "drain":
                 session.draining = message.drain.draining
-                registry.set_draining(self.conn, session.node_id, session.draining)
+                registry.set_draining(self.conn, session.node_id, session.draining, message.drain.reason)
                 logger.info("node %s draining: %s", "is" if session.draining else "is no longer",
                             message.drain.reason or "-", extra={"node_id": session.node_id})
                 self.wake.set()
             elif kind == "hello":
                 session.draining = message.hello.draining
+                registry.set_draining(self.conn, session.node_id, session.draining, message.hello.drain_reason)
 
     def _on_event(self, session: Session, event: pb.TaskEvent) -> None:
-        state = state_name(event.state)
-        ok = taskdb.record_event(self.conn, session.node_id, event.task_id, state, event.reason,
-                                 event.exit_code, event.detail, event.time_ms)
-        if not ok:
-            logger.warning("event %s for a task not assigned to this node", state,
-                           extra={"node_id": session.node_id, "task_id": event.task_id})
-            return
-        logger.info("task %s%s", state, f": {event.reason}" if event.reason else "",
-                    extra={"node_id": session.node_id, "task_id": event.task_id})
-        if state in taskdb.OUTCOMES:
-            self.wake.set()  # capacity freed
+        what, ack = self.attempts.on_event(session.node_id, event)
+        if what == "stale" and state_name(event.state) in ("done", "rejected", "deferred"):
+            session.stale.pop(event.task_id, None)  # the old copy is gone from the node
+            self.wake.set()
+        if ack is not None:
+            session.send(pb.MasterMessage(event_ack=ack))
 
     def _on_logs(self, session: Session, batch: pb.LogBatch) -> None:
         row = taskdb.get_task(self.conn, batch.task_id)
-        if row is None or row["node_id"] != session.node_id:
-            logger.warning("logs for a task not assigned to this node",
-                           extra={"node_id": session.node_id, "task_id": batch.task_id})
+        if row is None or row["node_id"] != session.node_id or batch.task_id in session.stale:
+            # An old attempt's (or an unknown task's) lines: nobody here will read them;
+            # acknowledged so that the node frees its spool.
+            logger.info("dropping %d log lines of a stale or unknown attempt", len(batch.lines),
+                        extra={"node_id": session.node_id, "task_id": batch.task_id})
+            if batch.lines:
+                seq = max(line.seq for line in batch.lines)
+                session.send(pb.MasterMessage(log_ack=pb.LogAck(task_id=batch.task_id, seq=seq)))
             return
         lines = [(line.seq, pb.LogStream.Name(line.stream).removeprefix("LOG_STREAM_").lower(), line.text,
                   line.time_ms) for line in batch.lines]
-        seq = taskdb.store_logs(self.conn, batch.task_id, lines)
+        seq, note = taskdb.store_logs(self.conn, batch.task_id, lines, self.log_limits)
+        if note:
+            logger.warning("log of the task limited: %s", note,
+                           extra={"node_id": session.node_id, "task_id": batch.task_id})
         if seq:
             session.send(pb.MasterMessage(log_ack=pb.LogAck(task_id=batch.task_id, seq=seq)))
-
-    def _reconcile(self, session: Session, hello: pb.Hello) -> None:
-        held = {t.task_id: t for t in hello.tasks}
-        node_id = session.node_id
-        for row in taskdb.unsettled_on(self.conn, node_id):
-            task_id = row["task_id"]
-            h = held.pop(task_id, None)
-            if h is None:
-                if row["state"] == "assigned":
-                    taskdb.requeue(self.conn, task_id)
-                elif row["result_complete"]:
-                    taskdb.record_event(self.conn, node_id, task_id, "done", "result stored before the node restarted")
-                else:
-                    taskdb.settle(self.conn, task_id, "lost", f"node {node_id} came back without this task")
-                    logger.warning("task lost by its node", extra={"node_id": node_id, "task_id": task_id})
-                continue
-            if h.result_pending and row["result_complete"]:
-                session.send(pb.MasterMessage(result_ack=pb.ResultAck(task_id=task_id)))
-            if row["cancel_requested"] and row["outcome"] is None:
-                session.send(pb.MasterMessage(cancel=pb.CancelTask(task_id=task_id, reason="cancelled by the operator")))
-                taskdb.mark_cancel_sent(self.conn, task_id)
-            seq = taskdb.contiguous_seq(self.conn, task_id)
-            if seq:
-                session.send(pb.MasterMessage(log_ack=pb.LogAck(task_id=task_id, seq=seq)))
-        for task_id, h in held.items():
-            row = taskdb.get_task(self.conn, task_id)
-            ours = row is not None and row["node_id"] == node_id
-            if ours:  # settled here already (done/lost/rejected): only a result ack may be missing
-                if h.result_pending and row["result_complete"]:
-                    session.send(pb.MasterMessage(result_ack=pb.ResultAck(task_id=task_id)))
-                continue
-            if state_name(h.state) not in taskdb.OUTCOMES | {"uploading", "done"}:
-                session.send(pb.MasterMessage(cancel=pb.CancelTask(
-                    task_id=task_id, reason="this master does not know the task (or gave it to another node)")))
-            elif h.result_pending:
-                # Nobody here will ever ask for it: let the node free its spool.
-                logger.warning("acknowledging the result of a task this master does not know",
-                               extra={"node_id": node_id, "task_id": task_id})
-                session.send(pb.MasterMessage(result_ack=pb.ResultAck(task_id=task_id)))
 
     # ------------------------------------------------------------ master -> nodes
 
@@ -292,6 +264,7 @@ class SessionHub:
         candidates = [s for s in self.sessions.values() if not s.draining and not s.ending]
         if not candidates:
             return
+        now = time.time()
         for row in taskdb.queued(self.conn):
             need = _resources(json.loads(row["spec_json"]))
             message = pb.MasterMessage(assign=task_spec(row))
@@ -303,18 +276,22 @@ class SessionHub:
                               "put large data in the bundle, not in --env or --command")
                 continue
             for session in candidates:
-                if size > session.max_message_bytes or self._slots_full(session):
+                if size > session.max_message_bytes or self._slots_full(session) or row["task_id"] in session.stale:
                     continue
+                if row["deferred_by"] == session.node_id and (row["deferred_until"] or 0) > now:
+                    continue  # it said "not now" a moment ago; others may take it
                 free = self._free(session)
                 if all(n <= f for n, f in zip(need, free)) and taskdb.assign(self.conn, row["task_id"], session.node_id):
                     session.send(message)
                     logger.info("task assigned", extra={"node_id": session.node_id, "task_id": row["task_id"]})
                     break
 
-    def result_stored(self, node_id: str, task_id: str) -> None:
-        session = self.sessions.get(node_id)
-        if session is not None:
-            session.send(pb.MasterMessage(result_ack=pb.ResultAck(task_id=task_id)))
+    def result_stored(self, node_id: str, task_id: str, attempt: int) -> None:
+        self.send(node_id, pb.MasterMessage(result_ack=pb.ResultAck(task_id=task_id, attempt=attempt)))
+
+    def sweep(self) -> None:
+        """Periodic: nodes absent too long, tasks deferred too long."""
+        self.attempts.sweep(list(self.sessions))
 
     def end_all(self, message: str = "dev-master is shutting down") -> None:
         for session in list(self.sessions.values()):

@@ -2,11 +2,17 @@
 
 A task's ``state`` is the last thing known about it: ``queued`` and ``assigned`` are
 the master's own, the rest are what the node reported (``accepted`` ... ``done``,
-lower-case names of the protocol's TaskState), plus ``lost`` (the node came back
-without it). ``outcome`` is set once, by the first report that ends the task's
-process (rejected, exited, failed, cancelled, timed_out, oom_killed, lost), so that
-the later ``uploading`` / ``done`` states do not hide how it ended.
-Plain values in, plain values out: no protobuf here.
+lower-case names of the protocol's TaskState), plus ``lost`` (an infrastructure
+failure, reported by the node or decided here). ``outcome`` is set once per attempt,
+by the first report that ends the task's process (rejected, exited, failed,
+cancelled, timed_out, oom_killed, lost), so that the later ``uploading`` / ``done``
+states do not hide how it ended.
+
+Attempts: a lost task may run again as attempt N+1 (``new_attempt``); the row then
+describes the new attempt and ``task_events`` (with its ``attempt`` column) keeps
+what happened to every earlier one. Events with a seq are applied at most once and in
+order (``apply_event``); ``event_seq`` is the last one applied for the attempt.
+Plain values in, plain values out: no protobuf, no policy (see ``attempts``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+from dataclasses import dataclass
 
 from hivemind_worker.devmaster.db import Tx, now
 
@@ -54,11 +61,34 @@ def queued(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 
 def assign(conn: sqlite3.Connection, task_id: str, node_id: str) -> bool:
     t = now()
-    cur = conn.execute(
-        "UPDATE tasks SET state='assigned', node_id=?, assigned_at=?, updated_at=? WHERE task_id=? AND state='queued'",
-        (node_id, t, t, task_id),
+    with Tx(conn):
+        cur = conn.execute(
+            "UPDATE tasks SET state='assigned', node_id=?, assigned_at=?, updated_at=? WHERE task_id=? AND state='queued'",
+            (node_id, t, t, task_id),
+        )
+        if cur.rowcount != 1:
+            return False
+        # The history names every node an attempt went to: a node coming back with an
+        # old attempt is told apart from one that never had the task.
+        _history(conn, task_id, node_id, "assigned")
+    return True
+
+
+def _history(conn: sqlite3.Connection, task_id: str, node_id: str | None, state: str, reason: str = "",
+             exit_code: int | None = None, detail: str = "", time_ms: int = 0, seq: int = 0) -> None:
+    conn.execute(
+        "INSERT INTO task_events (task_id, node_id, state, reason, exit_code, detail, time_ms, received_at, attempt, seq)"
+        " SELECT ?,?,?,?,?,?,?,?, attempt, ? FROM tasks WHERE task_id=?",
+        (task_id, node_id, state, reason, exit_code, detail, time_ms, now(), seq, task_id),
     )
-    return cur.rowcount == 1
+
+
+def had_attempt(conn: sqlite3.Connection, task_id: str, node_id: str, attempt: int) -> bool:
+    """Whether ``attempt`` of the task was ever given to ``node_id``."""
+    return conn.execute(
+        "SELECT 1 FROM task_events WHERE task_id=? AND node_id=? AND attempt=? AND state='assigned' LIMIT 1",
+        (task_id, node_id, attempt),
+    ).fetchone() is not None
 
 
 def active_on(conn: sqlite3.Connection, node_id: str) -> list[sqlite3.Row]:
@@ -69,60 +99,185 @@ def active_on(conn: sqlite3.Connection, node_id: str) -> list[sqlite3.Row]:
 
 
 def unsettled_on(conn: sqlite3.Connection, node_id: str) -> list[sqlite3.Row]:
-    """Tasks assigned to a node that are not settled yet (not done, not lost)."""
+    """Tasks of a node whose attempt is not settled there yet: not done, not rejected,
+    not lost for good (a lost task waiting to run again waits for its node's DONE)."""
     return conn.execute(
-        "SELECT * FROM tasks WHERE node_id=? AND state NOT IN ('queued','done','lost','rejected')", (node_id,)
+        "SELECT * FROM tasks WHERE node_id=? AND state NOT IN ('queued','done','rejected')"
+        " AND NOT (state='lost' AND retry_pending=0)", (node_id,)
+    ).fetchall()
+
+
+def unsettled_on_absent(conn: sqlite3.Connection, connected: list[str], seen_before: float) -> list[sqlite3.Row]:
+    """Unsettled tasks of nodes without a session, last seen before ``seen_before``."""
+    marks = ",".join("?" * len(connected))
+    return conn.execute(
+        "SELECT t.*, n.last_seen_at FROM tasks t JOIN nodes n ON n.node_id = t.node_id"
+        f" WHERE t.node_id NOT IN ({marks}) AND COALESCE(n.last_seen_at, 0) < ?"
+        " AND t.state NOT IN ('queued','done','rejected') AND NOT (t.state='lost' AND t.retry_pending=0)",
+        (*connected, seen_before),
     ).fetchall()
 
 
 def record_event(conn: sqlite3.Connection, node_id: str, task_id: str, state: str, reason: str = "",
                  exit_code: int | None = None, detail: str = "", time_ms: int = 0) -> bool:
-    """Store a node's event; False when the task is unknown or not this node's."""
-    row = get_task(conn, task_id)
-    if row is None or row["node_id"] != node_id:
-        return False
+    """Store a node's unsequenced event for the task's current attempt; False when the
+    task is unknown or not this node's."""
+    return apply_event(conn, node_id, task_id, 0, 0, state, reason, exit_code, detail, time_ms)[0] == "applied"
+
+
+def apply_event(conn: sqlite3.Connection, node_id: str, task_id: str, attempt: int, seq: int, state: str,
+                reason: str = "", exit_code: int | None = None, detail: str = "",
+                time_ms: int = 0) -> tuple[str, int]:
+    """Apply a node's event at most once, in seq order. ``attempt`` 0 means the
+    current one. Returns (what happened, the attempt's last applied seq): ``applied``;
+    ``duplicate`` (seq already applied); ``gap`` (an earlier seq is missing: not
+    applied); ``stale`` (unknown task, another node's, or another attempt)."""
     t = now()
     with Tx(conn):
-        conn.execute(
-            "INSERT INTO task_events (task_id, node_id, state, reason, exit_code, detail, time_ms, received_at)"
-            " VALUES (?,?,?,?,?,?,?,?)",
-            (task_id, node_id, state, reason, exit_code, detail, time_ms, t),
-        )
+        row = get_task(conn, task_id)
+        if row is None or row["node_id"] != node_id or (attempt and attempt != row["attempt"]):
+            return "stale", 0
+        mark = row["event_seq"]
+        if seq and seq <= mark:
+            return "duplicate", mark
+        if seq and seq > mark + 1:
+            return "gap", mark
+        _history(conn, task_id, node_id, state, reason, exit_code, detail, time_ms, seq)
         if state in OUTCOMES and row["outcome"] is None:
-            conn.execute(
-                "UPDATE tasks SET state=?, outcome=?, exit_code=?, reason=?, updated_at=? WHERE task_id=?",
-                (state, state, exit_code, reason, t, task_id),
-            )
-        else:
-            conn.execute("UPDATE tasks SET state=?, updated_at=? WHERE task_id=?", (state, t, task_id))
-    return True
+            conn.execute("UPDATE tasks SET outcome=?, exit_code=?, reason=? WHERE task_id=?",
+                         (state, exit_code, reason, task_id))
+        if state in ("accepted", "running"):  # it runs: any deferral is over
+            conn.execute("UPDATE tasks SET defer_count=0, deferred_by=NULL, deferred_until=NULL,"
+                         " first_deferred_at=NULL WHERE task_id=?", (task_id,))
+        conn.execute("UPDATE tasks SET state=?, event_seq=MAX(event_seq, ?), updated_at=? WHERE task_id=?",
+                     (state, seq, t, task_id))
+    return "applied", max(seq, mark)
 
 
 def settle(conn: sqlite3.Connection, task_id: str, outcome: str, reason: str) -> None:
-    """Master-side ending (lost, cancelled while queued)."""
+    """Master-side ending (rejected after deferring too long, a spec no node takes)."""
+    with Tx(conn):
+        _settle(conn, task_id, outcome, reason)
+
+
+def _settle(conn: sqlite3.Connection, task_id: str, outcome: str, reason: str) -> None:
     conn.execute(
-        "UPDATE tasks SET state=?, outcome=COALESCE(outcome, ?), reason=CASE WHEN outcome IS NULL THEN ? ELSE reason END,"
-        " updated_at=? WHERE task_id=?",
+        "UPDATE tasks SET state=?, outcome=COALESCE(outcome, ?),"
+        " reason=CASE WHEN outcome IS NULL THEN ? ELSE reason END, updated_at=? WHERE task_id=?",
         (outcome, outcome, reason, now(), task_id),
     )
+    _history(conn, task_id, None, outcome, reason, detail="decided by the master")
+
+
+def mark_lost(conn: sqlite3.Connection, task_id: str, reason: str, *, retry: bool, detach: bool) -> None:
+    """The attempt is lost (an outcome already known, e.g. exited, is kept). ``detach``:
+    the master gives up on the node's copy (the node is gone or came back without it),
+    so whatever that node still sends about this attempt is stale."""
+    with Tx(conn):
+        row = get_task(conn, task_id)
+        _history(conn, task_id, row["node_id"], "lost", reason, detail="decided by the master" if detach else "")
+        conn.execute(
+            "UPDATE tasks SET state='lost', outcome=COALESCE(outcome, 'lost'),"
+            " reason=CASE WHEN outcome IS NULL OR outcome='lost' THEN ? ELSE reason || '; ' || ? END,"
+            " retry_pending=?, node_id=CASE WHEN ? THEN NULL ELSE node_id END, updated_at=? WHERE task_id=?",
+            (reason, reason, int(retry), int(detach), now(), task_id),
+        )
+
+
+def new_attempt(conn: sqlite3.Connection, task_id: str, reason: str) -> int:
+    """Queue the task again as its next attempt; returns the attempt number. The old
+    attempt's log lines go (its result archive keeps them): the new attempt's seqs
+    start at 1 again."""
+    with Tx(conn):
+        conn.execute(
+            "UPDATE tasks SET attempt=attempt+1, state='queued', node_id=NULL, assigned_at=NULL, outcome=NULL,"
+            " exit_code=NULL, reason=?, cancel_sent=0, result_size=NULL, result_sha256=NULL, result_complete=0,"
+            " event_seq=0, retry_pending=0, defer_count=0, deferred_by=NULL, deferred_until=NULL,"
+            " first_deferred_at=NULL, log_lines=0, log_bytes=0, updated_at=? WHERE task_id=?",
+            (reason, now(), task_id),
+        )
+        conn.execute("DELETE FROM logs WHERE task_id=?", (task_id,))
+        conn.execute("DELETE FROM log_marks WHERE task_id=?", (task_id,))
+        return get_task(conn, task_id)["attempt"]
+
+
+def set_retry_pending(conn: sqlite3.Connection, task_id: str, pending: bool) -> None:
+    conn.execute("UPDATE tasks SET retry_pending=? WHERE task_id=?", (int(pending), task_id))
 
 
 def requeue(conn: sqlite3.Connection, task_id: str) -> None:
+    """Back in the queue, same attempt (it never reached a node)."""
     conn.execute(
-        "UPDATE tasks SET state='queued', node_id=NULL, assigned_at=NULL, updated_at=? WHERE task_id=?",
+        "UPDATE tasks SET state='queued', node_id=NULL, assigned_at=NULL, event_seq=0, updated_at=? WHERE task_id=?",
         (now(), task_id),
     )
 
 
-def store_logs(conn: sqlite3.Connection, task_id: str, lines: list[tuple[int, str, str, int]]) -> int:
-    """Store (seq, stream, text, time_ms) lines, ignoring duplicates; returns the
-    highest seq up to which every line is stored (0 = none)."""
+def defer(conn: sqlite3.Connection, task_id: str, node_id: str, reason: str, backoff_s: float) -> None:
+    """"Not now" from ``node_id``: queued again, not offered to that node for ``backoff_s``."""
+    t = now()
     with Tx(conn):
-        conn.executemany(
-            "INSERT OR IGNORE INTO logs (task_id, seq, stream, text, time_ms) VALUES (?,?,?,?,?)",
-            [(task_id, *line) for line in lines],
+        conn.execute(
+            "UPDATE tasks SET state='queued', node_id=NULL, assigned_at=NULL, event_seq=0, reason=?,"
+            " defer_count=defer_count+1, deferred_by=?, deferred_until=?,"
+            " first_deferred_at=COALESCE(first_deferred_at, ?), updated_at=? WHERE task_id=?",
+            (f"deferred by {node_id}: {reason}", node_id, t + backoff_s, t, t, task_id),
         )
-        return _advance_mark(conn, task_id)
+
+
+def deferred_since(conn: sqlite3.Connection, before: float) -> list[sqlite3.Row]:
+    """Queued tasks whose first deferral is older than ``before``."""
+    return conn.execute(
+        "SELECT * FROM tasks WHERE state='queued' AND first_deferred_at IS NOT NULL AND first_deferred_at < ?",
+        (before,),
+    ).fetchall()
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    """What one task's log may take in the database (``serve --max-log-...``)."""
+
+    max_lines: int = 1_000_000
+    max_bytes: int = 256 * 1024 * 1024
+    max_line_bytes: int = 64 * 1024
+
+
+def store_logs(conn: sqlite3.Connection, task_id: str, lines: list[tuple[int, str, str, int]],
+               limits: LogLimits = LogLimits()) -> tuple[int, str]:
+    """Store (seq, stream, text, time_ms) lines, ignoring duplicates, within ``limits``.
+    Returns the highest seq up to which every line is stored or was dropped by a
+    limit (0 = none), and what a limit did to this batch ("" = nothing). Past a limit
+    a line is accepted and dropped, never refused: a node would resend it forever."""
+    notes: list[str] = []
+    with Tx(conn):
+        row = conn.execute("SELECT log_lines, log_bytes FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+        count, total = (row[0], row[1]) if row else (0, 0)
+        mark = _mark(conn, task_id)
+        dropped: set[int] = set()
+        for seq, stream, text, time_ms in sorted(lines):
+            if seq <= mark:
+                continue
+            size = len(text.encode())
+            if size > limits.max_line_bytes:
+                text = (text.encode()[:limits.max_line_bytes].decode(errors="ignore")
+                        + f" [line cut by the dev-master: {size} bytes, limit {limits.max_line_bytes}]")
+                notes.append(f"line {seq} cut to {limits.max_line_bytes} bytes")
+                size = limits.max_line_bytes
+            if count >= limits.max_lines or total >= limits.max_bytes:
+                dropped.add(seq)
+                continue
+            if count + 1 >= limits.max_lines or total + size > limits.max_bytes:
+                # The last line stored says why the rest is missing.
+                why = (f"[dev-master] log limit reached ({limits.max_lines} lines or {limits.max_bytes} bytes per "
+                       "task, `dev-master serve --max-log-lines/--max-log-bytes`): this and later lines are dropped")
+                stream, text, size, total = "system", why, len(why), limits.max_bytes
+                notes.append(f"log limit reached at line {seq}; later lines are dropped")
+            cur = conn.execute("INSERT OR IGNORE INTO logs (task_id, seq, stream, text, time_ms) VALUES (?,?,?,?,?)",
+                               (task_id, seq, stream, text, time_ms))
+            if cur.rowcount:
+                count, total = count + 1, min(limits.max_bytes, total + size)
+        conn.execute("UPDATE tasks SET log_lines=?, log_bytes=? WHERE task_id=?", (count, total, task_id))
+        return _advance_mark(conn, task_id, dropped), "; ".join(notes)
 
 
 def contiguous_seq(conn: sqlite3.Connection, task_id: str) -> int:
@@ -130,11 +285,16 @@ def contiguous_seq(conn: sqlite3.Connection, task_id: str) -> int:
         return _advance_mark(conn, task_id)
 
 
-def _advance_mark(conn: sqlite3.Connection, task_id: str) -> int:
+def _mark(conn: sqlite3.Connection, task_id: str) -> int:
     row = conn.execute("SELECT seq FROM log_marks WHERE task_id=?", (task_id,)).fetchone()
-    mark = seq = row[0] if row else 0
+    return row[0] if row else 0
+
+
+def _advance_mark(conn: sqlite3.Connection, task_id: str, dropped: set[int] = frozenset()) -> int:
+    mark = seq = _mark(conn, task_id)
     # Only the lines after the mark are read; seqs start at 1 and are unique.
-    for (s,) in conn.execute("SELECT seq FROM logs WHERE task_id=? AND seq>? ORDER BY seq", (task_id, mark)):
+    later = {s for (s,) in conn.execute("SELECT seq FROM logs WHERE task_id=? AND seq>?", (task_id, mark))}
+    for s in sorted(later | {d for d in dropped if d > mark}):
         if s != seq + 1:
             break
         seq = s
@@ -163,10 +323,13 @@ def request_cancel(conn: sqlite3.Connection, task_id: str) -> str:
         if row is None:
             return "unknown"
         if row["outcome"] is not None:
+            if row["retry_pending"]:  # lost, about to run again: it will not
+                conn.execute("UPDATE tasks SET cancel_requested=1, updated_at=? WHERE task_id=?", (now(), task_id))
+                return "requested"
             return "finished"
         conn.execute("UPDATE tasks SET cancel_requested=1, updated_at=? WHERE task_id=?", (now(), task_id))
         if row["state"] == "queued":
-            settle(conn, task_id, "cancelled", "cancelled before it was assigned to a node")
+            _settle(conn, task_id, "cancelled", "cancelled before it was assigned to a node")
             return "cancelled"
     return "requested"
 

@@ -65,6 +65,25 @@ class MasterThread:
     def ca_pem(self) -> bytes:
         return self.state.ca_cert.read_bytes()
 
+    async def full_pass(self, timeout: float = 10.0) -> None:
+        """Wait until the master has gone once round its main loop after now (it has
+        seen every commit made before this call) - instead of sleeping a fixed time."""
+        start = self.master.ticks
+        await wait_for(lambda: self.master.ticks >= start + 2, timeout, "a pass of the master's main loop")
+
+
+async def wait_for(predicate, timeout: float = 10.0, what: str = "the condition"):
+    """Poll ``predicate`` until it returns something true; fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
 
 def wg_key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
@@ -104,7 +123,8 @@ class FakeNode:
         return reply
 
     async def connect(self, cpus: int = 4000, memory: int = 8 << 30, gpus: int = 0,
-                      held: tuple[pb.HeldTask, ...] = (), draining: bool = False, task_slots: int = 0) -> pb.Welcome:
+                      held: tuple[pb.HeldTask, ...] = (), draining: bool = False, task_slots: int = 0,
+                      drain_reason: str = "") -> pb.Welcome:
         # A request iterator, as the real client uses: the master's status then
         # arrives on read() even when it ends the call before reading anything.
         self.outbox: asyncio.Queue = asyncio.Queue()
@@ -120,7 +140,7 @@ class FakeNode:
         capacity = pb.Resources(cpu_millicores=cpus, memory_bytes=memory, gpu_count=gpus)
         outbox.put_nowait(pb.WorkerMessage(hello=pb.Hello(
             node_id=self.node_id, agent_version="test", capacity=capacity, free=capacity,
-            tasks=list(held), draining=draining, task_slots=task_slots)))
+            tasks=list(held), draining=draining, task_slots=task_slots, drain_reason=drain_reason)))
         self.call = self.stub.Connect(outgoing(), metadata=self.meta)
         first = await asyncio.wait_for(self.call.read(), 10)
         assert first.WhichOneof("kind") == "welcome", first
@@ -147,6 +167,16 @@ class FakeNode:
             if message.WhichOneof("kind") == kind:
                 return getattr(message, kind)
 
+    async def event_acked(self, task_id: str, state: int, seq: int, timeout: float = 10.0, **fields) -> pb.EventAck:
+        """Send a sequenced event and return the master's next EventAck for the task."""
+        await self.event(task_id, state, seq=seq, **fields)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            ack = await self.recv_kind("event_ack", max(0.1, deadline - loop.time()))
+            if ack.task_id == task_id:
+                return ack
+
     async def event(self, task_id: str, state: int, **fields) -> None:
         await self.send(task_event=pb.TaskEvent(task_id=task_id, state=state, **fields))
 
@@ -155,13 +185,14 @@ class FakeNode:
             pb.LogLine(seq=seq, stream=stream, text=text) for seq, stream, text in lines]))
 
     async def upload(self, task_id: str, data: bytes, sha256: str, offset: int = 0, end: int | None = None,
-                     chunk: int = 64 * 1024) -> pb.UploadResultResponse:
+                     chunk: int = 64 * 1024, attempt: int = 0, total: int | None = None) -> pb.UploadResultResponse:
         end = len(data) if end is None else end
 
         async def chunks():
             for start in range(offset, max(end, offset + 1), chunk):
                 yield pb.ResultChunk(task_id=task_id, offset=start, data=data[start:min(end, start + chunk)],
-                                     total_bytes=len(data), sha256=sha256)
+                                     total_bytes=len(data) if total is None else total, sha256=sha256,
+                                     attempt=attempt)
 
         return await self.stub.UploadResult(chunks(), metadata=self.meta)
 

@@ -102,10 +102,11 @@ def test_outcome_survives_later_states_and_log_gaps(conn):
     taskdb.record_event(conn, "node-1", task_id, "done")
     row = taskdb.get_task(conn, task_id)
     assert (row["state"], row["outcome"], row["exit_code"]) == ("done", "exited", 4)
-    assert [e["state"] for e in taskdb.events(conn, task_id)] == ["accepted", "running", "exited", "uploading", "done"]
-    assert taskdb.store_logs(conn, task_id, [(2, "stdout", "b", 0), (1, "stdout", "a", 0)]) == 2
-    assert taskdb.store_logs(conn, task_id, [(4, "stdout", "d", 0)]) == 2
-    assert taskdb.store_logs(conn, task_id, [(3, "stdout", "c", 0), (3, "stdout", "c", 0)]) == 4
+    assert [e["state"] for e in taskdb.events(conn, task_id)] == [
+        "assigned", "accepted", "running", "exited", "uploading", "done"]
+    assert taskdb.store_logs(conn, task_id, [(2, "stdout", "b", 0), (1, "stdout", "a", 0)]) == (2, "")
+    assert taskdb.store_logs(conn, task_id, [(4, "stdout", "d", 0)]) == (2, "")
+    assert taskdb.store_logs(conn, task_id, [(3, "stdout", "c", 0), (3, "stdout", "c", 0)]) == (4, "")
 
 
 def test_ca_hash_is_sha256_of_the_ca_certificate_der(state):
