@@ -85,7 +85,7 @@ class Settings:
     task_max_gpus: int = -1  # per task; -1 = as many as the node has
     task_max_timeout_s: float = 86400.0  # a spec asking for more is rejected, not clamped
     task_env_max_bytes: int = 64 * 1024  # all keys and values of a task's env together
-    task_runtime: str = "runc"  # OCI runtime for --network none tasks (runsc: gVisor); bridge: runc
+    task_runtime: str = ""  # OCI runtime of networkless CPU tasks (runsc: gVisor); "" = Docker's default
 
     source: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -168,7 +168,7 @@ def _validate(s: Settings) -> None:
         raise bad("task_timeout_s", "needs 0 < task_timeout_s <= task_max_timeout_s")
     if s.task_env_max_bytes < 0 or s.task_max_gpus < -1:
         raise bad("task_max_gpus", "task_max_gpus must be -1 (no ceiling) or more; task_env_max_bytes >= 0")
-    if not re.fullmatch(r"[a-z][a-z0-9_.-]{0,62}", s.task_runtime):
+    if not re.fullmatch(r"([a-z][a-z0-9_.-]{0,62})?", s.task_runtime):
         raise bad("task_runtime", "the name of an OCI runtime registered with Docker, e.g. runc or runsc")
     if s.master_url is not None:
         from hivemind_worker.address import parse_master_address

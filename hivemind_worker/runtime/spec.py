@@ -3,7 +3,8 @@ ContainerSpec into Docker's create arguments (the hardening lives here).
 
 Pure: no Docker calls, no I/O, so the hardening can be read and unit-tested at a
 glance. It must never produce a privileged container, a capability, the Docker
-socket or a host network.
+socket or a host network, and a bridge task only ever joins the firewalled egress
+network (egress.py), never Docker's default bridge.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ EXIT_DEPS_FAILED = 97
 EXIT_NO_ENTRYPOINT = 98
 EXIT_OOM = 137  # SIGKILL, as the kernel's OOM killer sends it
 
+# An id no host account has (see Settings.task_user); tasks/policy.py checks the host's.
+DEFAULT_TASK_USER = "65100:65100"
+# The Docker network of `bridge` tasks: egress.py firewalls it (no LAN, no metadata,
+# no host); never Docker's default bridge, which reaches all of them.
+EGRESS_NETWORK = "hivemind-egress"
+
 LOG_MAX_SIZE = "100m"  # Docker's own log file per container, rotated: bounded disk
 LOG_MAX_FILES = "3"
 TMPFS_MAX_BYTES = 512 * 1024**2
@@ -54,10 +61,12 @@ class ContainerSpec:
     pids_limit: int
     gpu_device_ids: tuple[str, ...]
     network: NetworkPolicy
-    user: str = "1000:1000"
+    user: str = DEFAULT_TASK_USER
     ca_bundle: Path | None = None
     cpu_shares: int = 1024
     entrypoint: str = ""  # the bundle's entry file for run_task.sh; "" = main.py
+    runtime: str = ""  # OCI runtime for a --network none task (e.g. runsc); "" = the engine's default
+    egress_network: str = EGRESS_NETWORK  # the network of a bridge task
 
 
 @dataclass(frozen=True)
@@ -143,8 +152,11 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         security_opt=["no-new-privileges:true"],
         privileged=False,
         ipc_mode="private",
-        network_mode="bridge" if spec.network is NetworkPolicy.BRIDGE else "none",
+        network_mode=spec.egress_network if spec.network is NetworkPolicy.BRIDGE else "none",
         pids_limit=spec.pids_limit,
+        # No core dumps: a crashing task would write its memory (secrets, the input
+        # of others' jobs) to disk, as large as its memory limit.
+        ulimits=[docker.types.Ulimit(name="core", soft=0, hard=0)],
         cpu_shares=spec.cpu_shares,
         init=True,  # reaps zombies (fork bombs) and passes signals on
         oom_score_adj=500,  # under host memory pressure a task dies before the agent
@@ -153,6 +165,10 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         ),
         detach=True,
     )
+    if spec.runtime and spec.network is NetworkPolicy.NONE and not spec.gpu_device_ids:
+        # Only networkless CPU tasks: Debian's gVisor cannot join a bridge network on
+        # these hosts, nor pass GPUs through; those run under the engine's default.
+        kwargs["runtime"] = spec.runtime
     if spec.cpu_millicores:
         kwargs["nano_cpus"] = spec.cpu_millicores * 1_000_000
     if spec.memory_bytes:

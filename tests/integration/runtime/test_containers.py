@@ -68,7 +68,7 @@ async def test_hardening_inside_the_container(runtime, make_spec, workspace):
     )
     ran = await run_to_end(runtime, make_spec(command=sh(script)))
     out = ran.text().split("\n")
-    assert out[:2] == ["1000", "1000"], out
+    assert out[:2] == ["65100", "65100"], out  # spec.DEFAULT_TASK_USER: no host account's
     assert "CapEff:\t0000000000000000" in out
     assert "CapBnd:\t0000000000000000" in out
     assert "NoNewPrivs:\t1" in out

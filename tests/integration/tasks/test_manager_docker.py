@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -77,11 +78,14 @@ async def test_bundle_runs_and_result_comes_back_intact(tmp_path, settings, dock
     await finished(m)
     assert host.statuses("t-main") == [S.ACCEPTED, S.FETCHING, S.RUNNING, S.EXITED, S.UPLOADING, S.DONE]
     texts = sorted(r.text for r in host.lines["t-main"])
-    assert "hello from 1000" in texts and "to stderr" in texts
+    uid = int(settings.task_user.split(":")[0])
+    assert f"hello from {uid}" in texts and "to stderr" in texts
+    with pytest.raises(KeyError):  # the task ran under an id no host account has
+        pwd.getpwuid(uid)
     files = result_files(host.results["t-main"])
     assert files["output/result.txt"] == b"SOME INPUT"
     assert files["output/sub/blob.bin"] == bytes(range(256)) * 100
-    assert "hello from 1000" in files["logs.txt"].decode()
+    assert f"hello from {uid}" in files["logs.txt"].decode()
     record = json.loads(files["exit.json"])
     assert (record["status"], record["exit_code"]) == ("exited", 0)
     assert not (settings.state_dir / "tasks" / "t-main").exists()

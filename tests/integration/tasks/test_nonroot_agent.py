@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from hivemind_worker.config import Settings
+
 pytestmark = pytest.mark.docker
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -93,7 +95,7 @@ def test_non_root_agent_runs_reads_and_cleans_up(open_dir, task_image, node_id) 
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["uid"] == AGENT_UID
     assert (summary["status"], summary["reason"]) == ("exited", "exited with code 0"), summary
-    assert summary["result"] == "written by uid 1000"
+    assert summary["result"] == "written by uid %s" % Settings().task_user.split(":")[0]
     assert "logs.txt" in summary["files"] and "exit.json" in summary["files"]
     assert "output/private.txt" in summary["files"]
     assert summary["task_dir_left"] is False and summary["held"] == 0

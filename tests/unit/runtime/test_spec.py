@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_worker.runtime.spec import CA_BUNDLE_PATH, ContainerSpec, container_name, create_kwargs
+from hivemind_worker.runtime.spec import (
+    CA_BUNDLE_PATH,
+    DEFAULT_TASK_USER,
+    EGRESS_NETWORK,
+    ContainerSpec,
+    container_name,
+    create_kwargs,
+)
 from hivemind_worker.tasks.model import NetworkPolicy
 
 
@@ -22,7 +29,7 @@ def spec(**changes) -> ContainerSpec:
 
 def test_hardening_is_always_there():
     kw = create_kwargs(spec())
-    assert kw["user"] == "1000:1000"
+    assert kw["user"] == DEFAULT_TASK_USER != "1000:1000"  # never the first login account
     assert kw["cap_drop"] == ["ALL"]
     assert "cap_add" not in kw
     assert kw["security_opt"] == ["no-new-privileges:true"]
@@ -47,8 +54,16 @@ def test_our_environment_wins_over_the_tasks():
     assert env["HIVEMIND_NETWORK"] == "none"
 
 
-def test_bridge_network_only_when_asked():
-    assert create_kwargs(spec(network=NetworkPolicy.BRIDGE))["network_mode"] == "bridge"
+def test_bridge_tasks_join_the_egress_network_never_dockers_bridge():
+    assert create_kwargs(spec(network=NetworkPolicy.BRIDGE))["network_mode"] == EGRESS_NETWORK == "hivemind-egress"
+    assert create_kwargs(spec(network=NetworkPolicy.BRIDGE, egress_network="t-net"))["network_mode"] == "t-net"
+
+
+def test_the_task_runtime_applies_to_networkless_cpu_tasks_only():
+    assert "runtime" not in create_kwargs(spec())
+    assert create_kwargs(spec(runtime="runsc"))["runtime"] == "runsc"
+    assert "runtime" not in create_kwargs(spec(runtime="runsc", network=NetworkPolicy.BRIDGE))
+    assert "runtime" not in create_kwargs(spec(runtime="runsc", gpu_device_ids=("0",)))
 
 
 def test_gpus_become_a_device_request_with_ids():
