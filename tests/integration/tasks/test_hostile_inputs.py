@@ -69,3 +69,12 @@ async def test_a_bundle_listing_200k_entries_is_refused_fast(tmp_path, settings,
     assert seconds < 30 and peak < 64 * MiB, (seconds, peak)
     assert [c for c in await docker_runtime.list_managed() if c.node_id == node_id] == []
     print(f"\n200k-entry bundle ({zip_path.stat().st_size} bytes): refused in {seconds:.1f} s, agent peak traced {peak} B")
+
+
+async def test_tasks_cannot_dump_core(tmp_path, settings, docker_runtime, node_id) -> None:
+    host = LocalTaskHost(tmp_path / "results")
+    script = 'echo "soft $(ulimit -c) hard $(ulimit -H -c)"; ulimit -c unlimited || echo "cannot raise"'
+    request = TaskRequest("t-core", command=("sh", "-c", script), resources=Resources(250, 128 * MiB))
+    await run_one(settings, docker_runtime, host, node_id, request)
+    texts = [r.text for r in host.lines["t-core"]]
+    assert "soft 0 hard 0" in texts and "cannot raise" in texts, texts
