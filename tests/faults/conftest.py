@@ -10,7 +10,7 @@ import os
 import pytest
 
 from tests.conftest import free_port
-from tests.faults.drill import connect
+from tests.faults.drill import Waiter, connect
 from tests.support.stack import DevMaster, Node
 
 # How long the master stays away in the outage drills. The reported case was 150 s;
@@ -53,3 +53,21 @@ def node(master, make_node, task_image) -> Node:
     n = make_node(report_interval_s=1, reconnect_initial_s=0.2, reconnect_max_s=BACKOFF_MAX_S, task_image=task_image)
     connect(master, n)
     return n
+
+
+@pytest.fixture
+def submit_wait(master, tmp_path):
+    """`submit_wait(*args)`: a running `hivemind-worker submit ARGS --wait` (Waiter),
+    killed at teardown if the drill failed before it returned."""
+    waiters: list[Waiter] = []
+
+    def start(*args: str) -> Waiter:
+        waiter = Waiter(master, tmp_path / f"out{len(waiters)}", *args)
+        waiters.append(waiter)
+        return waiter
+
+    yield start
+    for waiter in waiters:
+        if waiter.proc.poll() is None:
+            waiter.proc.kill()
+            waiter.proc.wait(10)

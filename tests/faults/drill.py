@@ -104,9 +104,11 @@ def log_lines(master: DevMaster, task_id: str) -> list[dict]:
     return db_rows(master, "SELECT seq, stream, text FROM logs WHERE task_id=? ORDER BY seq", (task_id,))
 
 
-def assert_lines_once(master: DevMaster, task_id: str, expected: list[str], prefix: str = "line ") -> None:
+def assert_lines_once(master: DevMaster, task_id: str, expected: list[str], prefix: str = "line ",
+                      complete: bool = True) -> None:
     """Seqs 1..N without gap; the task's own lines (those starting with `prefix`) are
-    exactly `expected`, in order: none lost, none twice."""
+    exactly `expected`, in order: none lost, none twice. With complete=False (a task
+    that was stopped) they are the start of `expected`."""
     rows = log_lines(master, task_id)
     seqs = [r["seq"] for r in rows]
     if seqs != list(range(1, len(seqs) + 1)):
@@ -114,6 +116,8 @@ def assert_lines_once(master: DevMaster, task_id: str, expected: list[str], pref
         raise AssertionError(f"{task_id}: log seqs are not 1..N: {len(seqs)} stored, max {seqs[-1] if seqs else 0}, "
                              f"first missing {gaps[:10]}")
     got = [r["text"].rstrip("\n") for r in rows if r["text"].startswith(prefix)]
+    if not complete:
+        expected = expected[:len(got)]
     if got != expected:
         missing = sorted(set(expected) - set(got))
         twice = len(got) - len(set(got))
@@ -230,3 +234,26 @@ def assert_agree(master: DevMaster, node: Node, timeout: float = 30) -> None:
     while (problems := check()) and time.monotonic() < deadline:
         time.sleep(1)
     assert not problems, f"node and master disagree: {problems}"
+
+
+COUNTER = """\
+import os, sys, time
+n = int(os.environ["LINES"])
+for i in range(1, n + 1):
+    print(f"line {i}", flush=n < 1000)
+    if float(os.environ["PAUSE"]):
+        time.sleep(float(os.environ["PAUSE"]))
+with open(os.path.join(os.environ["HIVEMIND_OUTPUT_DIR"], "done.txt"), "w") as fh:
+    fh.write(f"{n} lines")
+sys.exit(int(os.environ["EXIT"]))
+"""
+
+
+def bundle(tmp_path, delay: float = 0.0) -> Path:
+    """A bundle whose main.py prints LINES lines "line i" (PAUSE s apart), writes
+    output/done.txt and exits with EXIT; it sleeps `delay` s first."""
+    b = tmp_path / "bundle"
+    b.mkdir()
+    script = COUNTER if not delay else f"import time\ntime.sleep({delay})\n" + COUNTER
+    (b / "main.py").write_text(script)
+    return b

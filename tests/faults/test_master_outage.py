@@ -12,33 +12,12 @@ import pytest
 
 from tests.faults.conftest import BACKOFF_MAX_S, OUTAGE_S
 from tests.faults.drill import (
-    Waiter, assert_agree, assert_healthy, assert_lines_once, describe, log_lines, node_finished, result_archive,
+    assert_agree, bundle, assert_healthy, assert_lines_once, describe, log_lines, node_finished, result_archive,
     wait_connected, wait_final, wait_task,
 )
 from tests.support.stack import wait_for
 
-pytestmark = [pytest.mark.faults, pytest.mark.docker, pytest.mark.root]
-
-TASK = """\
-import os, sys, time
-n = int(os.environ["LINES"])
-for i in range(1, n + 1):
-    print(f"line {i}", flush=n < 1000)
-    if float(os.environ["PAUSE"]):
-        time.sleep(float(os.environ["PAUSE"]))
-with open(os.path.join(os.environ["HIVEMIND_OUTPUT_DIR"], "done.txt"), "w") as fh:
-    fh.write(f"{n} lines")
-sys.exit(int(os.environ["EXIT"]))
-"""
-
-
-def bundle(tmp_path, delay: float = 0.0):
-    b = tmp_path / "bundle"
-    b.mkdir()
-    script = TASK if not delay else f"import time\ntime.sleep({delay})\n" + TASK
-    (b / "main.py").write_text(script)
-    return b
-
+pytestmark = [pytest.mark.faults, pytest.mark.docker, pytest.mark.root, pytest.mark.timeout(600)]
 
 def outage(master, node, task_id, started: float) -> None:
     """The node sees the task end while the master is down; the master stays down
@@ -50,8 +29,8 @@ def outage(master, node, task_id, started: float) -> None:
     master.start()
 
 
-def test_master_down_while_a_task_exits(master, node, tmp_path):
-    waiter = Waiter(master, tmp_path / "out", str(bundle(tmp_path)), "--cpus", "0.5", "--memory", "128m",
+def test_master_down_while_a_task_exits(master, node, submit_wait, tmp_path):
+    waiter = submit_wait(str(bundle(tmp_path)), "--cpus", "0.5", "--memory", "128m",
                     "--env", "LINES=60", "--env", "PAUSE=0.1", "--env", "EXIT=3")
     task_id = waiter.task_id
     wait_task(master, task_id, lambda r: log_lines(master, task_id), 120, "to log its first line", node)
@@ -75,9 +54,9 @@ def test_master_down_while_a_task_exits(master, node, tmp_path):
 FLOOD = 200_000
 
 
-def test_log_flood_while_the_master_is_down(master, node, tmp_path):
+def test_log_flood_while_the_master_is_down(master, node, submit_wait, tmp_path):
     # The task sleeps first so that the master is surely down before the flood starts.
-    waiter = Waiter(master, tmp_path / "out", str(bundle(tmp_path, delay=4)), "--cpus", "1", "--memory", "256m",
+    waiter = submit_wait(str(bundle(tmp_path, delay=4)), "--cpus", "1", "--memory", "256m",
                     "--env", f"LINES={FLOOD}", "--env", "PAUSE=0", "--env", "EXIT=0")
     task_id = waiter.task_id
     wait_task(master, task_id, lambda r: r["state"] == "running", 120, "to run", node, interval=0.1)
