@@ -79,6 +79,11 @@ class Settings:
     disk_high_watermark_percent: float = 85.0
     disk_low_watermark_percent: float = 70.0
 
+    # What the master's VPN assignment may change on this host (vpn/policy.py).
+    vpn_allow_full_tunnel: bool = False  # AllowedIPs beyond the VPN subnet, up to 0.0.0.0/0
+    vpn_allow_dns: bool = False  # let wg-quick point the host's resolver at the master's DNS
+    vpn_subnet: str = ""  # CIDR routes must stay in; "" = the node's own address's network
+
     # What tasks may do: the master proposes, the node decides (tasks/policy.py).
     task_networks: str = "none"  # comma-separated, of none, bridge (bridge: firewalled egress)
     task_images: str = ""  # comma-separated globs / @sha256: digests; "" = task_image only; "*" = any
@@ -170,6 +175,12 @@ def _validate(s: Settings) -> None:
         raise bad("task_max_gpus", "task_max_gpus must be -1 (no ceiling) or more; task_env_max_bytes >= 0")
     if not re.fullmatch(r"([a-z][a-z0-9_.-]{0,62})?", s.task_runtime):
         raise bad("task_runtime", "the name of an OCI runtime registered with Docker, e.g. runc or runsc")
+    if s.vpn_subnet:
+        try:
+            if ipaddress.ip_network(s.vpn_subnet).is_global:
+                raise ValueError("a public range is not a VPN subnet")
+        except ValueError as exc:
+            raise bad("vpn_subnet", f"{exc}; expected a private network like 10.88.0.0/24") from exc
     if s.master_url is not None:
         from hivemind_worker.address import parse_master_address
 

@@ -16,7 +16,6 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from hivemind_worker.agent.convert import resources_to_pb
@@ -24,33 +23,16 @@ from hivemind_worker.agent.report import report_from_sample
 from hivemind_worker.agent.router import Router, TaskService
 from hivemind_worker.config import Settings
 from hivemind_worker.control.session import ControlSession
-from hivemind_worker.errors import CredentialRevoked, HostError, WorkerError
+from hivemind_worker.errors import CredentialRevoked, WorkerError
 from hivemind_worker.fsutil import atomic_write
 from hivemind_worker.identity import NodeIdentity
 from hivemind_worker.proto import worker_pb2 as pb
 from hivemind_worker.systemd.notify import Notifier, watchdog_interval
+from hivemind_worker.systemd.pidfile import pid_path, signal_daemon  # noqa: F401 (drain's, moved there)
 
 logger = logging.getLogger(__name__)
 
 Sampler = Callable[[], Awaitable[dict[str, Any]]]
-
-
-def pid_path(state_dir: Path) -> Path:
-    """Where the running daemon writes its pid, for `hivemind-worker drain`."""
-    return state_dir / "hivemind-worker.pid"
-
-
-def signal_daemon(state_dir: Path, draining: bool) -> int:
-    """Ask the running daemon to drain (or resume); returns its pid."""
-    path = pid_path(state_dir)
-    try:
-        pid = int(path.read_text().strip())
-        os.kill(pid, signal.SIGUSR1 if draining else signal.SIGUSR2)
-    except (FileNotFoundError, ValueError, ProcessLookupError) as exc:
-        raise HostError(f"no running hivemind-worker daemon here ({path}: {exc}); start it: systemctl start hivemind-worker") from exc
-    except PermissionError as exc:
-        raise HostError(f"not allowed to reach the daemon ({path}); run as root") from exc
-    return pid
 
 
 @dataclass

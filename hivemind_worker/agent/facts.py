@@ -11,6 +11,8 @@ import psutil
 
 from hivemind_worker import __version__
 from hivemind_worker.config import Settings
+from hivemind_worker.control.enroll import GpuFact, NodeFacts
+from hivemind_worker.errors import RuntimeUnavailable
 from hivemind_worker.tasks.model import Resources
 
 # What the host keeps for itself (the agent, Docker, the OS) when no cap is set.
@@ -49,21 +51,17 @@ def node_capacity(settings: Settings, gpu_count: int) -> Resources:
     return Resources(cpu_millicores=int(cpus * 1000), memory_bytes=memory, gpu_count=gpus)
 
 
-
-async def gather_facts(runtime=None):
+async def gather_facts(runtime=None) -> NodeFacts:
     """NodeFacts for enrollment. Docker and GPU facts come from the runtime adapter
     when given; a node without Docker can still enroll (it will refuse tasks)."""
-    from hivemind_worker.errors import RuntimeUnavailable
-    from hivemind_worker.proto import worker_pb2 as pb
-
-    facts = pb.NodeFacts(**host_facts())
+    docker_version, nvidia, gpus = "", False, ()
     if runtime is not None:
         try:
-            facts.docker_version = await runtime.version()
+            docker_version = await runtime.version()
             inventory = await runtime.gpu_inventory()
-            facts.nvidia_runtime = inventory.nvidia_runtime
-            for gpu in inventory.devices():
-                facts.gpus.add(index=gpu.index, uuid=gpu.uuid, name=gpu.name, memory_bytes=gpu.memory_bytes)
+            nvidia = inventory.nvidia_runtime
+            gpus = tuple(GpuFact(index=g.index, uuid=g.uuid, name=g.name, memory_bytes=g.memory_bytes)
+                         for g in inventory.devices())
         except RuntimeUnavailable:
             pass
-    return facts
+    return NodeFacts(**host_facts(), docker_version=docker_version, nvidia_runtime=nvidia, gpus=gpus)

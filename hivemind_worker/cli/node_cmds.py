@@ -29,10 +29,12 @@ def enroll(
 
     Generates the node's WireGuard key pair here (the private key never leaves the
     node), sends the node's facts and public key, and stores the credential, the pinned
-    CA and wg0.conf (all mode 0600)."""
+    CA and wg0.conf (root's; the service group may read the credential and the CA).
+    Every value the master sends is checked against this node's policy first
+    (vpn_allow_full_tunnel, vpn_allow_dns, vpn_subnet): nothing is written otherwise."""
     from hivemind_worker.agent.enrollment import enroll_node
     from hivemind_worker.agent.facts import gather_facts
-    from hivemind_worker.hostsetup.install import chown_to_service_user
+    from hivemind_worker.hostsetup.install import share_with_service
 
     settings = settings_from(ctx)
 
@@ -47,7 +49,7 @@ def enroll(
         return await enroll_node(settings, master, token, ca_hash, facts, force=force)
 
     result = guard(lambda: asyncio.run(go()))
-    chown_to_service_user(result.files)
+    guard(lambda: share_with_service(result.files))
     typer.echo(f"Enrolled as {result.identity.node_id} with {result.identity.master}.")
     typer.echo("Next: `hivemind-worker up` (VPN), then `systemctl start hivemind-worker` (or `hivemind-worker run`).")
 
@@ -92,7 +94,7 @@ def drain(
 
     The master is told, so it assigns this node nothing until `drain --resume`.
     Use before maintenance; `systemctl stop` drains too, then exits."""
-    from hivemind_worker.agent.daemon import signal_daemon
+    from hivemind_worker.systemd.pidfile import signal_daemon
 
     settings = settings_from(ctx)
     pid = guard(lambda: signal_daemon(settings.state_dir, draining=not resume))

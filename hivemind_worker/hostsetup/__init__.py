@@ -3,9 +3,10 @@ unit) and the ownership helper enrollment uses. Nothing here talks to the master
 
 from hivemind_worker.hostsetup.install import (  # noqa: F401
     InstallReport,
-    chown_to_service_user,
     install,
+    secure_config_dir,
+    share_with_service,
     uninstall,
 )
 
-__all__ = ["InstallReport", "chown_to_service_user", "install", "uninstall"]
+__all__ = ["InstallReport", "install", "secure_config_dir", "share_with_service", "uninstall"]

@@ -2,8 +2,9 @@
 worker, idempotently.
 
 Creates the service user (member of ``docker``, creating that group if missing),
-the config directory (0750, the service user's; secrets inside are 0600) and the
-state directory, writes the unit rendered for the executable that is running now,
+the config directory (root's, readable by the service group: the daemon only
+reads it, and root-run commands trust it; the WireGuard key and wg0.conf are
+root's alone) and the state directory (the service user's), writes the unit rendered for the executable that is running now,
 and enables it when systemd is PID 1. ``uninstall`` reverses that but keeps the
 node's identity and state; ``purge`` deletes them and the user too.
 
@@ -12,11 +13,13 @@ Runs as root. Never prints: returns an ``InstallReport`` of what it did.
 
 from __future__ import annotations
 
+import errno
 import grp
 import logging
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -34,6 +37,8 @@ UNIT_DIR = Path("/etc/systemd/system")
 # Where a distribution package puts the unit; when it is there, the package owns it.
 PACKAGED_UNITS = (Path("/usr/lib/systemd/system") / UNIT_NAME, Path("/lib/systemd/system") / UNIT_NAME)
 DOCKER_GROUP = "docker"
+# Files in the config directory only root reads; the rest are root's, group-readable.
+PRIVATE_FILES = ("wireguard.key",)
 
 
 @dataclass
@@ -102,31 +107,100 @@ def _ensure_user(user: str, home: Path, report: InstallReport) -> None:
         report.add(f"user {user} exists and is in group {DOCKER_GROUP}")
 
 
-def _ensure_dir(path: Path, user: str, mode: int, report: InstallReport) -> None:
-    pw = pwd.getpwnam(user)
-    existed = path.is_dir()
+def _open_nofollow(path: Path, name: str | None = None, dir_fd: int | None = None, directory: bool = False) -> int:
+    """An fd for ``path`` (or ``name`` in ``dir_fd``) that is never a symlink's target:
+    chown/chmod go through it, so a link planted by the service user cannot make
+    root change some other file."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
+    try:
+        return os.open(name if name is not None else path, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise HostError(f"{path} is a symbolic link; install changes owners and modes only of real files: "
+                            f"remove the link (rm {path}), put the real {'directory' if directory else 'file'} "
+                            "there, and run install again") from exc
+        if exc.errno == errno.ENOTDIR:
+            raise HostError(f"{path} is not a directory; move it away and run install again") from exc
+        raise HostError(f"cannot open {path}: {exc}") from exc
+
+
+def _set(fd: int, uid: int, gid: int, mode: int) -> bool:
+    """Owner and mode through the fd; True when something changed."""
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, gid, mode):
+        return False
+    os.fchown(fd, uid, gid)
+    os.fchmod(fd, mode)
+    return True
+
+
+def _ensure_dir(path: Path, uid: int, gid: int, mode: int, report: InstallReport) -> None:
+    existed = path.is_dir() or path.is_symlink()
     path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, pw.pw_uid, pw.pw_gid)
-    os.chmod(path, mode)
-    report.add(f"{'kept' if existed else 'created'} {path} ({user}:{user} {mode:04o})")
+    fd = _open_nofollow(path, directory=True)
+    try:
+        _set(fd, uid, gid, mode)
+    finally:
+        os.close(fd)
+    owner = f"{pwd.getpwuid(uid).pw_name}:{grp.getgrgid(gid).gr_name}"
+    report.add(f"{'kept' if existed else 'created'} {path} ({owner} {mode:04o})")
 
 
-def chown_to_service_user(paths: Iterable[Path], user: str = DEFAULT_USER) -> None:
-    """Give files made by root (e.g. during enrollment) to the service user, keeping
-    their modes. A no-op when not root or when the user does not exist (a dev box)."""
+def _file_mode(name: str) -> tuple[bool, int]:
+    """(shared with the service group, mode) of a file in the config directory."""
+    return (False, 0o600) if name in PRIVATE_FILES or name.endswith(".conf") else (True, 0o640)
+
+
+def secure_file(path: Path, group_gid: int | None, dir_fd: int | None = None) -> bool:
+    """Root owns ``path``; the service group may read it unless it is root's alone
+    (the WireGuard key, wg0.conf). Refuses a symlink; leaves non-regular files alone.
+    True when owner or mode changed."""
+    shared, mode = _file_mode(path.name)
+    fd = _open_nofollow(path, path.name if dir_fd is not None else None, dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        if not shared or group_gid is None:
+            return _set(fd, 0, 0, 0o600)
+        return _set(fd, 0, group_gid, mode)
+    finally:
+        os.close(fd)
+
+
+def secure_config_dir(config_dir: Path, gid: int, report: InstallReport) -> None:
+    """The config directory and everything in it root's: the daemon only reads there,
+    and root-run commands (enroll, up) trust what they find there."""
+    group = grp.getgrgid(gid).gr_name
+    _ensure_dir(config_dir, 0, gid, 0o750, report)
+    dir_fd = _open_nofollow(config_dir, directory=True)
+    try:
+        for name in sorted(os.listdir(dir_fd)):
+            path = config_dir / name
+            if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                report.add(f"left {path} alone (a directory)")
+                continue
+            if secure_file(path, gid, dir_fd=dir_fd):
+                shared, _ = _file_mode(name)
+                report.add(f"made {path} root's ({f'root:{group} 0640' if shared else 'root:root 0600'})")
+    finally:
+        os.close(dir_fd)
+
+
+def share_with_service(paths: Iterable[Path], user: str = DEFAULT_USER) -> None:
+    """After enrollment: root keeps the files, the service group may read those the
+    daemon needs (node.json, the master's CA). A no-op when not root; without the
+    service user (a dev box) the files stay root's, 0600."""
     if os.geteuid() != 0:
         return
     try:
-        pw = pwd.getpwnam(user)
+        gid: int | None = pwd.getpwnam(user).pw_gid
     except KeyError:
-        return
+        gid = None
     for path in paths:
         try:
-            os.chown(path, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise HostError(f"cannot give {path} to {user}: {exc}; run: sudo chown {user}: {path}") from exc
+            secure_file(path, gid)
+        except HostError as exc:
+            raise HostError(f"{exc} (while giving {user} read access after enrollment)") from exc
 
 
 def _packaged_unit() -> Path | None:
@@ -145,14 +219,9 @@ def install(
     report = InstallReport()
     _ensure_group(DOCKER_GROUP, report)
     _ensure_user(user, settings.state_dir, report)
-    _ensure_dir(settings.config_dir, user, 0o750, report)
-    _ensure_dir(settings.state_dir, user, 0o750, report)
-    owned = [p for p in settings.config_dir.iterdir() if p.is_file()]
-    chown_to_service_user(owned, user)
-    for path in owned:
-        if path.suffix in (".json", ".key", ".conf", ".pem") and path.stat().st_mode & 0o077:
-            os.chmod(path, 0o600)
-            report.add(f"made {path} private (0600)")
+    pw = pwd.getpwnam(user)
+    secure_config_dir(settings.config_dir, pw.pw_gid, report)
+    _ensure_dir(settings.state_dir, pw.pw_uid, pw.pw_gid, 0o750, report)  # the daemon's to write
 
     packaged = _packaged_unit()
     unit_path = unit_dir / UNIT_NAME

@@ -1,28 +1,39 @@
-"""wg0.conf: render it from the master's VPN assignment, and parse + validate one.
+"""wg0.conf: render it from a checked VPN assignment, and parse + validate one.
 
-Split tunnel by construction: AllowedIPs come from the assignment only, so the
-node's default route never goes through the VPN unless the master assigns
-0.0.0.0/0. Parse errors name the file, the line and the field, so the operator
-can fix the file by hand. This module reads and writes no files.
+wg-quick runs the file's PreUp/PostUp/PreDown/PostDown lines as root, so the file
+is rendered only from typed values (vpn/policy.py) and the parser refuses those
+keys, SaveConfig, Table, anything unknown, and any control or non-ASCII character:
+`up` never hands wg-quick a file that could run a command. Parse errors name the
+file, the line and the field, so the operator can fix the file by hand. This
+module reads and writes no files.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hivemind_worker.errors import VpnError
 from hivemind_worker.identity import VpnAssignment
 from hivemind_worker.vpn.keys import decode_key
-
-# Keys `wg` and `wg-quick` accept, by section, in their canonical spelling.
-_INTERFACE_KEYS = (
-    "PrivateKey", "ListenPort", "FwMark", "Address", "DNS", "MTU", "Table",
-    "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig",
+from hivemind_worker.vpn.policy import (
+    VpnPolicy,
+    check_assignment,
+    check_routes,
+    parse_endpoint,
+    parse_interface,
+    parse_ip,
+    parse_key,
+    parse_network,
 )
+
+# The keys this node writes and accepts, by section, in their canonical spelling.
+# Deliberately absent: PreUp/PostUp/PreDown/PostDown (commands run as root),
+# SaveConfig (wg-quick would write the running state back) and Table (routing).
+_INTERFACE_KEYS = ("PrivateKey", "ListenPort", "FwMark", "Address", "DNS", "MTU")
 _PEER_KEYS = ("PublicKey", "PresharedKey", "AllowedIPs", "Endpoint", "PersistentKeepalive")
-_CANON = {k.lower(): k for k in _INTERFACE_KEYS + _PEER_KEYS}
+_REFUSED = ("PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig", "Table")
+_CANON = {k.lower(): k for k in _INTERFACE_KEYS + _PEER_KEYS + _REFUSED}
 
 
 @dataclass(frozen=True)
@@ -50,53 +61,32 @@ class WgConfig:
         return any(ip in ("0.0.0.0/0", "::/0") for p in self.peers for ip in p.allowed_ips)
 
 
-def render_wg_conf(private_key: str, assignment: VpnAssignment) -> str:
-    """The wg-quick config for this node. Raises VpnError when the assignment is
-    incomplete (the master sent no address, peer key, endpoint or AllowedIPs)."""
+def render_wg_conf(private_key: str, assignment: VpnAssignment, policy: VpnPolicy = VpnPolicy()) -> str:
+    """The wg-quick config for this node. VpnError when the assignment is incomplete,
+    malformed or outside the node's policy; every value written is a typed value."""
     try:
-        decode_key(private_key)
+        key = parse_key("PrivateKey", private_key)
     except VpnError as exc:
         raise VpnError(f"node WireGuard private key: {exc}; re-enroll the node") from exc
-    missing = [
-        name
-        for name, value in (
-            ("address", assignment.address),
-            ("server_public_key", assignment.server_public_key),
-            ("endpoint", assignment.endpoint),
-            ("allowed_ips", assignment.allowed_ips),
-        )
-        if not value
-    ]
-    if missing:
-        raise VpnError(
-            f"the master's VPN assignment lacks {', '.join(missing)}; ask the operator to enable "
-            "WireGuard on the master, then re-enroll"
-        )
-    try:
-        decode_key(assignment.server_public_key)
-        _check_cidrs(",".join(assignment.allowed_ips))
-        _check_cidrs(assignment.address)
-        _check_endpoint(assignment.endpoint)
-    except VpnError as exc:
-        raise VpnError(f"the master's VPN assignment is invalid: {exc}") from exc
+    vpn = check_assignment(assignment, policy)
     lines = [
-        "# Written by hivemind-worker from the master's VPN assignment. Split tunnel:",
-        "# only the AllowedIPs below go through the VPN.",
+        "# Written by hivemind-worker from the master's VPN assignment, as the node's",
+        "# policy allows it (vpn_allow_full_tunnel, vpn_allow_dns, vpn_subnet).",
         "[Interface]",
-        f"PrivateKey = {private_key}",
-        f"Address = {assignment.address}",
+        f"PrivateKey = {key}",
+        f"Address = {', '.join(map(str, vpn.addresses))}",
     ]
-    if assignment.dns:
-        lines.append(f"DNS = {', '.join(assignment.dns)}")
+    if vpn.dns:
+        lines.append(f"DNS = {', '.join(map(str, vpn.dns))}")
     lines += [
         "",
         "[Peer]",
-        f"PublicKey = {assignment.server_public_key}",
-        f"Endpoint = {assignment.endpoint}",
-        f"AllowedIPs = {', '.join(assignment.allowed_ips)}",
+        f"PublicKey = {vpn.server_public_key}",
+        f"Endpoint = {vpn.endpoint}",
+        f"AllowedIPs = {', '.join(map(str, vpn.allowed_ips))}",
     ]
-    if assignment.persistent_keepalive_s:
-        lines.append(f"PersistentKeepalive = {assignment.persistent_keepalive_s}")
+    if vpn.persistent_keepalive_s:
+        lines.append(f"PersistentKeepalive = {int(vpn.persistent_keepalive_s)}")
     return "\n".join(lines) + "\n"
 
 
@@ -111,7 +101,12 @@ def parse_wg_conf(text: str, path: str | Path = "wg0.conf") -> WgConfig:
     def err(lineno: int, what: str) -> VpnError:
         return VpnError(f"{name} line {lineno}: {what}; fix {path} or re-enroll to rewrite it")
 
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # wg-quick reads lines split at \n only; any other control character (\r, \x1c,
+    # U+2028...) would make this parser and wg-quick see different lines.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        bad = next((ch for ch in raw if not (" " <= ch <= "~" or ch == "\t")), None)
+        if bad is not None:
+            raise err(lineno, f"contains the control or non-ASCII character U+{ord(bad):04X}")
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -131,6 +126,11 @@ def parse_wg_conf(text: str, path: str | Path = "wg0.conf") -> WgConfig:
             raise err(lineno, f"expected 'Key = value', got {line!r}")
         key, value = (part.strip() for part in line.split("=", 1))
         canon = _CANON.get(key.lower())
+        if canon in _REFUSED:
+            raise err(lineno, f"{canon}: refused: "
+                      + ("wg-quick runs it as a command as root" if canon.endswith(("Up", "Down")) else
+                         "it lets wg-quick change more of the host than the tunnel")
+                      + "; hivemind-worker never writes it, so remove the line")
         if section is None:
             raise err(lineno, f"{key}: outside any section (add [Interface] above it)")
         allowed = _INTERFACE_KEYS if section == "interface" else _PEER_KEYS
@@ -141,7 +141,7 @@ def parse_wg_conf(text: str, path: str | Path = "wg0.conf") -> WgConfig:
         except VpnError as exc:
             raise err(lineno, f"{canon}: {exc}") from None
         if section == "interface":
-            if canon in iface and canon not in ("Address", "DNS", "PreUp", "PostUp", "PreDown", "PostDown"):
+            if canon in iface and canon not in ("Address", "DNS"):
                 raise err(lineno, f"{canon}: given twice")
             iface[canon] = f"{iface[canon]},{value}" if canon in iface else value
         else:
@@ -182,6 +182,22 @@ def parse_wg_conf(text: str, path: str | Path = "wg0.conf") -> WgConfig:
     )
 
 
+def check_config_policy(config: WgConfig, policy: VpnPolicy) -> None:
+    """What `up` checks before wg-quick sees the file: routes inside the VPN subnet and
+    no DNS (wg-quick would rewrite the host's resolver) unless the policy allows them."""
+    where = f"{Path(config.path).name}"
+    if config.dns and not policy.allow_dns:
+        raise VpnError(f"{where}: DNS = {', '.join(config.dns)} would make wg-quick rewrite the host's resolver; "
+                       f"remove the DNS line from {config.path}, or set vpn_allow_dns = true in worker.toml")
+    addresses = tuple(parse_interface("Address", a) for a in config.addresses)
+    for peer in config.peers:
+        allowed = tuple(parse_network("AllowedIPs", ip) for ip in peer.allowed_ips)
+        try:
+            check_routes(addresses, allowed, policy, field="AllowedIPs")
+        except VpnError as exc:
+            raise VpnError(f"{where} line {peer.line}: {exc} (or fix {config.path})") from None
+
+
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -189,35 +205,28 @@ def _split(value: str) -> tuple[str, ...]:
 def _check_value(key: str, value: str) -> None:
     if key in ("PrivateKey", "PublicKey", "PresharedKey"):
         decode_key(value)
-    elif key in ("Address", "AllowedIPs"):
-        _check_cidrs(value, allow_empty=key == "AllowedIPs")
+    elif key in ("Address", "AllowedIPs", "DNS"):
+        parts = _split(value)
+        if not parts and key != "AllowedIPs":
+            raise VpnError("empty (expected an address like 10.88.0.2/32)" if key == "Address" else "empty")
+        parse = {"Address": parse_interface, "AllowedIPs": parse_network, "DNS": parse_ip}[key]
+        for part in parts:
+            try:
+                parse(key, part)
+            except VpnError as exc:
+                raise VpnError(str(exc).removeprefix(f"{key}: ")) from None
     elif key == "Endpoint":
-        _check_endpoint(value)
+        try:
+            parse_endpoint(key, value)
+        except VpnError as exc:
+            raise VpnError(str(exc).removeprefix(f"{key}: ")) from None
+    elif key == "FwMark":
+        if value != "off" and not (value.isdigit() or (value.startswith("0x") and value[2:].isalnum())):
+            raise VpnError(f"expected a number or off, got {value!r}")
     elif key in ("ListenPort", "MTU", "PersistentKeepalive"):
         if key == "PersistentKeepalive" and value == "off":
             return
         low, high = {"ListenPort": (0, 65535), "MTU": (576, 65535), "PersistentKeepalive": (0, 65535)}[key]
         if not value.isdigit() or not low <= int(value) <= high:
             raise VpnError(f"expected a whole number {low}-{high}, got {value!r}")
-    elif key == "DNS":
-        if not _split(value):
-            raise VpnError("empty")
 
-
-def _check_cidrs(value: str, allow_empty: bool = False) -> None:
-    parts = _split(value)
-    if not parts and not allow_empty:
-        raise VpnError("empty (expected an address like 10.88.0.2/32)")
-    for part in parts:
-        try:
-            ipaddress.ip_interface(part)
-        except ValueError as exc:
-            raise VpnError(f"{part!r} is not an IP address or CIDR") from exc
-
-
-def _check_endpoint(value: str) -> None:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise VpnError(f"{value!r} is not HOST:PORT")
-    if host.startswith("[") != host.endswith("]"):
-        raise VpnError(f"{value!r}: IPv6 hosts go in brackets, like [fd00::1]:51820")

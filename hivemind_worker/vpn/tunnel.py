@@ -10,6 +10,7 @@ never calls ``up``/``down``, only ``tunnel_status``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -22,7 +23,8 @@ from hivemind_worker.errors import NotEnrolledError, VpnError, WorkerError
 from hivemind_worker.fsutil import atomic_write, is_private
 from hivemind_worker.identity import load_identity, wg_key_path
 from hivemind_worker.vpn import wgtool
-from hivemind_worker.vpn.config import WgConfig, parse_wg_conf, render_wg_conf
+from hivemind_worker.vpn.config import WgConfig, check_config_policy, parse_wg_conf, render_wg_conf
+from hivemind_worker.vpn.policy import VpnPolicy
 from hivemind_worker.vpn.wgtool import TunnelStatus
 
 logger = logging.getLogger(__name__)
@@ -43,10 +45,11 @@ def interface_of(path: Path) -> str:
     return path.stem
 
 
-def load_config(path: Path) -> WgConfig:
-    """Read and validate wg0.conf; it must be private (it holds the private key)."""
+def load_config(path: Path, policy: VpnPolicy | None = None) -> WgConfig:
+    """Read and validate wg0.conf; it must be private (it holds the private key).
+    With a policy (``up``), also its routes and DNS against the node's settings."""
     try:
-        text = path.read_text()
+        text = _read_trusted(path)
     except FileNotFoundError as exc:
         raise VpnError(f"{path} is missing; run: hivemind-worker enroll (it writes it), then hivemind-worker up") from exc
     except PermissionError as exc:
@@ -54,7 +57,32 @@ def load_config(path: Path) -> WgConfig:
     config = parse_wg_conf(text, path)
     if not is_private(path):
         raise VpnError(f"{path} holds the private key but others can read it; run: chmod 600 {path}")
+    if policy is not None:
+        check_config_policy(config, policy)
     return config
+
+
+def _read_trusted(path: Path) -> str:
+    """The file's text. As root, only from a root-owned file in a directory only root
+    can change: wg-quick reads it again after us, so whoever could write it in
+    between could make root run its commands."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise VpnError(f"{path} is a symbolic link; replace the link with the file itself") from exc
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if os.geteuid() == 0:
+            parent = os.stat(path.parent)
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                raise VpnError(f"{path} is owned by uid {st.st_uid} (mode {st.st_mode & 0o777:04o}): whoever can "
+                               f"write it could make root run commands; run: chown root: {path} && chmod 600 {path}")
+            if parent.st_uid != 0 or parent.st_mode & 0o022:
+                raise VpnError(f"{path.parent} can be changed by uid {parent.st_uid} or its group, so {path.name} "
+                               f"could be swapped under wg-quick; run: chown root: {path.parent} && chmod go-w {path.parent}")
+        return fh.read(1024 * 1024).decode("ascii", errors="replace")
 
 
 def _ensure_config(settings: Settings) -> tuple[Path, bool]:
@@ -66,7 +94,7 @@ def _ensure_config(settings: Settings) -> tuple[Path, bool]:
         private_key = wg_key_path(settings.config_dir).read_text().strip()
     except (NotEnrolledError, FileNotFoundError) as exc:
         raise VpnError(f"{path} is missing and the node is not enrolled; run: hivemind-worker enroll first") from exc
-    atomic_write(path, render_wg_conf(private_key, identity.vpn), 0o600)
+    atomic_write(path, render_wg_conf(private_key, identity.vpn, VpnPolicy.from_settings(settings)), 0o600)
     logger.info("wrote %s from the stored VPN assignment", path)
     return path, True
 
@@ -116,7 +144,7 @@ def _need_root(what: str) -> None:
 def up_sync(settings: Settings, handshake_timeout_s: float = 20.0, master_timeout_s: float = 5.0) -> UpResult:
     _need_root("up")
     path, rendered = _ensure_config(settings)
-    load_config(path)
+    load_config(path, VpnPolicy.from_settings(settings))  # before wg-quick ever sees it
     interface = interface_of(path)
     already = wgtool.interface_exists(interface)
     if already:

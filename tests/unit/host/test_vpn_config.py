@@ -13,6 +13,7 @@ from hivemind_worker.errors import VpnError
 from hivemind_worker.identity import VpnAssignment
 from hivemind_worker.vpn.config import parse_wg_conf, render_wg_conf
 from hivemind_worker.vpn.keys import decode_key, generate_keypair, public_key_of
+from hivemind_worker.vpn.policy import VpnPolicy
 from hivemind_worker.vpn.wgtool import parse_dump
 
 NODE, HUB = generate_keypair(), generate_keypair()
@@ -43,13 +44,16 @@ def test_render_is_split_tunnel_and_parses_back():
     assert "DNS" not in text  # no DNS assigned: resolv.conf stays the host's
 
 
-def test_full_tunnel_only_when_assigned():
-    text = render_wg_conf(NODE.private_key, VpnAssignment(**{**ASSIGNMENT.__dict__, "allowed_ips": ("0.0.0.0/0",)}))
+def test_full_tunnel_only_when_assigned_and_allowed():
+    full = VpnAssignment(**{**ASSIGNMENT.__dict__, "allowed_ips": ("0.0.0.0/0",)})
+    with pytest.raises(VpnError, match="0.0.0.0/0 takes all of the host's traffic.*vpn_allow_full_tunnel = true"):
+        render_wg_conf(NODE.private_key, full)
+    text = render_wg_conf(NODE.private_key, full, VpnPolicy(allow_full_tunnel=True))
     assert parse_wg_conf(text).full_tunnel
 
 
 def test_incomplete_assignment_is_refused():
-    with pytest.raises(VpnError, match="lacks allowed_ips"):
+    with pytest.raises(VpnError, match="allowed_ips missing"):
         render_wg_conf(NODE.private_key, VpnAssignment(**{**ASSIGNMENT.__dict__, "allowed_ips": ()}))
     with pytest.raises(VpnError, match="private key"):
         render_wg_conf("not-a-key", ASSIGNMENT)
