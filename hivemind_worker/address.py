@@ -1,13 +1,27 @@
-"""Parsing of master addresses: ``host:port`` or ``https://host:port``."""
+"""Parsing of master addresses: ``host:port`` or ``https://host:port``; the one
+loopback check (plain text is allowed only there, so it must not be fooled)."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from hivemind_worker.errors import ConfigError
 
 DEFAULT_PORT = 50051
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP literal (127.0.0.0/8, ::1; brackets allowed).
+    Never a prefix test: ``127.example.com`` is a name anyone can point anywhere."""
+    host = host.strip().removeprefix("[").removesuffix("]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -24,7 +38,7 @@ class MasterAddress:
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+        return is_loopback_host(self.host)
 
     def __str__(self) -> str:
         return self.target

@@ -191,10 +191,9 @@ def _validate(s: Settings) -> None:
 
 
 def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+    from hivemind_worker.address import is_loopback_host
+
+    return is_loopback_host(host)
 
 
 def load_settings(

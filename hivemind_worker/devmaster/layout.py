@@ -145,7 +145,3 @@ def split_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"--listen {listen!r}: give HOST:PORT, e.g. 127.0.0.1:50051 or 0.0.0.0:50051")
     return host.strip("[]"), int(port)
-
-
-def is_loopback_host(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")

@@ -23,11 +23,12 @@ from typing import Callable
 
 import grpc
 
+from hivemind_worker.address import is_loopback_host
 from hivemind_worker.devmaster import ca, registry
 from hivemind_worker.devmaster.attempts import RetryPolicy
 from hivemind_worker.devmaster.db import ChangeWatch, open_db
 from hivemind_worker.devmaster.hub import VpnHub
-from hivemind_worker.devmaster.layout import StateDir, is_loopback_host, split_listen
+from hivemind_worker.devmaster.layout import StateDir, split_listen
 from hivemind_worker.devmaster.service import (DEFAULT_MAX_RESULT_BYTES, ControlService, VpnSettings,
                                                tunnel_master_address)
 from hivemind_worker.devmaster.sessions import SessionHub
