@@ -33,12 +33,12 @@ from pathlib import Path
 
 from hivemind_worker.errors import TaskRejected
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: "$" allows a trailing newline
 
 
 def check_task_id(task_id: str) -> None:
     """A task id becomes a directory name and a container name: keep it boring."""
-    if not _SAFE_ID.match(task_id) or ".." in task_id:
+    if not _SAFE_ID.fullmatch(task_id) or ".." in task_id:
         raise TaskRejected(
             f"invalid task id {task_id!r}: use 1-128 letters, digits, '_', '.', '-'"
         )
