@@ -1,9 +1,11 @@
-"""What every command shares: building settings from the global options, and
-turning the core's errors into one line on stderr and an exit code."""
+"""What every command shares: building settings from the global options,
+turning the core's errors into one line on stderr and an exit code, and printing
+text a task or a master controls without letting it drive the terminal."""
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -15,6 +17,30 @@ from hivemind_worker.errors import WorkerError
 from hivemind_worker.logs import setup_logging
 
 T = TypeVar("T")
+
+# Terminal escape sequences (CSI incl. 8-bit, OSC, DCS/SOS/PM/APC, two-byte ESC x):
+# a task's output, id or reason could otherwise retitle the window, rewrite earlier
+# lines, hide text or (on some terminals) answer back with keystrokes.
+_SEQUENCE = re.compile(
+    r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|[ -~]?)"
+    r"|\x9b[0-?]*[ -/]*[@-~]"
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # C0 (tab kept), DEL, C1
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str, multiline: bool = False) -> str:
+    """``text`` without escape sequences and control characters (tab kept; newlines
+    too when ``multiline``, else a table row or a log line cannot forge another)."""
+    text = _SEQUENCE.sub("", str(text))
+    if multiline:
+        return _CONTROL_BUT_NEWLINE.sub("", text)
+    return _CONTROL.sub("", text.replace("\n", " "))
+
+
+def echo_safe(text: str, err: bool = False) -> None:
+    """typer.echo for lines holding task- or master-controlled text."""
+    typer.echo(terminal_safe(text), err=err)
 
 
 @dataclass
@@ -48,7 +74,7 @@ def settings_from(ctx: typer.Context, daemon: bool = False, **overrides: Any) ->
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {terminal_safe(message, multiline=True)}", err=True)  # reasons come from tasks
     return typer.Exit(code)
 
 

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from hivemind_worker.cli.common import fail, guard, settings_from
+from hivemind_worker.cli.common import echo_safe, fail, guard, settings_from
 
 STATE_DIR_HELP = "The dev-master's state directory (default $HIVEMIND_STATE_DIR/dev-master, else ./dev-master-state)."
 
@@ -162,7 +162,7 @@ def nodes(
         return
     typer.echo(f"{'NODE':14} {'HOSTNAME':20} {'ADDRESS':16} {'SESSION':13} {'LAST REPORT':12} DRAINING")
     for r in rows:
-        typer.echo(f"{r['node_id']:14} {r['hostname'][:20]:20} {r['vpn_address']:16} {r['session_state']:13} "
+        echo_safe(f"{r['node_id']:14} {r['hostname'][:20]:20} {r['vpn_address']:16} {r['session_state']:13} "
                    f"{_ago(r['last_report_at']):12} {'yes' if r['draining'] else 'no'}")
 
 
@@ -202,7 +202,7 @@ def tasks(state_dir: Optional[Path] = StateDirOpt,
     typer.echo(f"{'TASK':14} {'STATE':11} {'NODE':14} {'OUTCOME':11} {'EXIT':5} RESULT  REASON")
     for r in rows:
         exit_code = "-" if r["exit_code"] is None else str(r["exit_code"])
-        typer.echo(f"{r['task_id']:14} {r['state']:11} {r['node_id'] or '-':14} {r['outcome'] or '-':11} {exit_code:5} "
+        echo_safe(f"{r['task_id']:14} {r['state']:11} {r['node_id'] or '-':14} {r['outcome'] or '-':11} {exit_code:5} "
                    f"{'yes' if r['result_complete'] else 'no':7} {r['reason']}")
 
 
@@ -260,10 +260,10 @@ def submit(
     typer.echo(f"submitted {task_id}; waiting for it (Ctrl-C stops waiting, not the task)", err=True)
 
     def on_log(stream: str, text: str) -> None:
-        typer.echo(text, err=stream in ("stderr", "system"))
+        echo_safe(text, err=stream in ("stderr", "system"))  # the task's own bytes
 
     def on_state(message: str) -> None:
-        typer.echo(f"[{task_id}] {message}", err=True)
+        echo_safe(f"[{task_id}] {message}", err=True)
 
     outcome = guard(lambda: core.wait(state, task_id, output or Path("."), on_log=on_log, on_state=on_state))
     if outcome.result_path is not None:

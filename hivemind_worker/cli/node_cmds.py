@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from hivemind_worker.cli.common import GlobalOptions, guard, settings_from
+from hivemind_worker.cli.common import GlobalOptions, echo_safe, guard, settings_from
 
 
 def register(app: typer.Typer) -> None:
@@ -119,4 +119,4 @@ def tasks(
         typer.echo(json.dumps(listing, indent=2, sort_keys=True))
         return
     for line in format_tasks(listing):
-        typer.echo(line)
+        echo_safe(line)  # task ids and reasons come from the master and tasks

@@ -7,7 +7,7 @@ import json
 
 import typer
 
-from hivemind_worker.cli.common import settings_from
+from hivemind_worker.cli.common import echo_safe, settings_from
 
 
 def register(app: typer.Typer) -> None:
@@ -33,7 +33,7 @@ def status(
         typer.echo(json.dumps({**doc, "tunnel_peers": peers}, indent=2, sort_keys=True))
     else:
         for line in format_status(result):
-            typer.echo(line)
+            echo_safe(line)  # task names and reasons come from the master and tasks
         for line in peers:
             typer.echo("  Tunnel     " + line)
     if not result.running:
