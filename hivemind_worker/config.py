@@ -78,6 +78,11 @@ class Settings:
     pressure_memory_percent: float = 90.0
     disk_high_watermark_percent: float = 85.0
     disk_low_watermark_percent: float = 70.0
+    # Per task: workspace, output, log spool and result together; 0 = auto (half the
+    # free space above disk_min_free_bytes when the task starts). Over it: killed.
+    task_disk_limit_bytes: int = 0
+    disk_min_free_bytes: int = 512 * 1024**2  # state file system below this: admit nothing
+    disk_hard_min_free_bytes: int = 128 * 1024**2  # below this: stop the largest writer
 
     # What the master's VPN assignment may change on this host (vpn/policy.py).
     vpn_allow_full_tunnel: bool = False  # AllowedIPs beyond the VPN subnet, up to 0.0.0.0/0
@@ -164,6 +169,10 @@ def _validate(s: Settings) -> None:
         raise bad("max_concurrent_tasks", "must be at least 1")
     if not 0 < s.disk_low_watermark_percent < s.disk_high_watermark_percent <= 100:
         raise bad("disk_low_watermark_percent", "needs 0 < low < high <= 100")
+    if s.task_disk_limit_bytes < 0:
+        raise bad("task_disk_limit_bytes", "must be 0 (auto) or a number of bytes")
+    if not 0 <= s.disk_hard_min_free_bytes <= s.disk_min_free_bytes:
+        raise bad("disk_hard_min_free_bytes", "needs 0 <= disk_hard_min_free_bytes <= disk_min_free_bytes")
     networks = {n.strip() for n in s.task_networks.split(",") if n.strip()}
     if not networks or not networks <= {"none", "bridge"}:
         raise bad("task_networks", 'a comma-separated list of none and bridge, e.g. "none" or "none,bridge"')

@@ -72,10 +72,19 @@ def serve(
     report_interval: int = typer.Option(30, "--report-interval", help="Seconds between telemetry reports, told to nodes at enrollment."),
     vpn_subnet: str = typer.Option("10.88.0.0/24", "--vpn-subnet", help="Addresses handed to nodes; the first one is the hub's."),
     tls_name: List[str] = typer.Option([], "--tls-name", help="Another name or address nodes dial (e.g. behind NAT); repeatable."),
+    max_retries: int = typer.Option(2, "--max-retries", help="How many times a lost task runs again (unless submitted with --no-retry)."),
+    defer_limit: str = typer.Option("10m", "--defer-limit", help="A task nodes keep deferring (\"not now\") ends rejected after this long."),
+    node_lost_after: str = typer.Option("5m", "--node-lost-after", help="A node without a session this long loses its unfinished tasks (they run again elsewhere)."),
+    max_result_bytes: str = typer.Option("2g", "--max-result-bytes", help="Largest result archive accepted from a node, e.g. 500m or 2g."),
+    max_log_lines: int = typer.Option(1_000_000, "--max-log-lines", help="Log lines stored per task; later ones are dropped (the log says so)."),
+    max_log_bytes: str = typer.Option("256m", "--max-log-bytes", help="Log bytes stored per task; later lines are dropped (the log says so)."),
+    max_log_line_bytes: str = typer.Option("64k", "--max-log-line-bytes", help="A longer log line is cut to this size."),
 ) -> None:
     from hivemind_worker.devmaster import server
-    from hivemind_worker.devmaster.layout import split_listen
+    from hivemind_worker.devmaster.attempts import RetryPolicy
+    from hivemind_worker.devmaster.layout import parse_duration, parse_size, split_listen
     from hivemind_worker.devmaster.registry import hub_address
+    from hivemind_worker.devmaster.taskdb import LogLimits
 
     settings_from(ctx, daemon=True)
     config = server.MasterConfig(
@@ -83,6 +92,11 @@ def serve(
         max_message_bytes=max_message_bytes, heartbeat_s=report_interval, vpn_subnet=vpn_subnet,
         # Nodes dial the hub's endpoint host too: it must be in the server certificate.
         extra_hosts=tuple(tls_name) + ((wg_endpoint,) if wireguard and wg_endpoint else ()),
+        retry=RetryPolicy(max_retries=max_retries, defer_limit_s=guard(lambda: parse_duration(defer_limit, "--defer-limit")),
+                          node_lost_after_s=guard(lambda: parse_duration(node_lost_after, "--node-lost-after"))),
+        max_result_bytes=guard(lambda: parse_size(max_result_bytes, "--max-result-bytes")),
+        log_limits=LogLimits(max_lines=max_log_lines, max_bytes=guard(lambda: parse_size(max_log_bytes, "--max-log-bytes")),
+                             max_line_bytes=guard(lambda: parse_size(max_log_line_bytes, "--max-log-line-bytes"))),
     )
     guard(config.validate)
     hub = None
@@ -148,7 +162,7 @@ def nodes(
     state_dir: Optional[Path] = StateDirOpt,
     as_json: bool = typer.Option(False, "--json", help="One JSON array, for scripts."),
 ) -> None:
-    """List enrolled nodes: id, hostname, session state, last report, draining."""
+    """List enrolled nodes: id, hostname, session state, last report, draining (and why)."""
     if ctx.invoked_subcommand is not None:
         return
     from hivemind_worker.devmaster import registry
@@ -163,7 +177,8 @@ def nodes(
     typer.echo(f"{'NODE':14} {'HOSTNAME':20} {'ADDRESS':16} {'SESSION':13} {'LAST REPORT':12} DRAINING")
     for r in rows:
         echo_safe(f"{r['node_id']:14} {r['hostname'][:20]:20} {r['vpn_address']:16} {r['session_state']:13} "
-                   f"{_ago(r['last_report_at']):12} {'yes' if r['draining'] else 'no'}")
+                   f"{_ago(r['last_report_at']):12} "
+                   f"{('yes (' + r['drain_reason'] + ')' if r['drain_reason'] else 'yes') if r['draining'] else 'no'}")
 
 
 @nodes_app.command("revoke", help="Revoke a node's credential; its open session ends and it must re-enroll.")
@@ -189,7 +204,7 @@ def nodes_drain(node_id: str = typer.Argument(..., help="The node id (see `dev-m
     typer.echo(f"{node_id}: {'resumed' if resume else 'draining'} (told at once if connected, else when it connects)")
 
 
-@dev_master.command("tasks", help="List tasks: id, state, node, outcome, exit code, result.")
+@dev_master.command("tasks", help="List tasks: id, attempt, state, node, outcome, exit code, result, reason.")
 def tasks(state_dir: Optional[Path] = StateDirOpt,
           as_json: bool = typer.Option(False, "--json", help="One JSON array, for scripts.")) -> None:
     from hivemind_worker.devmaster import taskdb
@@ -199,11 +214,11 @@ def tasks(state_dir: Optional[Path] = StateDirOpt,
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'TASK':14} {'STATE':11} {'NODE':14} {'OUTCOME':11} {'EXIT':5} RESULT  REASON")
+    typer.echo(f"{'TASK':14} {'TRY':3} {'STATE':11} {'NODE':14} {'OUTCOME':11} {'EXIT':5} RESULT  REASON")
     for r in rows:
         exit_code = "-" if r["exit_code"] is None else str(r["exit_code"])
-        echo_safe(f"{r['task_id']:14} {r['state']:11} {r['node_id'] or '-':14} {r['outcome'] or '-':11} {exit_code:5} "
-                   f"{'yes' if r['result_complete'] else 'no':7} {r['reason']}")
+        echo_safe(f"{r['task_id']:14} {r['attempt']:<3} {r['state']:11} {r['node_id'] or '-':14} {r['outcome'] or '-':11} "
+                   f"{exit_code:5} {'yes' if r['result_complete'] else 'no':7} {r['reason']}")
 
 
 @dev_master.command("cancel", help="Cancel a task (queued: at once; running: its node is told).")
@@ -217,7 +232,7 @@ def cancel(task_id: str = typer.Argument(..., help="The task id."), state_dir: O
     typer.echo({
         "finished": f"{task_id} has already ended; nothing to cancel",
         "cancelled": f"{task_id} cancelled (it had not started)",
-        "requested": f"{task_id}: cancellation sent to its node",
+        "requested": f"{task_id}: cancellation sent to its node (a lost task is not run again)",
     }[what])
 
 
@@ -237,13 +252,16 @@ def submit(
     env: List[str] = typer.Option([], "--env", "-e", help="K=V for the task's environment (repeatable)."),
     wait: bool = typer.Option(False, "--wait", "-w", help="Stream the task's logs, save its result, exit with its exit code."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where --wait saves the result archive (default: .)."),
+    no_retry: bool = typer.Option(False, "--no-retry", help="Do not run the task again when it is lost (node gone, engine restarted)."),
 ) -> None:
     """Queue a task on a dev-master: a directory (zipped for you), a .zip bundle, or --command.
 
     Prints the task id. With --wait: the task's output on stdout/stderr as it
     arrives, the result archive saved into --output, and the task's exit code as
-    ours; a task that was rejected, failed or lost exits 7, cancelled 130, timed out
-    124, killed for memory 137 (the reason on stderr).
+    ours; a task that was rejected (also: deferred by every node for too long), failed
+    or lost (with no retry left) exits 7, cancelled 130, timed out 124, killed for
+    memory 137 (the reason on stderr). A lost task runs again (see `dev-master serve
+    --max-retries`) unless --no-retry; --wait then follows the new attempt.
     """
     from hivemind_worker.devmaster import submit as core
 
@@ -251,7 +269,7 @@ def submit(
     state = _state(state_dir)
     request = guard(lambda: core.SubmitRequest.build(
         path=path, image=image, cpus=cpus, memory=memory, gpus=gpus, timeout=timeout, network=network,
-        priority=priority, command=command, entrypoint=entrypoint, env=env,
+        priority=priority, command=command, entrypoint=entrypoint, env=env, no_retry=no_retry,
     ))
     task_id = guard(lambda: core.submit(state, request))
     if not wait:

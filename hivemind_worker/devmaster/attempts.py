@@ -92,7 +92,10 @@ class Attempts:
         elif state == "done":
             row = taskdb.get_task(self.conn, task_id)
             if row["outcome"] == "lost" and row["retry_pending"]:
-                self._retry(row)  # the old attempt is settled on its node
+                if self._may_retry(row):  # (a cancellation may have come in meanwhile)
+                    self._retry(row)  # the old attempt is settled on its node
+                else:
+                    taskdb.set_retry_pending(self.conn, task_id, False)
         if state in taskdb.OUTCOMES or state in ("deferred", "done"):
             self.wake.set()  # capacity freed, or something to assign
 

@@ -5,7 +5,10 @@ Works on the state directory alone: the bundle is copied to bundles/<task>.zip
 inserted; the running `serve` notices the commit and assigns it. ``wait()`` polls
 the database: it hands new log lines to ``on_log`` in order, state changes to
 ``on_state``, and once the task has ended and its result arrived (or did not within
-``result_grace_s``), copies the archive into the output directory.
+``result_grace_s``), copies the archive into the output directory. A lost attempt
+that the master runs again is not an ending: wait() says so and follows the next
+attempt (its log starts again). Whatever ended the task - its own exit, a refusal,
+deferring too long, being lost with no retry left, a cancellation - wait() returns.
 
 Exit codes of a waited task (``Outcome.exit_code``): the task's own exit code when
 it exited; 124 timed out; 137 killed for memory; 130 cancelled; 7 rejected, failed
@@ -46,7 +49,7 @@ class SubmitRequest:
     @classmethod
     def build(cls, *, path: Path | None, image: str = "", cpus: float = 1.0, memory: str = "512m", gpus: int = 0,
               timeout: str = "10m", network: str = "none", priority: int = 0, command: str | None = None,
-              entrypoint: str = "", env: list[str] | tuple[str, ...] = ()) -> "SubmitRequest":
+              entrypoint: str = "", env: list[str] | tuple[str, ...] = (), no_retry: bool = False) -> "SubmitRequest":
         if path is None and not command:
             raise ConfigError("give a directory or a .zip bundle to run, or --command")
         if network not in ("none", "bridge"):
@@ -70,6 +73,8 @@ class SubmitRequest:
             "timeout_s": int(parse_duration(timeout, "--timeout")),
             "network": network,
         }
+        if no_retry:
+            spec["no_retry"] = True
         return cls(bundle=read_bundle(path) if path is not None else b"", spec=spec, priority=priority)
 
 
@@ -130,6 +135,11 @@ def _exit_code(outcome: str, task_code: int | None) -> int:
 def _message(row, outcome: str) -> str:
     task_id, node, reason = row["task_id"], row["node_id"] or "no node", row["reason"]
     why = f": {reason}" if reason else ""
+    if outcome == "lost":
+        spec = json.loads(row["spec_json"])
+        why += " (not run again: submitted with --no-retry)" if spec.get("no_retry") else (
+            " (not run again: cancelled)" if row["cancel_requested"] else
+            f" (attempt {row['attempt']}; no retries left, see `dev-master serve --max-retries`)")
     return {
         "exited": f"task {task_id} exited with code {row['exit_code']}",
         "rejected": f"task {task_id} was rejected by {node}{why}",
@@ -158,7 +168,7 @@ def wait(state: StateDir, task_id: str, output_dir: Path, *,
     state.require()
     conn = open_db(state.db)
     seq, last_state, ended_at, started = 0, "", None, time.monotonic()
-    hinted = False
+    hinted, attempt, retry_told = False, 1, False
 
     def drain_logs() -> None:
         nonlocal seq
@@ -175,6 +185,9 @@ def wait(state: StateDir, task_id: str, output_dir: Path, *,
             row = taskdb.get_task(conn, task_id)
             if row is None:
                 raise ConfigError(f"no task {task_id!r} in {state.root}")
+            if row["attempt"] != attempt:  # the last attempt was lost; this one's log starts at 1
+                attempt, seq, ended_at, retry_told = row["attempt"], 0, None, False
+                on_state(f"running again as attempt {attempt}")
             drain_logs()
             if row["state"] != last_state:
                 last_state = row["state"]
@@ -183,7 +196,17 @@ def wait(state: StateDir, task_id: str, output_dir: Path, *,
                 hinted = True
                 on_state(_queued_hint(row))
             outcome = row["outcome"]
-            if outcome is not None:
+            if outcome is None and row["state"] == "done":
+                # The node delivered everything but the outcome; never wait forever on it.
+                drain_logs()
+                return Outcome(task_id, "unknown", EXIT_TASK_ERROR,
+                               f"task {task_id} finished on {row['node_id'] or 'its node'}, but its outcome never "
+                               "reached the master; see `hivemind-worker tasks` on that node", None)
+            if outcome == "lost" and row["retry_pending"]:
+                if not retry_told:
+                    retry_told = True
+                    on_state(f"attempt {attempt} lost ({row['reason']}); it will run again")
+            elif outcome is not None:
                 ended_at = ended_at or time.monotonic()
                 settled = row["result_complete"] or row["state"] in ("done", "lost", "rejected") or (
                     outcome == "cancelled" and row["node_id"] is None)

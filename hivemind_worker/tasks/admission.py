@@ -1,18 +1,19 @@
 """Admission: does a task request fit the node right now? Pure arithmetic, no I/O.
 
-A request is checked against three things, and a rejection names the first that
-fails, with numbers ("needs 4.0 CPUs, 1.5 free"): the node itself (a request larger
-than the node is rejected, never clamped), the slots left under
-``max_concurrent_tasks``, and the capacity not reserved by tasks already admitted.
-Draining and host pressure refuse everything. This module must not touch Docker,
-the journal or the clock.
+A refusal names the first check that fails, with numbers ("needs 4.0 CPUs, 1.5
+free"), and says whether it is for good or for now. Never here (TaskRejected, an
+outcome): a request larger than the whole node (rejected, never clamped) or
+malformed. Not now (TaskDeferred; the master keeps the task queued): the node
+drains, the host is under pressure, the disk is low, every slot under
+``max_concurrent_tasks`` is taken, or tasks already admitted hold the capacity.
+This module must not touch Docker, the journal or the clock.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hivemind_worker.errors import TaskRejected
+from hivemind_worker.errors import TaskDeferred, TaskRejected
 from hivemind_worker.tasks.model import Resources, TaskRequest
 
 # What a request that names no CPU or memory gets. A container without limits is
@@ -48,14 +49,12 @@ def check(
     reserved: Resources,
     active: int,
     max_concurrent: int,
-    draining: bool = False,
+    drain: str = "",
     pressure: str = "",
+    disk: str = "",
 ) -> None:
-    """Raise TaskRejected with the reason when ``need`` cannot be admitted now."""
-    if draining:
-        raise TaskRejected("node draining: it accepts no new tasks")
-    if pressure:
-        raise TaskRejected(f"node under pressure ({pressure}); try another node")
+    """Raise TaskRejected (never here) or TaskDeferred (not now) with the reason.
+    ``drain``, ``pressure``, ``disk``: why the node takes nothing now ("" = it may)."""
     if need.cpu_millicores < 0 or need.memory_bytes < 0 or need.gpu_count < 0:
         raise TaskRejected("invalid request: negative resources")
     # Larger than the whole node: this node can never run it.
@@ -71,15 +70,21 @@ def check(
     ):
         if want > have:
             raise TaskRejected(f"needs {label(want)}, the node has only {label(have)} in all")
+    if drain:
+        raise TaskDeferred(f"node draining ({drain}): it accepts no new tasks")
+    if pressure:
+        raise TaskDeferred(f"node under pressure ({pressure}); try another node")
+    if disk:
+        raise TaskDeferred(f"node low on disk ({disk})")
     if active >= max_concurrent:
-        raise TaskRejected(f"node busy: {active} of {max_concurrent} task slots in use")
+        raise TaskDeferred(f"node busy: {active} of {max_concurrent} task slots in use")
     free = capacity - reserved
     if need.cpu_millicores > free.cpu_millicores:
-        raise TaskRejected(f"needs {_cpus(need.cpu_millicores)}, {free.cpu_millicores / 1000:.1f} free")
+        raise TaskDeferred(f"needs {_cpus(need.cpu_millicores)}, {free.cpu_millicores / 1000:.1f} free")
     if need.memory_bytes > free.memory_bytes:
-        raise TaskRejected(f"needs {_gib(need.memory_bytes)} memory, {_gib(free.memory_bytes)} free")
+        raise TaskDeferred(f"needs {_gib(need.memory_bytes)} memory, {_gib(free.memory_bytes)} free")
     if need.gpu_count > free.gpu_count:
-        raise TaskRejected(f"needs {_gpus(need.gpu_count)}, {free.gpu_count} free")
+        raise TaskDeferred(f"needs {_gpus(need.gpu_count)}, {free.gpu_count} free")
 
 
 @dataclass

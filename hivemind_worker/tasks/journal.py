@@ -1,6 +1,8 @@
 """The task journal: one SQLite database (WAL) holding every task the node holds.
 
-The journal is the truth about tasks. The manager writes a state change here *before*
+The journal is the truth about tasks, and the outbox of the task events the master
+must learn (the ``events`` table: written in the same transaction as the state change
+they report, deleted once the master acknowledged them). The manager writes a state change here *before*
 acting on it, so an agent killed at any point (SIGKILL included) can be restarted on
 the same state directory and pick up where it was: re-attach a running container,
 archive a finished one, re-upload a result the master has not acknowledged.
@@ -13,6 +15,7 @@ only awaits them. This module knows nothing about Docker or the control session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hivemind_worker.errors import HostError
-from hivemind_worker.tasks.model import NetworkPolicy, Resources, TaskRequest, TaskStatus
+from hivemind_worker.tasks.model import NetworkPolicy, Resources, TaskEvent, TaskRequest, TaskStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -41,14 +44,29 @@ CREATE TABLE IF NOT EXISTS tasks (
     result_path   TEXT NOT NULL DEFAULT '',
     result_size   INTEGER NOT NULL DEFAULT 0,
     result_sha256 TEXT NOT NULL DEFAULT '',
-    updated_ms    INTEGER NOT NULL DEFAULT 0
+    updated_ms    INTEGER NOT NULL DEFAULT 0,
+    attempt       INTEGER NOT NULL DEFAULT 1,
+    event_seq     INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    task_id   TEXT NOT NULL,
+    attempt   INTEGER NOT NULL,
+    seq       INTEGER NOT NULL,
+    status    TEXT NOT NULL,
+    reason    TEXT NOT NULL DEFAULT '',
+    exit_code INTEGER NOT NULL DEFAULT 0,
+    time_ms   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (task_id, attempt, seq)
 );
 """
+# Columns added after the first release: a journal from an older agent gets them.
+_ADDED = {"attempt": "INTEGER NOT NULL DEFAULT 1", "event_seq": "INTEGER NOT NULL DEFAULT 0"}
+_EVENT_COLUMNS = "task_id, attempt, seq, status, reason, exit_code, time_ms"
 
 _COLUMNS = (
     "task_id", "request", "status", "reason", "exit_code", "container_id", "gpu_ids",
     "kill_reason", "created_ms", "started_ms", "ended_ms", "acked_seq", "result_path",
-    "result_size", "result_sha256", "updated_ms",
+    "result_size", "result_sha256", "updated_ms", "attempt", "event_seq",
 )
 
 
@@ -88,6 +106,11 @@ class TaskRow:
     result_size: int = 0
     result_sha256: str = ""
     updated_ms: int = field(default=0, compare=False)
+    event_seq: int = 0  # seq of the last event journaled for this attempt
+
+    @property
+    def attempt(self) -> int:
+        return self.request.attempt
 
     def with_(self, **changes: Any) -> "TaskRow":
         return replace(self, **changes)
@@ -98,6 +121,7 @@ class TaskRow:
             self.exit_code, self.container_id, ",".join(self.gpu_ids), self.kill_reason,
             self.created_ms, self.started_ms, self.ended_ms, self.acked_seq,
             self.result_path, self.result_size, self.result_sha256, self.updated_ms,
+            self.request.attempt, self.event_seq,
         )
 
     @classmethod
@@ -111,7 +135,7 @@ class TaskRow:
             kill_reason=v["kill_reason"], created_ms=v["created_ms"],
             started_ms=v["started_ms"], ended_ms=v["ended_ms"], acked_seq=v["acked_seq"],
             result_path=v["result_path"], result_size=v["result_size"],
-            result_sha256=v["result_sha256"], updated_ms=v["updated_ms"],
+            result_sha256=v["result_sha256"], updated_ms=v["updated_ms"], event_seq=v["event_seq"],
         )
 
 
@@ -147,6 +171,10 @@ class Journal:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(SCHEMA)
+            have = {r[1] for r in conn.execute("PRAGMA table_info(tasks)")}
+            for name, decl in _ADDED.items():
+                if name not in have:
+                    conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {decl}")
         except (sqlite3.Error, OSError) as exc:
             raise HostError(
                 f"cannot open the task journal {self._path}: {exc}; check that the state "
@@ -176,9 +204,60 @@ class Journal:
     async def put(self, row: TaskRow) -> TaskRow:
         """Insert or replace a task's whole row; returns it with updated_ms set."""
         row = row.with_(updated_ms=int(self._clock() * 1000))
-        marks = ",".join("?" * len(_COLUMNS))
-        await self._call(self._exec, f"INSERT OR REPLACE INTO tasks ({','.join(_COLUMNS)}) VALUES ({marks})", row._values())
+        await self._call(self._exec, *self._row_sql(row))
         return row
+
+    async def put_with_event(self, row: TaskRow, event: TaskEvent) -> tuple[TaskRow, TaskEvent]:
+        """Write the row and the event that reports it in one transaction: the event
+        gets the attempt's next seq, so a crash can never keep one without the other."""
+        seq = row.event_seq + 1
+        row = row.with_(updated_ms=int(self._clock() * 1000), event_seq=seq)
+        event = replace(event, task_id=row.task_id, seq=seq, attempt=row.attempt)
+        await self._call(self._transaction, [self._row_sql(row), self._event_sql(event)])
+        return row, event
+
+    async def add_event(self, event: TaskEvent) -> None:
+        """Journal an event of a task without a row (an admission rejection)."""
+        await self._call(self._transaction, [self._event_sql(event)])
+
+    async def pending_events(self) -> list[TaskEvent]:
+        """Events the master has not acknowledged, in the order they were written."""
+        rows = await self._call(self._exec, f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY rowid")
+        return [
+            TaskEvent(task_id, TaskStatus(status), reason, exit_code, "", time_ms, seq, attempt)
+            for task_id, attempt, seq, status, reason, exit_code, time_ms in rows
+        ]
+
+    async def ack_events(self, task_id: str, attempt: int, seq: int) -> None:
+        await self._call(
+            self._exec, "DELETE FROM events WHERE task_id=? AND attempt=? AND seq<=?", (task_id, attempt, seq)
+        )
+
+    @staticmethod
+    def _row_sql(row: TaskRow) -> tuple[str, tuple]:
+        marks = ",".join("?" * len(_COLUMNS))
+        return f"INSERT OR REPLACE INTO tasks ({','.join(_COLUMNS)}) VALUES ({marks})", row._values()
+
+    @staticmethod
+    def _event_sql(e: TaskEvent) -> tuple[str, tuple]:
+        return (
+            f"INSERT OR REPLACE INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+            (e.task_id, e.attempt, e.seq, e.status.value, e.reason, e.exit_code, e.time_ms),
+        )
+
+    def _transaction(self, statements: list[tuple[str, tuple]]) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for sql, args in statements:
+                conn.execute(sql, args)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:  # e.g. COMMIT failed on a full disk: leave nothing half done
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise HostError(f"task journal {self._path}: {exc}; is the disk full?") from exc
 
     async def set_acked_seq(self, task_id: str, seq: int) -> None:
         await self._call(

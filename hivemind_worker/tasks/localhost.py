@@ -122,7 +122,7 @@ class LocalTaskHost:
         """The event that ended the task's run (exited, failed, cancelled, ...)."""
         ends = {
             TaskStatus.EXITED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT,
-            TaskStatus.OOM_KILLED, TaskStatus.REJECTED,
+            TaskStatus.OOM_KILLED, TaskStatus.REJECTED, TaskStatus.LOST,
         }
         found = [e for e in self.events if e.task_id == task_id and e.status in ends]
         return found[-1] if found else None

@@ -8,7 +8,10 @@ has not acknowledged are sent again with the same seqs) and, once the task ended
 
 Bounded: once the file would pass ``max_bytes`` every further line is dropped (the
 log stays a contiguous prefix) and ``finish()`` appends ONE system line saying how
-many lines and bytes were dropped. Memory stays flat whatever the task prints: a
+many lines and bytes were dropped. A full disk (ENOSPC) is treated the same way: the
+lines that could not be written are dropped (the file is cut back to its last whole
+record, so it stays a gapless prefix), ``disk_error`` says why (the runner then stops
+the task) and the marker line is written once there is room again. Memory stays flat whatever the task prints: a
 small write buffer, a sparse seq -> offset index and the last few lines for the
 monitor.
 
@@ -68,6 +71,7 @@ class LogSpool:
         self.dropped_lines = 0
         self.dropped_bytes = 0
         self.finished = False  # the drop marker / end was written
+        self.disk_error = ""  # why the file could not be written (ENOSPC), if it could not
         self._last_time_ms = 0  # of the last *container* line spooled
         self._same_time = 0  # container lines spooled with exactly that time
         self._index_seq: list[int] = []
@@ -109,7 +113,7 @@ class LogSpool:
             self._index_seq.append(rec.seq)
             self._index_off.append(offset)
         if rec.stream is LogStream.SYSTEM:
-            if rec.text.startswith("[hivemind] log limit"):
+            if rec.text.startswith(("[hivemind] log limit", "[hivemind] node disk full")):
                 self.finished = True
         elif rec.time_ms == self._last_time_ms:
             self._same_time += 1
@@ -127,7 +131,7 @@ class LogSpool:
         if self.finished:
             return
         data = text.encode("utf-8", "replace")
-        if self.dropped_lines or self.size + len(data) + 32 > self.max_bytes:
+        if self.dropped_lines or self.disk_error or self.size + len(data) + 32 > self.max_bytes:
             # Once over the limit every later line goes too, so the log stays a prefix.
             self.dropped_lines += 1
             self.dropped_bytes += len(data) + 1
@@ -152,11 +156,34 @@ class LogSpool:
     def flush(self) -> int:
         """Write buffered lines to the file; returns the last readable seq."""
         if self._buf:
-            self._w.write(b"".join(self._buf))
+            data = memoryview(b"".join(self._buf))
+            start = self.size - self._buf_bytes
+            try:
+                done = 0
+                while done < len(data):  # a raw write may be partial on a nearly full disk
+                    done += self._w.write(data[done:]) or 0
+            except OSError as exc:
+                self._lose_buffer(start, exc)
             self._buf.clear()
             self._buf_bytes = 0
         self.flushed_seq = self.last_seq
         return self.flushed_seq
+
+    def _lose_buffer(self, start: int, exc: OSError) -> None:
+        """The buffered lines could not be written: cut the file back to the last whole
+        record and count them as dropped, so the file stays a gapless prefix."""
+        self.disk_error = exc.strerror or str(exc)
+        try:
+            os.truncate(self.path, start)
+        except OSError:
+            pass  # the torn tail is cut on the next recovery
+        self.dropped_lines += len(self._buf)
+        self.dropped_bytes += self._buf_bytes
+        self.size = start
+        self.last_seq -= len(self._buf)
+        while self._index_seq and self._index_seq[-1] > self.last_seq:
+            self._index_seq.pop()
+            self._index_off.pop()
 
     @property
     def pending(self) -> int:
@@ -167,9 +194,11 @@ class LogSpool:
         if self.finished:
             return
         if self.dropped_lines:
+            why = (f"node disk full ({self.disk_error})" if self.disk_error
+                   else f"log limit of {_mib(self.max_bytes)} reached")
             self.system(
-                f"[hivemind] log limit of {_mib(self.max_bytes)} reached: dropped "
-                f"{self.dropped_lines} lines ({self.dropped_bytes} bytes, {_mib(self.dropped_bytes)})",
+                f"[hivemind] {why}: dropped {self.dropped_lines} lines "
+                f"({self.dropped_bytes} bytes, {_mib(self.dropped_bytes)})",
                 time_ms,
             )
             self.finished = True

@@ -100,6 +100,8 @@ class TaskRequest:
     network: NetworkPolicy = NetworkPolicy.NONE
     bundle_size: int = 0  # 0 = no bundle
     bundle_sha256: str = ""
+    attempt: int = 1  # which run of this task, from 1; a lost task comes back as a new attempt
+    no_retry: bool = False  # the submitter opted out of re-running a lost task
 
 
 def now_ms() -> int:
@@ -114,6 +116,10 @@ class TaskEvent:
     exit_code: int = 0
     detail: str = ""
     time_ms: int = field(default_factory=now_ms)
+    # Per attempt, from 1, without gaps, for the state changes the master must learn
+    # (journaled, resent until acknowledged); 0 = progress only (pull detail, DEFERRED).
+    seq: int = 0
+    attempt: int = 1
 
 
 class LogStream(str, enum.Enum):
@@ -138,6 +144,50 @@ class HeldTask:
     status: TaskStatus
     last_log_seq: int
     result_pending: bool
+    attempt: int = 1
+
+
+class DrainCause(str, enum.Enum):
+    """Why the node takes no new tasks; the strongest cause names the drain."""
+
+    SHUTDOWN = "shutdown"  # the daemon is stopping
+    OPERATOR = "operator"  # `hivemind-worker drain` (SIGUSR1)
+    MASTER = "master"  # the master asked
+
+
+class DrainState:
+    """The node's one drain state, shared by the agent (hello, telemetry, monitor) and
+    the task manager (admission). Causes add up: the master resuming does not undo an
+    operator's drain, and nothing undoes a shutdown."""
+
+    def __init__(self) -> None:
+        self._causes: set[DrainCause] = set()
+
+    def start(self, cause: DrainCause) -> bool:
+        """Returns True when this changed whether the node drains."""
+        before = self.draining
+        self._causes.add(cause)
+        return before != self.draining
+
+    def end(self, cause: DrainCause) -> bool:
+        before = self.draining
+        if cause is not DrainCause.SHUTDOWN:
+            self._causes.discard(cause)
+        return before != self.draining
+
+    @property
+    def draining(self) -> bool:
+        return bool(self._causes)
+
+    @property
+    def cause(self) -> DrainCause | None:
+        return next((c for c in DrainCause if c in self._causes), None)
+
+    @property
+    def reason(self) -> str:
+        """The wire's drain_reason: "operator", "shutdown", "master"; "" when not draining."""
+        cause = self.cause
+        return cause.value if cause else ""
 
 
 class TaskHost(Protocol):
@@ -145,7 +195,9 @@ class TaskHost(Protocol):
     over the control session. Tests give a hand-written fake."""
 
     async def emit_event(self, event: TaskEvent) -> None:
-        """Send a state change to the master (best effort; the journal is the truth)."""
+        """Send an event to the master; raise when it cannot be sent now. Events with
+        a seq are journaled first and resent after resync until acknowledged (the
+        manager's ack_event); seq 0 (progress, DEFERRED) is never resent."""
 
     async def emit_logs(self, task_id: str, lines: list[LogRecord]) -> None:
         """Send log lines; the master acknowledges them later through ack_logs()."""

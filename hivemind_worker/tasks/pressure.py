@@ -1,5 +1,9 @@
-"""Host pressure: is the host's CPU or memory above the configured thresholds?
+"""Host pressure: is the host busy with load that is not the node's own?
 
+Pressure is what other users of the machine do: the CPU and memory the node's own
+task containers use are subtracted from the host's figures first (``foreign_load``;
+BOINC's "non-BOINC CPU usage"), so a node whose own tasks saturate the CPU is busy,
+not under pressure. Then the thresholds apply.
 ``PressureGauge`` keeps the current verdict from samples (CPU %, memory %), with a
 little hysteresis so a host hovering at the threshold does not flap. While under
 pressure the manager admits nothing and lowers the CPU weight (Docker cpu_shares) of
@@ -11,7 +15,7 @@ default reads psutil and is called from a thread, never on the loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 NORMAL_SHARES = 1024  # Docker's default weight
 LOW_SHARES = 128  # an eighth of the CPU weight of a normal task when the host is busy
@@ -25,6 +29,30 @@ def psutil_sampler() -> tuple[float, float]:
     import psutil
 
     return psutil.cpu_percent(interval=None), psutil.virtual_memory().percent
+
+
+@dataclass(frozen=True)
+class HostSize:
+    cores: int
+    memory_bytes: int
+
+
+def host_size() -> HostSize:
+    """The machine's logical cores and memory (blocking, cheap)."""
+    import psutil
+
+    return HostSize(psutil.cpu_count() or 1, psutil.virtual_memory().total)
+
+
+def foreign_load(
+    cpu_percent: float, memory_percent: float, own: Sequence[tuple[float, int]], size: HostSize
+) -> tuple[float, float]:
+    """Host CPU % and memory % less what the node's own containers use. ``own`` holds
+    (CPU as % of one core, memory bytes) per container; never below zero (the
+    samples are taken at slightly different moments)."""
+    own_cpu = sum(c for c, _ in own) / max(size.cores, 1)
+    own_memory = sum(m for _, m in own) * 100.0 / max(size.memory_bytes, 1)
+    return max(0.0, cpu_percent - own_cpu), max(0.0, memory_percent - own_memory)
 
 
 @dataclass

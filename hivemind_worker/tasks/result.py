@@ -3,15 +3,20 @@
 ``build_result`` is blocking (it renders the spool as plain text and compresses the
 output) and runs in a thread. If the output cannot be shipped (larger than the
 limit, unreadable), the archive still carries the logs and an exit record that says
-why, so the master always learns how the task ended. Knows nothing of uploads.
+why, so the master always learns how the task ended. On a full disk (ENOSPC) the
+workspace is deleted to make room and the archive carries what fits: the logs and
+the exit record, or the exit record alone; the reason then starts with
+``node disk full`` and says the output was dropped. Knows nothing of uploads.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from hivemind_worker.errors import ResultError
 from hivemind_worker.tasks.archive import make_result_archive
+from hivemind_worker.tasks.disk import is_disk_full
 from hivemind_worker.tasks.journal import TaskRow
 from hivemind_worker.tasks.logspool import LogSpool, render_text
 from hivemind_worker.tasks.model import TaskStatus
@@ -44,11 +49,28 @@ def build_result(dirs: TaskDirs, spool_path: Path, record: dict, max_bytes: int)
             size, sha = make_result_archive(dirs.output, logs, record, dirs.result, max_bytes)
             return size, sha, ""
         except (ResultError, OSError) as exc:
-            failure = f"{record['reason']}; result not delivered: {exc}"
+            if is_disk_full(exc):
+                failure = (f"node disk full: the result could not be written ({exc}); output dropped "
+                           f"(the task: {record['reason']})")
+                shutil.rmtree(dirs.workspace, ignore_errors=True)  # make room for the rest
+            else:
+                failure = f"{record['reason']}; result not delivered: {exc}"
             record = {**record, "status": TaskStatus.FAILED.value, "reason": failure, "output_dropped": True}
-            empty = dirs.root / "empty-output"
-            empty.mkdir(parents=True, exist_ok=True)
-            size, sha = make_result_archive(empty, logs if logs.exists() else None, record, dirs.result, max_bytes)
-            return size, sha, failure
+            return (*_without_output(dirs, logs, record, max_bytes), failure)
     finally:
         logs.unlink(missing_ok=True)
+        shutil.rmtree(dirs.root / "empty-output", ignore_errors=True)
+
+
+def _without_output(dirs: TaskDirs, logs: Path, record: dict, max_bytes: int) -> tuple[int, str]:
+    """The exit record and the logs; on a full disk, the exit record alone. Raises
+    only if not even that fits (the runner tries again once there is room)."""
+    empty = dirs.root / "empty-output"
+    empty.mkdir(parents=True, exist_ok=True)
+    try:
+        return make_result_archive(empty, logs if logs.exists() else None, record, dirs.result, max_bytes)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        logs.unlink(missing_ok=True)
+        return make_result_archive(empty, None, {**record, "logs_dropped": True}, dirs.result, max_bytes)

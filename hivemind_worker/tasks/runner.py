@@ -17,15 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hivemind_worker.config import Settings
 from hivemind_worker.errors import MasterUnreachable, WorkerError
-from hivemind_worker.runtime.spec import EXIT_DEPS_FAILED, EXIT_NO_ENTRYPOINT, ContainerInfo, ContainerSpec
+from hivemind_worker.runtime.spec import ContainerInfo, ContainerSpec
+from hivemind_worker.tasks import supervise
 from hivemind_worker.tasks.cleanup import open_output, remove_traces
+from hivemind_worker.tasks.disk import DiskUsage, is_disk_full
 from hivemind_worker.tasks.journal import Journal, TaskRow
-from hivemind_worker.tasks.logpump import LogSender, pump
+from hivemind_worker.tasks.logpump import LogSender
 from hivemind_worker.tasks.logspool import LogSpool
 from hivemind_worker.tasks.result import build_result, exit_record
 from hivemind_worker.tasks.model import Resources, TaskEvent, TaskStatus
@@ -34,7 +36,6 @@ from hivemind_worker.tasks.workspace import TaskDirs
 logger = logging.getLogger(__name__)
 
 PREPARING = {TaskStatus.ACCEPTED, TaskStatus.FETCHING, TaskStatus.PULLING}
-LOG_DRAIN_S = 30.0  # how long to wait for the last log lines after the container exited
 FETCH_RETRY_S = 10.0  # the bundle could not be fetched (master away): try again
 RETRY_S = 5.0  # after a failure of ours (e.g. Docker restarting), try the step again
 LOG_ACK_GRACE_S = 60.0  # DONE waits this long without progress for the master's log acks
@@ -52,14 +53,11 @@ class RunContext:
     clock: Callable[[], float]
     release: Callable[[str], None]  # free a task's reserved resources (and GPUs)
     on_done: Callable[["TaskRun"], None]
+    disk_usage: DiskUsage = field(default_factory=DiskUsage)  # every running task's, for the hard mark
 
 
 def _ms(clock: Callable[[], float]) -> int:
     return int(clock() * 1000)
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:.0f} MiB"
 
 
 class TaskRun:
@@ -122,15 +120,19 @@ class TaskRun:
     async def life(self, container: ContainerInfo | None = None, lost: bool = False) -> None:
         """Carry the task on from its journaled state. ``container`` is what Docker
         has for it after a restart; ``lost``: the journal says RUNNING but Docker has
-        no container for it any more. A failure of ours (Docker restarting, disk
-        trouble) is retried from the journaled state; it never ends in a host run."""
+        no container for it any more. A failure of ours (Docker restarting) is
+        retried from the journaled state; a full disk ends the task (node disk full)
+        and only delivering its outcome waits for room. Never a host run."""
         while True:
             try:
                 await self._advance(container, lost)
                 return
             except asyncio.CancelledError:
                 raise  # close(): the container keeps running; a new agent re-attaches
-            except Exception:
+            except Exception as exc:
+                if is_disk_full(exc) and await self._disk_full(exc):
+                    container, lost = None, False
+                    continue  # ended: go on from the new journaled state at once
                 logger.exception(
                     "task %s: step %s failed; retrying in %.0f s", self.task_id, self.row.status.value,
                     RETRY_S, extra=self._extra,
@@ -144,10 +146,29 @@ class TaskRun:
                 except WorkerError as exc:
                     logger.warning("task %s: Docker still unavailable: %s", self.task_id, exc, extra=self._extra)
 
+    async def _disk_full(self, exc: Exception) -> bool:
+        """ENOSPC while the task ran or was prepared: stop it, free its workspace, end
+        it FAILED. False if it had ended already (delivery waits for room)."""
+        status = self.row.status
+        if status.finished:
+            return False
+        reason = f"node disk full while {status.value}: {exc}; task stopped, output dropped"
+        try:
+            if self.row.container_id:
+                await (self.ctx.runtime.kill if status is TaskStatus.RUNNING else self.ctx.runtime.remove)(
+                    self.row.container_id)
+            await asyncio.to_thread(self.dirs.free_workspace)
+            await self._finish(TaskStatus.FAILED, -1, reason)
+            return True
+        except Exception as again:
+            logger.warning("task %s: could not end it after a full disk: %s", self.task_id, again, extra=self._extra)
+            return False
+
     async def _advance(self, container: ContainerInfo | None, lost: bool) -> None:
         self.open_spool()
         if lost and self.row.status is TaskStatus.RUNNING:
-            await self._finish(TaskStatus.FAILED, -1, "the task's container disappeared (removed outside the agent)")
+            await self._finish(TaskStatus.LOST, -1, "lost: the task's container disappeared while no agent "
+                               "watched it (removed outside the agent); not the task's fault")
         if self.row.status in PREPARING:
             if container is not None:  # created by an interrupted earlier attempt
                 await self.ctx.runtime.remove(container.container_id)
@@ -177,7 +198,11 @@ class TaskRun:
         except (WorkerError, OSError) as exc:
             if self.row.container_id:
                 await self.ctx.runtime.remove(self.row.container_id)
-            await self._finish(TaskStatus.FAILED, -1, str(exc) if isinstance(exc, WorkerError) else f"workspace: {exc}")
+            reason = str(exc) if isinstance(exc, WorkerError) else f"workspace: {exc}"
+            if is_disk_full(exc):  # bundle download or unpack, workspace creation
+                await asyncio.to_thread(self.dirs.free_workspace)
+                reason = f"node disk full while {self.row.status.value}: {reason}; task not run"
+            await self._finish(TaskStatus.FAILED, -1, reason)
         finally:
             self._prepare = None
 
@@ -251,75 +276,7 @@ class TaskRun:
             self._prepare.cancel()
 
     async def _watch(self, container: ContainerInfo | None) -> None:
-        rt, cid = self.ctx.runtime, self.row.container_id
-        spool = self.open_spool()
-        assert self.sender is not None
-        if container is not None and not container.running and not container.started_at_ms:
-            # Journaled RUNNING, killed before start(): finish what the journal says.
-            await rt.start(cid)
-            container = None
-        if container is not None and not container.running:
-            exit_info: Any = container
-        else:
-            follower = asyncio.create_task(pump(rt, cid, spool, self.sender))
-            waiter = asyncio.create_task(rt.wait(cid))
-            try:
-                exit_info = await self._supervise(waiter)
-                try:
-                    await asyncio.wait_for(asyncio.shield(follower), LOG_DRAIN_S)
-                except asyncio.TimeoutError:
-                    logger.warning("task %s: log stream did not end after exit", self.task_id, extra=self._extra)
-                except WorkerError as exc:
-                    logger.warning("task %s: log stream failed: %s", self.task_id, exc, extra=self._extra)
-            finally:
-                for t in (waiter, follower):
-                    if not t.done():
-                        t.cancel()
-                await asyncio.gather(waiter, follower, return_exceptions=True)
-        if container is not None and not container.running:
-            # Exited while no agent was watching: collect what was not spooled yet.
-            try:
-                await asyncio.wait_for(pump(rt, cid, spool, self.sender), LOG_DRAIN_S)
-            except Exception as exc:
-                logger.warning("task %s: could not read the last log lines: %s", self.task_id, exc, extra=self._extra)
-        status, reason = self._verdict(exit_info.exit_code or 0, bool(exit_info.oom_killed))
-        await self._finish(status, exit_info.exit_code or 0, reason)
-
-    async def _supervise(self, waiter: asyncio.Task) -> Any:
-        """Wait for the container's exit; kill it at the timeout or on cancel()."""
-        timeout = self.row.request.timeout_s or self.ctx.settings.task_timeout_s
-        deadline = self.row.started_ms / 1000 + timeout
-        killer = asyncio.create_task(self._kill.wait())
-        try:
-            while not waiter.done():
-                if self.row.kill_reason:
-                    await self.ctx.runtime.kill(self.row.container_id)
-                    await asyncio.wait({waiter})
-                    break
-                remaining = max(0.0, deadline - self.ctx.clock())
-                await asyncio.wait({waiter, killer}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                if waiter.done():
-                    break
-                if not self.row.kill_reason and self.ctx.clock() >= deadline:
-                    await self._record(kill_reason=f"timeout: ran longer than {timeout:g} s; killed")
-            return waiter.result()
-        finally:
-            killer.cancel()
-
-    def _verdict(self, code: int, oom: bool) -> tuple[TaskStatus, str]:
-        kill = self.row.kill_reason
-        if kill.startswith("cancel"):
-            return TaskStatus.CANCELLED, kill
-        if kill.startswith("timeout"):
-            return TaskStatus.TIMED_OUT, kill
-        if oom:
-            limit = _mib(self.resources.memory_bytes)
-            return TaskStatus.OOM_KILLED, f"out of memory: the task passed its {limit} limit and was killed"
-        if code == EXIT_DEPS_FAILED:
-            return TaskStatus.FAILED, "dependency install failed: pip could not install requirements.txt (see the log)"
-        if code == EXIT_NO_ENTRYPOINT:
-            return TaskStatus.FAILED, "no entry point: no command given and the entry point file is missing"
-        return TaskStatus.EXITED, f"exited with code {code}"
+        await supervise.watch(self, container)  # follow, wait, kill, engine restarts, verdict
 
     async def _finish(self, status: TaskStatus, code: int, reason: str) -> None:
         if self.spool is not None:

@@ -89,6 +89,12 @@ class TaskDirs:
         self.output.mkdir(parents=True, exist_ok=True)
         return self.output
 
+    def free_workspace(self) -> None:
+        """A full disk: delete the workspace and the bundle; the spool and the result
+        (logs, exit record) stay for delivery."""
+        shutil.rmtree(self.workspace, ignore_errors=True)
+        self.bundle.unlink(missing_ok=True)
+
     def remove(self) -> bool:
         """Delete everything; False if something (made by the task) could not go."""
         shutil.rmtree(self.root, ignore_errors=True)

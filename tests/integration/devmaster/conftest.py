@@ -11,8 +11,11 @@ from tests.integration.devmaster.peer import FakeNode, MasterThread
 
 
 @pytest.fixture
-def master(tmp_path):
-    m = MasterThread(tmp_path / "master", poll_interval_s=0.05).start()
+def master(tmp_path, request):
+    """A dev-master; ``@pytest.mark.parametrize("master", [{...MasterConfig fields}],
+    indirect=True)`` changes its settings."""
+    config = {"poll_interval_s": 0.05, **getattr(request, "param", {})}
+    m = MasterThread(tmp_path / "master", **config).start()
     yield m
     m.stop()
 

@@ -188,3 +188,38 @@ def test_wait_tells_why_a_task_stays_queued(tmp_path):
     assert messages[0] == "queued" and "room for 2 CPU, 1024 MiB, 0 GPU" in messages[1]
     assert (outcome.outcome, outcome.exit_code, outcome.result_path) == ("cancelled", 130, None)
     assert "no result" not in outcome.message
+
+
+def test_an_older_state_db_gets_the_new_columns(state):
+    import sqlite3
+
+    old = sqlite3.connect(state.db)
+    old.executescript("CREATE TABLE tasks (task_id TEXT PRIMARY KEY, created_at REAL NOT NULL, priority INTEGER NOT NULL"
+                      " DEFAULT 0, spec_json TEXT NOT NULL, bundle_size INTEGER NOT NULL DEFAULT 0, bundle_sha256 TEXT"
+                      " NOT NULL DEFAULT '', state TEXT NOT NULL DEFAULT 'queued', node_id TEXT, assigned_at REAL,"
+                      " outcome TEXT, exit_code INTEGER, reason TEXT NOT NULL DEFAULT '', cancel_requested INTEGER NOT"
+                      " NULL DEFAULT 0, cancel_sent INTEGER NOT NULL DEFAULT 0, result_size INTEGER, result_sha256 TEXT,"
+                      " result_complete INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL);"
+                      "INSERT INTO tasks (task_id, created_at, spec_json, updated_at) VALUES ('task-old', 0, '{}', 0);")
+    old.close()
+    conn = open_db(state.db)
+    row = taskdb.get_task(conn, "task-old")
+    assert (row["attempt"], row["event_seq"], row["retry_pending"]) == (1, 0, 0)
+    open_db(state.db).close()  # a second opener finds them there
+    conn.close()
+
+
+def test_log_limits_cut_lines_and_drop_the_rest_but_acknowledge_them(conn):
+    task_id = taskdb.create_task(conn, {})
+    limits = taskdb.LogLimits(max_lines=3, max_bytes=10_000, max_line_bytes=10)
+    mark, note = taskdb.store_logs(conn, task_id, [(1, "stdout", "a" * 50, 0), (2, "stdout", "b", 0)], limits)
+    assert mark == 2 and "line 1 cut to 10 bytes" in note
+    mark, note = taskdb.store_logs(conn, task_id, [(s, "stdout", "c", 0) for s in range(3, 8)], limits)
+    assert mark == 7 and "log limit reached at line 3" in note
+    assert taskdb.store_logs(conn, task_id, [(9, "stdout", "gap", 0)], limits) == (7, "")
+    # A dropped line past a gap is not remembered: the node resends it after the ack.
+    assert taskdb.store_logs(conn, task_id, [(8, "stdout", "d", 0)], limits) == (8, "")
+    assert taskdb.store_logs(conn, task_id, [(9, "stdout", "gap", 0)], limits) == (9, "")
+    rows = taskdb.logs_after(conn, task_id, 0)
+    assert [(r["seq"], r["stream"]) for r in rows] == [(1, "stdout"), (2, "stdout"), (3, "system")]
+    assert rows[0]["text"].startswith("a" * 10 + " [line cut")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hivemind_worker.errors import RuntimeUnavailable
-from hivemind_worker.runtime.spec import ContainerInfo, ContainerSpec, ExitInfo
+from hivemind_worker.runtime.spec import ContainerInfo, ContainerSpec, ContainerStats, ExitInfo
 from hivemind_worker.tasks.localhost import sha256_file
 from hivemind_worker.tasks.model import LogStream, Resources, TaskRequest
 
@@ -48,6 +48,7 @@ class FakeRuntime:
         self.removed: list[str] = []
         self.gc_calls = 0
         self.fail_waits = 0  # the next N wait() calls fail as if dockerd restarted
+        self.usage: dict[str, ContainerStats] = {}  # task id -> what stats() reports while it runs
         self._ids = itertools.count(1)
         self._bg: set[asyncio.Task] = set()
         self.base_ms = 1_700_000_000_000
@@ -144,6 +145,10 @@ class FakeRuntime:
                           started_at_ms=1 if c.started else 0)
             for c in self.containers.values()
         ]
+
+    async def stats(self, cid: str) -> ContainerStats | None:
+        c = self.containers.get(cid)
+        return self.usage.get(c.spec.task_id) if c is not None and c.running else None
 
     async def set_cpu_shares(self, cid: str, shares: int) -> None:
         self.containers[cid].shares.append(shares)

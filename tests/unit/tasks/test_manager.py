@@ -353,7 +353,7 @@ async def test_docker_failure_mid_task_is_retried_not_lost(settings, runtime, ho
     await m.close()
 
 
-async def test_container_removed_behind_our_back_fails_the_task(settings, runtime, tmp_path) -> None:
+async def test_container_removed_behind_our_back_is_lost(settings, runtime, tmp_path) -> None:
     host1 = LocalTaskHost(tmp_path / "r1")
     runtime.scripts["t"] = Script(hang=True)
     m1 = manager(settings, runtime, host1)
@@ -367,7 +367,7 @@ async def test_container_removed_behind_our_back_fails_the_task(settings, runtim
     await m2.start()
     await until(lambda: not m2.held_tasks())
     ev = host2.final_event("t")
-    assert ev.status is S.FAILED and "disappeared" in ev.reason and host2.uploads == {"t": 1}
+    assert ev.status is S.LOST and "disappeared" in ev.reason and host2.uploads == {"t": 1}
     await m2.close()
 
 
