@@ -51,13 +51,16 @@ def check_credentials(ctx: DoctorContext) -> list[CheckResult]:
     except KeyError:
         owner = None
     for path in files:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
+        st = path.stat()
+        mode = st.st_mode & 0o777
+        # Root's and readable by the service group only (hostsetup's model), or legacy 0600.
+        shared = owner is not None and st.st_uid == 0 and st.st_gid == owner.pw_gid and not mode & 0o037
+        if mode & 0o077 and not shared:
             return [failed(name, f"{path} is mode {mode:04o}: others can read a secret", f"chmod 600 {path}")]
-        if owner is not None and path.stat().st_uid not in (owner.pw_uid,) and path != ctx.settings.wg_config:
-            return [failed(name, f"{path} is not owned by {ctx.user}: the daemon cannot read it",
-                           f"chown {ctx.user}: {path}")]
-    return [passed(name, ", ".join(p.name for p in files) + " are private (0600)")]
+        if owner is not None and path == identity_path(cfg) and st.st_uid != owner.pw_uid and not shared:
+            return [failed(name, f"{path} is not readable by {ctx.user}: the daemon cannot read it",
+                           "sudo hivemind-worker install (root owns it, the service group reads it)")]
+    return [passed(name, ", ".join(p.name for p in files) + " are private (root's or the service's)")]
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -115,7 +115,10 @@ def _open_nofollow(path: Path, name: str | None = None, dir_fd: int | None = Non
     try:
         return os.open(name if name is not None else path, flags, dir_fd=dir_fd)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        # O_DIRECTORY on a link to a directory fails with ENOTDIR, not ELOOP.
+        is_link = exc.errno == errno.ELOOP or (
+            exc.errno == errno.ENOTDIR and stat.S_ISLNK(os.lstat(name if name is not None else path, dir_fd=dir_fd).st_mode))
+        if is_link:
             raise HostError(f"{path} is a symbolic link; install changes owners and modes only of real files: "
                             f"remove the link (rm {path}), put the real {'directory' if directory else 'file'} "
                             "there, and run install again") from exc

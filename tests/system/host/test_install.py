@@ -36,7 +36,7 @@ def test_install_enable_sandbox_uninstall_purge(worker_machine):
     assert "created system user hivemind-worker" in first, first
     assert "enabled hivemind-worker.service" in first
     assert "docker" in m.exec("id", "-nG", "hivemind-worker").stdout.split()
-    assert _stat(m, "/etc/hivemind-worker") == "hivemind-worker:hivemind-worker 750"
+    assert _stat(m, "/etc/hivemind-worker") == "root:hivemind-worker 750"  # root-run commands trust it
     assert _stat(m, "/var/lib/hivemind-worker") == "hivemind-worker:hivemind-worker 750"
     unit = (m.root / "etc/systemd/system/hivemind-worker.service").read_text()
     assert unit == render_unit(Path(HW))
@@ -52,11 +52,11 @@ def test_install_enable_sandbox_uninstall_purge(worker_machine):
     assert m.exec("systemctl", "is-active", "hivemind-worker", check=False).stdout.strip() == "inactive"
     assert m.show("hivemind-worker", "ConditionResult") == "no"
 
-    # "Enrollment" as root, then the files handed to the service user.
+    # "Enrollment" as root, then the files shared (read-only) with the service group.
     m.exec(PY, "-c", "from pathlib import Path; from hivemind_worker.fsutil import atomic_write;"
-           "from hivemind_worker.hostsetup import chown_to_service_user;"
-           "p = Path('/etc/hivemind-worker/node.json'); atomic_write(p, '{}', 0o600); chown_to_service_user([p])")
-    assert _stat(m, "/etc/hivemind-worker/node.json") == "hivemind-worker:hivemind-worker 600"
+           "from hivemind_worker.hostsetup import share_with_service;"
+           "p = Path('/etc/hivemind-worker/node.json'); atomic_write(p, '{}', 0o600); share_with_service([p])")
+    assert _stat(m, "/etc/hivemind-worker/node.json") == "root:hivemind-worker 640"
 
     # The installed unit's sandbox still lets the service use Docker and its state dir.
     m.write("/usr/local/lib/notify_probe.py", PROBE)

@@ -49,7 +49,7 @@ def test_deb_install_doctor_remove_purge(boot, deb_package, dev_master):
         host.sh("test -x /opt/hivemind-worker/bin/python3 && hivemind-worker --version")
         assert host.sh("readlink -f /usr/bin/hivemind-worker").stdout.strip() == "/opt/hivemind-worker/bin/hivemind-worker"
         host.sh("getent passwd hivemind-worker && test -d /etc/hivemind-worker && test -d /var/lib/hivemind-worker")
-        assert host.sh("stat -c '%a %U' /etc/hivemind-worker").stdout.split() == ["750", "hivemind-worker"]
+        assert host.sh("stat -c '%a %U' /etc/hivemind-worker").stdout.split() == ["750", "root"]
         assert host.sh("systemctl is-enabled hivemind-worker").stdout.strip() == "enabled"
         assert host.sh("systemctl is-active hivemind-worker", check=False).stdout.strip() == "inactive"
 

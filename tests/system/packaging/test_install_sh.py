@@ -63,7 +63,7 @@ def test_install_sh_enrolls_and_is_idempotent(boot, wheelhouse, dev_master):
         assert host.sh("systemctl is-active hivemind-worker", check=False).stdout.strip() == "active", host.journal()
         assert host.sh("systemctl is-enabled hivemind-worker").stdout.strip() == "enabled"
         assert host.sh("readlink /usr/local/bin/hivemind-worker").stdout.strip() == "/opt/hivemind-worker/bin/hivemind-worker"
-        assert host.sh("stat -c '%a %U' /etc/hivemind-worker/node.json").stdout.split() == ["600", "hivemind-worker"]
+        assert host.sh("stat -c '%a %U' /etc/hivemind-worker/node.json").stdout.split() == ["640", "root"]
         try:
             rows = dev_master.wait_connected({name})
         except AssertionError as exc:
