@@ -66,6 +66,8 @@ class LocalTaskHost:
     async def emit_event(self, event: TaskEvent) -> None:
         self._check_online()
         self.events.append(event)
+        if self.auto_ack and self.manager is not None and event.seq:
+            await self.manager.ack_event(event.task_id, event.attempt, event.seq)
         await self._notify()
 
     async def emit_logs(self, task_id: str, lines: list[LogRecord]) -> None:

@@ -4,8 +4,8 @@
     | OOM_KILLED -> UPLOADING -> DONE
 
 Each step is written to the journal before it is acted on, then told to the host as
-a TaskEvent (best effort: the journal is the truth, the master sees the state again
-through the hello and resync). ``TaskRun.life()`` can start from any journaled state,
+a TaskEvent with a seq, journaled in the same transaction and resent by the outbox
+until the master acknowledges it (outbox.py). ``TaskRun.life()`` can start from any journaled state,
 which is how a restarted agent re-attaches to a running container or delivers a
 result it had not delivered. Whatever fails, the task ends with a status, an exit
 code and a reason, and its result (maybe only the exit record and logs) is uploaded.
@@ -54,6 +54,7 @@ class RunContext:
     release: Callable[[str], None]  # free a task's reserved resources (and GPUs)
     on_done: Callable[["TaskRun"], None]
     disk_usage: DiskUsage = field(default_factory=DiskUsage)  # every running task's, for the hard mark
+    events: Any = None  # tasks.outbox.EventOutbox: journaled events, sent until acknowledged
 
 
 def _ms(clock: Callable[[], float]) -> int:
@@ -92,21 +93,29 @@ class TaskRun:
         self.row = new.with_(acked_seq=max(new.acked_seq, self.row.acked_seq))
 
     async def _emit(self, status: TaskStatus, reason: str = "", exit_code: int = 0, detail: str = "") -> None:
+        """Progress only (seq 0, e.g. pull detail): best effort, never resent."""
         try:
             await self.ctx.host.emit_event(
-                TaskEvent(self.task_id, status, reason, exit_code, detail, _ms(self.ctx.clock))
+                TaskEvent(self.task_id, status, reason, exit_code, detail, _ms(self.ctx.clock), attempt=self.row.attempt)
             )
-        except Exception as exc:  # best effort: the journal is the truth
+        except Exception as exc:
             logger.info("event %s of %s not sent: %s", status.value, self.task_id, exc, extra=self._extra)
 
     async def _step(self, status: TaskStatus, reason: str = "", **changes: Any) -> None:
-        await self._record(status=status, reason=reason, **changes)
+        """A state change the master must learn: journaled with its event in one
+        transaction, then sent through the outbox (resent until acknowledged)."""
+        row = self.row.with_(status=status, reason=reason, **changes)
+        event = TaskEvent(self.task_id, status, reason, row.exit_code, "", _ms(self.ctx.clock))
+        new, event = await self.ctx.journal.put_with_event(row, event)
+        self.row = new.with_(acked_seq=max(new.acked_seq, self.row.acked_seq))
         # UPLOADING and DONE carry the outcome's reason along; it was logged with the outcome.
         said = f" ({reason})" if reason and status not in (TaskStatus.UPLOADING, TaskStatus.DONE) else ""
         logger.info("task %s %s%s", self.task_id, status.value, said, extra=self._extra)
-        await self._emit(status, reason, self.row.exit_code)
+        await self.ctx.events.publish(event)
 
     async def reemit(self) -> None:
+        """The current state again, as progress (a repeated assign); the outbox
+        already delivers every state change."""
         await self._emit(self.row.status, self.row.reason, self.row.exit_code)
 
     def open_spool(self) -> LogSpool:
