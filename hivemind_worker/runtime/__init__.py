@@ -10,15 +10,17 @@ API (stable; the task manager codes against exactly this)::
     ContainerSpec(task_id, node_id, image, command: tuple[str, ...], env: Mapping[str, str],
                   workspace: Path, cpu_millicores: int, memory_bytes: int, pids_limit: int,
                   gpu_device_ids: tuple[str, ...], network: NetworkPolicy,
-                  user="1000:1000", ca_bundle: Path | None = None, cpu_shares=1024,
-                  entrypoint="")        # entrypoint -> HIVEMIND_ENTRYPOINT for run_task.sh
+                  user="65100:65100", ca_bundle: Path | None = None, cpu_shares=1024,
+                  entrypoint="",        # entrypoint -> HIVEMIND_ENTRYPOINT for run_task.sh
+                  runtime="")           # OCI runtime (runsc) for networkless CPU tasks; "" = default
     ExitInfo(exit_code: int, oom_killed: bool)
     ContainerInfo(container_id, task_id, running: bool, exit_code: int | None, oom_killed: bool,
                   node_id="", image="", gpu_device_ids=(), started_at_ms=0)
     ContainerStats(cpu_percent, memory_bytes, read_bytes, write_bytes, memory_limit_bytes=0, pids=0)
 
     class DockerRuntime:
-        def __init__(self, client_factory=docker.from_env, gpu_inventory: GpuInventory | None = None)
+        def __init__(self, client_factory=docker.from_env, gpu_inventory: GpuInventory | None = None,
+                     egress: EgressPolicy | None = None)   # names of the bridge tasks' network
         async def version(self) -> str                       # RuntimeUnavailable with a fix line
         async def has_image(self, image: str) -> bool
         async def pull(self, image: str, progress: Callable[[str], None]) -> None
@@ -26,7 +28,9 @@ API (stable; the task manager codes against exactly this)::
             # TaskError (bad name, registry refused) / RuntimeUnavailable (no Docker)
         async def create(self, spec: ContainerSpec) -> str   # container id; chowns the workspace
             # to spec.user; TaskError if a container for the task already exists (name
-            # hivemind-task-<id>): reconcile with list_managed() + remove() first
+            # hivemind-task-<id>): reconcile with list_managed() + remove() first. A bridge
+            # task joins the egress network, whose firewall create() (re)installs first:
+            # TaskError (fail closed) when it cannot (see egress.py; needs root/CAP_NET_ADMIN)
         async def start(self, container_id: str) -> None     # TaskError (e.g. GPU driver missing);
             # the container then stays Created: remove() it
         def follow_logs(self, container_id: str, since_s: float | None = None)

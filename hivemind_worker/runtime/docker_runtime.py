@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import dataclasses
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ import docker
 
 from hivemind_worker.errors import TaskError, WorkerError
 from hivemind_worker.runtime import logstream
+from hivemind_worker.runtime.egress import EgressFirewall, EgressPolicy, ensure_network
 from hivemind_worker.runtime.gpu import GpuInventory, NvmlGpuInventory
 from hivemind_worker.runtime.images import ImageGc
 from hivemind_worker.runtime.spec import (
@@ -38,7 +40,7 @@ from hivemind_worker.runtime.spec import (
 )
 from hivemind_worker.runtime.stats import StatsReader
 from hivemind_worker.runtime.translate import is_conflict, is_not_found, translate
-from hivemind_worker.tasks.model import LogStream
+from hivemind_worker.tasks.model import LogStream, NetworkPolicy
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,8 +57,10 @@ class DockerRuntime:
         self,
         client_factory: Callable[[], docker.DockerClient] = default_client,
         gpu_inventory: GpuInventory | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self._client_factory = client_factory
+        self._egress = EgressFirewall(egress or EgressPolicy())
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._gpu_inventory = gpu_inventory
@@ -175,6 +179,9 @@ class DockerRuntime:
     # -- containers ------------------------------------------------------------
 
     async def create(self, spec: ContainerSpec) -> str:
+        bridge = spec.network is NetworkPolicy.BRIDGE
+        if bridge:
+            spec = dataclasses.replace(spec, egress_network=self._egress.policy.network)
         try:
             kwargs = create_kwargs(spec)
         except ValueError as exc:
@@ -182,6 +189,9 @@ class DockerRuntime:
 
         def run() -> str:
             _prepare_workspace(spec.workspace, spec.user)
+            if bridge:  # fail closed: no firewall, no container
+                ensure_network(self._docker(), self._egress.policy)
+                self._egress.ensure()
             try:
                 container = self._docker().containers.create(**kwargs)
             except docker.errors.APIError as exc:

@@ -4,20 +4,20 @@ codes, and requirements.txt (offline wheelhouse, failure, index over the bridge)
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
-import ipaddress
-import http.server
-import threading
+import uuid
 import zipfile
 from pathlib import Path
 
+import docker
 import pytest
 
-from hivemind_worker.runtime import EXIT_DEPS_FAILED, EXIT_NO_ENTRYPOINT
+from hivemind_worker.runtime import EXIT_DEPS_FAILED, EXIT_NO_ENTRYPOINT, DockerRuntime
+from hivemind_worker.runtime.egress import EgressFirewall, EgressPolicy
 from hivemind_worker.tasks.model import LogStream, NetworkPolicy
 
 from .conftest import run_to_end
+from .egress_world import PUBLIC_PEER, World
 
 pytestmark = pytest.mark.docker
 
@@ -107,27 +107,29 @@ async def test_requirements_are_skipped_without_network(runtime, make_spec, work
 
 @pytest.fixture
 def package_index(tmp_path: Path, docker_client):
-    """A PEP 503 index served on the Docker bridge's host address."""
-    ipam = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
-    # Older engines list only the subnet; the bridge then takes its first address.
-    gateway = ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
+    """A PEP 503 index on a "public" peer in a network namespace of the test's own
+    (egress_world.py): bridge tasks reach the internet, never the host."""
     root = tmp_path / "index"
     build_wheel(root / "simple" / "hmdemo", body="VALUE = 'from the index'\n")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    u = uuid.uuid4().hex[:6]
+    policy = EgressPolicy(network=f"hm-egt-{u}", bridge=f"hmegt{u}", chain=f"HM-EGT-{u}")
+    world = World(policy.bridge, http_dir=str(root)).open()
+    rt = DockerRuntime(client_factory=docker.from_env, egress=policy)
     try:
-        server = http.server.ThreadingHTTPServer((gateway, 0), handler)
-    except OSError as exc:
-        pytest.skip(f"needs the Docker bridge address {gateway} on this host ({exc})")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://{gateway}:{server.server_address[1]}/simple/", gateway
-    server.shutdown()
-    server.server_close()
+        yield f"http://{PUBLIC_PEER}:{world.http_port}/simple/", PUBLIC_PEER, rt
+    finally:
+        rt.close()
+        EgressFirewall(policy).remove()
+        for net in docker_client.networks.list(names=[policy.network]):
+            for c in docker_client.api.containers(all=True, filters={"network": net.id}):
+                docker_client.api.remove_container(c["Id"], force=True)
+            net.remove()
+        world.close()
 
 
-async def test_requirements_from_an_index_when_the_policy_allows_network(runtime, make_spec, workspace, package_index):
-    url, host = package_index
+@pytest.mark.root
+async def test_requirements_from_an_index_when_the_policy_allows_network(make_spec, workspace, package_index):
+    url, host, runtime = package_index
     (workspace / "requirements.txt").write_text("hmdemo==1.0\n")
     (workspace / "main.py").write_text("import hmdemo\nprint(hmdemo.VALUE)\n")
     spec = make_spec(network=NetworkPolicy.BRIDGE, env={"PIP_INDEX_URL": url, "PIP_TRUSTED_HOST": host})
