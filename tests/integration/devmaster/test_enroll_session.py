@@ -156,7 +156,7 @@ async def test_second_connect_replaces_the_first(master, make_node, db):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await asyncio.wait_for(first.read(), 5)
     assert err.value.code() == grpc.StatusCode.ABORTED
-    await asyncio.sleep(0.2)
+    await master.full_pass()
     [rec] = [r for r in registry.list_nodes(db) if r["node_id"] == node.node_id]
     assert rec["session_state"] == "connected"
     first.cancel()
