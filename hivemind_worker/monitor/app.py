@@ -3,7 +3,10 @@ updates as Server-Sent Events, /healthz and Prometheus /metrics.
 
 Read-only by construction: every route is GET (HEAD), nothing here holds a handle
 that could change the node - only the ``NodeView``. Every asset ships in the package
-(``static/``): the page works offline, no CDN.
+(``static/``): the page works offline, no CDN. Only requests naming an allowed host
+are answered (DNS rebinding: a web page whose name is re-pointed at 127.0.0.1 would
+otherwise read task logs through the visitor's browser), and live event streams
+are capped (each one polls the view every push interval).
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -30,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_LOG_LINES = 1000
+MAX_EVENT_SUBSCRIBERS = 16  # open monitor tabs; each costs a view poll per push interval
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 _SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
@@ -125,6 +131,22 @@ class _Events:
                 pass
 
 
+class _CountedStream(StreamingResponse):
+    """An event stream that gives its subscriber slot back however it ends (client
+    gone, server stopping): the slot is taken by the handler, returned here."""
+
+    def __init__(self, counter: list[int], content: AsyncIterator[str]) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        self.counter = counter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.counter[0] -= 1
+
+
 class _ReadOnlyHeaders:
     """Refuses anything but GET/HEAD and adds security headers (pure ASGI, so the
     event stream is not buffered as BaseHTTPMiddleware would)."""
@@ -150,9 +172,13 @@ class _ReadOnlyHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(view: NodeView, push_interval_s: float = 2.0) -> Starlette:
+def create_app(view: NodeView, push_interval_s: float = 2.0, allowed_hosts: Sequence[str] = (),
+               max_subscribers: int = MAX_EVENT_SUBSCRIBERS) -> Starlette:
+    """``allowed_hosts``: names the Host header may carry besides loopback (the
+    configured monitor_host, the node's own names and addresses)."""
     registry = build_registry(view)
     stop = asyncio.Event()
+    subscribers = [0]  # open event streams, counted by the streams themselves
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC_DIR / "monitor.html", media_type="text/html")
@@ -190,9 +216,14 @@ def create_app(view: NodeView, push_interval_s: float = 2.0) -> Starlette:
         return JSONResponse(view.earnings())
 
     async def api_events(request: Request) -> Response:
-        events = _Events(view, stop, push_interval_s)
-        return StreamingResponse(events.stream(), media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        if subscribers[0] >= max_subscribers:
+            return JSONResponse(
+                {"error": f"{max_subscribers} live views are open already, the most this node serves; "
+                          "close a monitor tab, or poll /api/status instead"},
+                status_code=503, headers={"retry-after": "10"},
+            )
+        subscribers[0] += 1  # taken before any await, so no two requests race past the cap
+        return _CountedStream(subscribers, _Events(view, stop, push_interval_s).stream())
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -221,7 +252,10 @@ def create_app(view: NodeView, push_interval_s: float = 2.0) -> Starlette:
         logger.warning("monitor: %s %s failed", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"error": "the node could not answer this request; see the agent's log"}, status_code=500)
 
+    hosts = sorted({*LOOPBACK_HOSTS, *(h.lower() for h in allowed_hosts if h)})
     app = Starlette(routes=routes, exception_handlers={Exception: on_error},
-                    middleware=[Middleware(_ReadOnlyHeaders)])
+                    middleware=[Middleware(_ReadOnlyHeaders),
+                                Middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)])
     app.state.stop = stop
+    app.state.subscribers = subscribers
     return app

@@ -10,8 +10,11 @@ node. Call on the event loop only.
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import asdict, is_dataclass
 from typing import Any, Awaitable, Callable, Iterable
+
+import psutil
 
 from hivemind_worker.config import Settings
 from hivemind_worker.monitor.app import create_app
@@ -98,10 +101,22 @@ def monitor_part(settings: Settings, view: NodeView) -> Callable[[asyncio.Event]
     if not settings.monitor_enabled:
         return None
     sock = bind(settings.monitor_host, settings.monitor_port)
-    app = create_app(view)
+    app = create_app(view, allowed_hosts=allowed_hosts(settings.monitor_host))
 
     async def run(should_exit: asyncio.Event) -> None:
         tls = (settings.monitor_tls_cert, settings.monitor_tls_key) if settings.monitor_tls_cert else None
         await serve(app, settings.monitor_host, settings.monitor_port, should_exit, sock=sock, tls=tls)
 
     return run
+
+
+def allowed_hosts(monitor_host: str) -> list[str]:
+    """Host headers the monitor answers besides loopback: monitor_host, and on a
+    wildcard bind this machine's name and addresses. An IP literal is never a
+    rebinding risk (a page cannot give its own origin someone else's address)."""
+    hosts = [monitor_host]
+    if monitor_host in ("0.0.0.0", "::", ""):
+        hosts = [socket.gethostname()]  # not getfqdn: that may wait on DNS
+        for addresses in psutil.net_if_addrs().values():
+            hosts += [a.address.split("%")[0] for a in addresses if a.family in (socket.AF_INET, socket.AF_INET6)]
+    return [f"[{h}]" if ":" in h else h for h in hosts if h]

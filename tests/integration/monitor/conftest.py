@@ -150,8 +150,8 @@ def fake_view(tmp_path):
 
 
 class LiveServer:
-    def __init__(self, view, push_interval_s: float = 0.3, tls=None) -> None:
-        self.app = create_app(view, push_interval_s=push_interval_s)
+    def __init__(self, view, push_interval_s: float = 0.3, tls=None, **app_options) -> None:
+        self.app = create_app(view, push_interval_s=push_interval_s, **app_options)
         self.sock = bind("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.tls = tls
