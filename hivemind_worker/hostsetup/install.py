@@ -139,7 +139,10 @@ def _set(fd: int, uid: int, gid: int, mode: int) -> bool:
 
 def _ensure_dir(path: Path, uid: int, gid: int, mode: int, report: InstallReport) -> None:
     existed = path.is_dir() or path.is_symlink()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # a dangling link or a file: the open below says which
     fd = _open_nofollow(path, directory=True)
     try:
         _set(fd, uid, gid, mode)

@@ -114,7 +114,8 @@ def parse_network(field: str, value: str) -> IpNetwork:
     try:
         return ipaddress.ip_network(text)  # strict: host bits set is a typo worth refusing
     except ValueError:
-        raise VpnError(f"{field}: {text!r} is not a network like 10.88.0.0/24 (no host bits set)") from None
+        raise VpnError(f"{field}: {text!r} is not an IP address or CIDR network like 10.88.0.0/24 "
+                       "(host bits clear)") from None
 
 
 def parse_ip(field: str, value: str) -> IpAddress:

@@ -54,7 +54,7 @@ HOSTILE = [
     ({"dns": ("1.1.1.1",) * 9}, "dns: 9 entries"),
     ({"dns": ("resolver.example",)}, "dns[0]: 'resolver.example' is not an IP address"),
     ({"address": "10.88.0.300/32"}, "address: '10.88.0.300/32' is not an IP address"),
-    ({"allowed_ips": ("10.88.0.1/24",)}, "not a network like 10.88.0.0/24"),
+    ({"allowed_ips": ("10.88.0.1/24",)}, "is not an IP address or CIDR network like 10.88.0.0/24"),
     ({"address": "", "server_public_key": ""}, "address, server_public_key missing"),
 ]
 
