@@ -76,13 +76,13 @@ async def enroll_node(settings: Settings, master: str, token: str, ca_hash: str 
             "pass --force to enroll again (the old identity is replaced)"
         )
     check_wg_config_path(settings)  # before the token is spent
+    policy = VpnPolicy.from_settings(settings)
     keys = generate_keypair()
     reply, ca_pem = await enroll_call(address, token.strip(), ca_hash, facts, keys.public_key, settings.max_message_bytes)
 
     # Judge everything the master sent before writing anything: a refused value
     # must not leave a half node behind.
     vpn = reply.vpn
-    policy = VpnPolicy.from_settings(settings)
     try:
         checked = check_assignment(vpn, policy, complete=bool(vpn.server_public_key))
         wg_conf = render_wg_conf(keys.private_key, vpn, policy) if vpn.server_public_key else None

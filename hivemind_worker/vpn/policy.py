@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from typing import Union
@@ -51,6 +52,15 @@ class VpnPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "VpnPolicy":
+        """The policy; as root, only from a config file no one but root can change
+        (enroll and up run as root and would otherwise widen it for whoever wrote it)."""
+        for key in ("vpn_allow_full_tunnel", "vpn_allow_dns", "vpn_subnet"):
+            origin = settings.where(key)
+            if os.geteuid() == 0 and origin != "default" and not origin.startswith("--") and not origin.isupper():
+                st = os.stat(origin)
+                if st.st_uid != 0 or st.st_mode & 0o022:
+                    raise VpnError(f"{origin} sets {key} but is owned by uid {st.st_uid} (mode {st.st_mode & 0o777:04o}); "
+                                   f"root trusts only its own files: run: chown root: {origin} && chmod go-w {origin}")
         subnet = ipaddress.ip_network(settings.vpn_subnet) if settings.vpn_subnet else None
         return cls(settings.vpn_allow_full_tunnel, settings.vpn_allow_dns, subnet)
 

@@ -191,3 +191,23 @@ def test_wireguard_config_path_from_a_file_the_service_user_owns(hostile_master,
     done = cli("enroll", "--master", hostile_master.address, "--token", "hmt_token", env=env)
     assert done.returncode == 0, done.stderr
     assert target.exists() and not (etc / "wg0.conf").exists()
+
+
+@pytest.mark.root
+def test_vpn_policy_only_from_a_file_root_owns(hostile_master, tmp_path):
+    """A worker.toml the service user could write cannot open the full tunnel for a root-run enroll."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chown)")
+    hostile_master.reply = pb.EnrollResponse(node_id="node-1", node_credential=CREDENTIAL,
+                                             vpn=good_vpn(allowed_ips=["0.0.0.0/0"]))
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    toml = etc / "worker.toml"
+    toml.write_text("vpn_allow_full_tunnel = true\n")
+    os.chown(toml, 65534, 65534)
+    env = {"HIVEMIND_CONFIG_DIR": str(etc), "HIVEMIND_STATE_DIR": str(tmp_path / "state"),
+           "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    done = cli("enroll", "--master", hostile_master.address, "--token", "hmt_token", env=env)
+    assert done.returncode != 0
+    assert f"{toml} sets vpn_allow_full_tunnel but is owned by uid 65534" in done.stderr, done.stderr
+    assert not hostile_master.requests and written(tmp_path) == ["etc/worker.toml"]
