@@ -175,18 +175,22 @@ def _split(field: str, value: str) -> tuple[str, ...]:
 def vpn_subnets(addresses: tuple[IpInterface, ...], allowed: tuple[IpNetwork, ...],
                 policy: VpnPolicy) -> tuple[IpNetwork, ...]:
     """The VPN subnet(s) routes must stay in: the operator's ``vpn_subnet``, else the
-    network of each node address; for a host address (/32, /128) the AllowedIPs
-    entry holding it, if not public and not wider than MIN_DERIVED_PREFIX."""
+    network of each node address, or for a host address (/32, /128) the AllowedIPs
+    entry holding it. A subnet the master so implies must not be public nor wider
+    than MIN_DERIVED_PREFIX; failing that, the node's own address is all it gets."""
     if policy.subnet is not None:
         return (policy.subnet,)
+
+    def plausible(net: IpNetwork) -> bool:
+        return net.prefixlen >= MIN_DERIVED_PREFIX[net.version] and not net.is_global
+
     subnets = []
     for iface in addresses:
         if iface.network.prefixlen < iface.max_prefixlen:
-            subnets.append(iface.network)
-            continue
-        holders = [n for n in allowed if n.version == iface.version and iface.ip in n
-                   and n.prefixlen >= MIN_DERIVED_PREFIX[n.version] and not n.is_global]
-        subnets.extend(holders[:1] or [iface.network])
+            candidates = [iface.network]
+        else:
+            candidates = [n for n in allowed if n.version == iface.version and iface.ip in n]
+        subnets.append(next((n for n in candidates if plausible(n)), ipaddress.ip_network(iface.ip)))
     return tuple(subnets)
 
 

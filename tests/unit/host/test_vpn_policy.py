@@ -46,6 +46,8 @@ HOSTILE = [
     ({"allowed_ips": ("10.88.0.0/24", "192.168.0.0/16")}, "192.168.0.0/16 reaches beyond the VPN subnet"),
     ({"allowed_ips": ("10.0.0.0/8",)}, "10.0.0.0/8 reaches beyond the VPN subnet"),  # wider than a derived subnet may be
     ({"allowed_ips": ("8.8.8.0/24",), "address": "8.8.8.2/32"}, "8.8.8.0/24 reaches beyond"),  # public: never derived
+    ({"allowed_ips": ("8.8.8.0/24",), "address": "8.8.8.2/24"}, "8.8.8.0/24 reaches beyond"),
+    ({"allowed_ips": ("10.0.0.0/8",), "address": "10.88.0.2/8"}, "10.0.0.0/8 reaches beyond"),
     ({"server_public_key": "AAAA"}, "server_public_key: not a base64 32-byte key"),
     ({"server_public_key": HUB.public_key + "\nPostUp = id"}, "server_public_key: contains the control"),
     ({"persistent_keepalive_s": 2**32 - 1}, "persistent_keepalive_s: 4294967295 is not 0-3600"),
