@@ -169,14 +169,15 @@ else
     trap 'rm -rf "$build"' EXIT
     tar -C "$SRC" --exclude=.git --exclude=.venv --exclude=build --exclude=dist \
         --exclude='*.egg-info' --exclude=__pycache__ --exclude=tests -cf - . | tar -C "$build" -xf -
-    "$VENV/bin/pip" install "${pip_args[@]}" "$build" \
-        || die "pip could not install the worker into $VENV; offline hosts: --wheelhouse DIR, behind a proxy: PIP_CERT=/etc/ssl/certs/ca-certificates.crt or PIP_INDEX_URL=..."
-    # The same version again (new sources): replace the worker itself, not its
-    # dependencies, which the line above brought up to date.
-    if [ "$have" = "$want" ]; then
-        "$VENV/bin/pip" install "${pip_args[@]}" --force-reinstall --no-deps "$build" \
-            || die "pip could not reinstall the worker into $VENV"
-    fi
+    # Dependencies: exactly the .deb's, hash-checked (pip as root runs no code it was
+    # not pinned to). Then the worker alone, built with the pinned setuptools/wheel
+    # already in the venv (no build isolation: nothing unpinned is fetched for it).
+    reqs="$SRC/packaging/debian/requirements.txt"
+    [ -r "$reqs" ] || die "$reqs is missing; run install.sh from the worker's source tree"
+    "$VENV/bin/pip" install "${pip_args[@]}" --require-hashes -r "$reqs" \
+        || die "pip could not install the pinned dependencies ($reqs, hash-checked; generated for amd64 and Python 3.11, regenerate with scripts/build-deb.sh --lock elsewhere) into $VENV; offline hosts: --wheelhouse DIR, behind a proxy: PIP_CERT=/etc/ssl/certs/ca-certificates.crt or PIP_INDEX_URL=..."
+    "$VENV/bin/pip" install "${pip_args[@]}" --no-deps --no-build-isolation --force-reinstall "$build" \
+        || die "pip could not install the worker into $VENV"
     change "installed hivemind-worker $want into $VENV${have:+ (was $have)}"
     restart=1
 fi
