@@ -7,7 +7,8 @@ priority order, to connected nodes with free capacity, and nothing more.
 
 Modules: ``layout`` (state directory), ``ca`` (CA and server certificate),
 ``db`` (schema), ``registry`` (tokens, nodes, credentials), ``taskdb`` (tasks,
-events, logs, results), ``service`` (the gRPC servicer), ``sessions`` (Connect
+events, logs, results), ``attempts`` (events applied once, deferrals, lost tasks run
+again, absent nodes), ``service`` (the gRPC servicer), ``sessions`` (Connect
 streams and assignment), ``server`` (lifecycle of `serve`), ``submit`` (queue a task
 and wait for it), ``hub`` (the optional WireGuard hub seam).
 

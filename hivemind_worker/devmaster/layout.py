@@ -9,6 +9,7 @@ else ``./dev-master-state``)::
     DIR/server.key          its key (0600); both re-issued by each `serve` start
     DIR/bundles/<task>.zip  bundles queued by `submit`
     DIR/results/<task>.tar.gz  complete result archives (``.part`` while uploading)
+    DIR/results/<task>.attempt-<n>.tar.gz  the archive of an earlier attempt that was lost
     DIR/master.json         written by `serve`: listen address, tls, pid, ca_hash
     DIR/serve.lock          flock held by the one `serve` of this directory
     DIR/wg-hub.key          with --wireguard: the hub's private key (0600), kept across restarts

@@ -17,6 +17,7 @@ Plain values in, plain values out: no protobuf, no policy (see ``attempts``).
 
 from __future__ import annotations
 
+import heapq
 import json
 import secrets
 import sqlite3
@@ -292,9 +293,12 @@ def _mark(conn: sqlite3.Connection, task_id: str) -> int:
 
 def _advance_mark(conn: sqlite3.Connection, task_id: str, dropped: set[int] = frozenset()) -> int:
     mark = seq = _mark(conn, task_id)
-    # Only the lines after the mark are read; seqs start at 1 and are unique.
-    later = {s for (s,) in conn.execute("SELECT seq FROM logs WHERE task_id=? AND seq>?", (task_id, mark))}
-    for s in sorted(later | {d for d in dropped if d > mark}):
+    # Only the lines after the mark are read, lazily up to the first gap: O(batch).
+    stored = (s for (s,) in conn.execute("SELECT seq FROM logs WHERE task_id=? AND seq>? ORDER BY seq",
+                                          (task_id, mark)))
+    for s in heapq.merge(stored, sorted(d for d in dropped if d > mark)):
+        if s == seq:  # a line stored earlier past a gap, resent and dropped now
+            continue
         if s != seq + 1:
             break
         seq = s
