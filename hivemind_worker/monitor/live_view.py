@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import socket
 from dataclasses import asdict, is_dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
 import psutil
+from cryptography import x509
 
 from hivemind_worker.config import Settings
 from hivemind_worker.monitor.app import create_app
@@ -101,7 +103,7 @@ def monitor_part(settings: Settings, view: NodeView) -> Callable[[asyncio.Event]
     if not settings.monitor_enabled:
         return None
     sock = bind(settings.monitor_host, settings.monitor_port)
-    app = create_app(view, allowed_hosts=allowed_hosts(settings.monitor_host))
+    app = create_app(view, allowed_hosts=allowed_hosts(settings.monitor_host, settings.monitor_tls_cert))
 
     async def run(should_exit: asyncio.Event) -> None:
         tls = (settings.monitor_tls_cert, settings.monitor_tls_key) if settings.monitor_tls_cert else None
@@ -110,13 +112,28 @@ def monitor_part(settings: Settings, view: NodeView) -> Callable[[asyncio.Event]
     return run
 
 
-def allowed_hosts(monitor_host: str) -> list[str]:
-    """Host headers the monitor answers besides loopback: monitor_host, and on a
-    wildcard bind this machine's name and addresses. An IP literal is never a
-    rebinding risk (a page cannot give its own origin someone else's address)."""
+def allowed_hosts(monitor_host: str, tls_cert: Path | None = None) -> list[str]:
+    """Host headers the monitor answers besides loopback: monitor_host, the names
+    the operator's TLS certificate is for, and on a wildcard bind this machine's
+    name and addresses. An IP literal is never a rebinding risk (a page cannot give
+    its own origin someone else's address)."""
     hosts = [monitor_host]
     if monitor_host in ("0.0.0.0", "::", ""):
         hosts = [socket.gethostname()]  # not getfqdn: that may wait on DNS
         for addresses in psutil.net_if_addrs().values():
             hosts += [a.address.split("%")[0] for a in addresses if a.family in (socket.AF_INET, socket.AF_INET6)]
+    hosts += _certificate_names(tls_cert)
     return [f"[{h}]" if ":" in h else h for h in hosts if h]
+
+
+def _certificate_names(path: Path | None) -> list[str]:
+    """The DNS names and IPs of a PEM certificate (wildcards kept: ``*.example.com``);
+    [] when there is none or it cannot be read (serve() then says why)."""
+    if path is None:
+        return []
+    try:
+        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return []
+    return [*names.get_values_for_type(x509.DNSName), *(str(ip) for ip in names.get_values_for_type(x509.IPAddress))]

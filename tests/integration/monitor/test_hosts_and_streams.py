@@ -70,3 +70,42 @@ def test_a_wildcard_monitor_answers_the_machines_own_names_and_addresses():
     hosts = allowed_hosts("0.0.0.0")
     assert socket.gethostname() in hosts and "127.0.0.1" in hosts and "0.0.0.0" not in hosts
     assert allowed_hosts("::1") == ["[::1]"] and allowed_hosts("node.example") == ["node.example"]
+
+
+def certificate(tmp_path, *dns: str) -> tuple:
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "monitor")])
+    now = dt.datetime.now(dt.timezone.utc)
+    sans = [*(x509.DNSName(d) for d in dns), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(sans), False).sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "monitor.pem", tmp_path / "monitor.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_a_tls_monitor_answers_the_names_its_certificate_is_for(fake_view, tmp_path):
+    cert, key = certificate(tmp_path, "node.example.test", "*.fleet.example.test")
+    hosts = allowed_hosts("0.0.0.0", cert)
+    assert {"node.example.test", "*.fleet.example.test", "127.0.0.1"} <= set(hosts)
+    assert allowed_hosts("127.0.0.1", tmp_path / "missing.pem") == ["127.0.0.1"]
+    server = LiveServer(fake_view, tls=(cert, key), allowed_hosts=hosts).start()
+    try:
+        def status(host: str) -> int:
+            return httpx.get(server.url + "/api/tasks", headers={"host": host}, verify=server.verify, timeout=5).status_code
+
+        assert status("node.example.test:5001") == 200 and status("n1.fleet.example.test") == 200
+        assert status("evil.example:5001") == 400 and status("fleet.example.test.evil.example") == 400
+    finally:
+        server.stop()
