@@ -47,7 +47,7 @@ class _Budget:
     def charge(self, arcname: str, size: int) -> None:
         if self.used + size > self.max:
             raise ResultError(
-                f"{arcname} is {size} bytes (by its size; a sparse file counts whole): the result would "
+                f"{arcname!r} is {size} bytes (by its size; a sparse file counts whole): the result would "
                 f"read more than the limit of {self.max} uncompressed bytes; write less to the output "
                 "directory or raise result_max_bytes"
             )

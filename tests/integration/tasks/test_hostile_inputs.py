@@ -48,7 +48,7 @@ async def test_a_sparse_4_tib_output_file_fails_the_result_fast(tmp_path, settin
     seconds, peak = await run_one(settings, docker_runtime, host, node_id, request)
     final = host.final_event("t-sparse")
     assert final.status is TaskStatus.FAILED, final
-    assert "result not delivered: output/x is 4398046511104 bytes" in final.reason
+    assert "result not delivered: 'output/x' is 4398046511104 bytes" in final.reason
     with tarfile.open(host.results["t-sparse"]) as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
     assert sorted(files) == ["exit.json", "logs.txt"] and b"made a 4 TiB file" in files["logs.txt"]
