@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
     docker.io iptables ca-certificates                 # the Docker engine
+    runsc                                              # gVisor, on a private engine (test_gvisor.py)
     wireguard-tools wireguard-go iproute2              # real tunnels between namespaces
     debootstrap systemd-container                      # root file systems, booted systemd
     prometheus                                         # promtool

@@ -38,6 +38,8 @@ DEFAULT_TASK_USER = "65100:65100"
 # no host); never Docker's default bridge, which reaches all of them.
 EGRESS_NETWORK = "hivemind-egress"
 
+SANDBOX_PIDS_HEADROOM = 128  # see create_kwargs
+
 LOG_MAX_SIZE = "100m"  # Docker's own log file per container, rotated: bounded disk
 LOG_MAX_FILES = "3"
 TMPFS_MAX_BYTES = 512 * 1024**2
@@ -169,6 +171,9 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         # Only networkless CPU tasks: Debian's gVisor cannot join a bridge network on
         # these hosts, nor pass GPUs through; those run under the engine's default.
         kwargs["runtime"] = spec.runtime
+        # gVisor's own threads (~55 idle) live in the task's pids cgroup: without room
+        # for them a task under it dies at its first fork (measured: pids 64 -> exit 2).
+        kwargs["pids_limit"] = spec.pids_limit + SANDBOX_PIDS_HEADROOM
     if spec.cpu_millicores:
         kwargs["nano_cpus"] = spec.cpu_millicores * 1_000_000
     if spec.memory_bytes:

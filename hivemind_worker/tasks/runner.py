@@ -254,6 +254,7 @@ class TaskRun:
             ca_bundle=s.container_ca_bundle,
             cpu_shares=self.cpu_shares,
             entrypoint=req.entrypoint,
+            runtime=s.task_runtime,
         )
         cid = await rt.create(spec)
         await self._record(container_id=cid)

@@ -61,7 +61,8 @@ def test_bridge_tasks_join_the_egress_network_never_dockers_bridge():
 
 def test_the_task_runtime_applies_to_networkless_cpu_tasks_only():
     assert "runtime" not in create_kwargs(spec())
-    assert create_kwargs(spec(runtime="runsc"))["runtime"] == "runsc"
+    kw = create_kwargs(spec(runtime="runsc"))
+    assert kw["runtime"] == "runsc" and kw["pids_limit"] == 128 + 128  # room for gVisor's own threads
     assert "runtime" not in create_kwargs(spec(runtime="runsc", network=NetworkPolicy.BRIDGE))
     assert "runtime" not in create_kwargs(spec(runtime="runsc", gpu_device_ids=("0",)))
 

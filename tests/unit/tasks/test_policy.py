@@ -4,6 +4,7 @@ host account."""
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import pwd
 from pathlib import Path
@@ -16,7 +17,7 @@ from hivemind_worker.tasks import policy
 from hivemind_worker.tasks.localhost import LocalTaskHost
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import NetworkPolicy, Resources, TaskRequest, TaskStatus
-from tests.unit.tasks.fakes import CAPACITY, FakeRuntime
+from tests.unit.tasks.fakes import CAPACITY, FakeRuntime, Script
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -141,5 +142,25 @@ async def test_the_manager_rejects_with_the_policy_reason(tmp_path: Path):
         event = host.final_event("t-net")
         assert event.status is TaskStatus.REJECTED and "task_networks" in event.reason
         assert runtime.containers == {} and not (settings.state_dir / "tasks" / "t-net").exists()
+    finally:
+        await m.close()
+
+
+async def test_the_task_runtime_setting_reaches_the_container_spec(tmp_path: Path):
+    settings = Settings(state_dir=tmp_path / "state", config_dir=tmp_path / "etc", task_runtime="runsc")
+    runtime, host = FakeRuntime(), LocalTaskHost(tmp_path / "results")
+    runtime.scripts["t-rt"] = Script(hang=True)
+    m = TaskManager(settings, runtime, host, "node-1", capacity=CAPACITY, sampler=None)
+    host.manager = m
+    await m.start()
+    try:
+        await m.assign(TaskRequest("t-rt", resources=Resources(1000, 2**28)))
+        for _ in range(500):
+            if runtime.containers:
+                break
+            await asyncio.sleep(0.01)
+        assert runtime.by_task("t-rt").spec.runtime == "runsc"
+        assert runtime.by_task("t-rt").spec.user == "65100:65100"
+        await m.cancel("t-rt", "test over")
     finally:
         await m.close()
