@@ -18,6 +18,7 @@ from hivemind_worker.identity import NodeIdentity, load_ca, load_identity
 from hivemind_worker.monitor.live_view import LiveNodeView, monitor_part
 from hivemind_worker.runtime import DockerRuntime, GpuAllocator
 from hivemind_worker.systemd.notify import SystemdNotifier
+from hivemind_worker.tasks.disk import disk_gate
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.telemetry.service import TelemetryService
 
@@ -67,7 +68,7 @@ async def build_agent(settings: Settings, reload: Callable[[], Settings] | None 
     else:
         logger.info("Docker %s, %d GPU(s)", docker["version"], gpus.total, extra=extra)
         tasks = TaskManager(settings, runtime, agent.router, identity.node_id,
-                            capacity=node_capacity(settings, gpus.total), gpus=gpus)
+                            capacity=node_capacity(settings, gpus.total), gpus=gpus, disk_gate=disk_gate(settings))
         agent.attach_tasks(tasks)
 
     status = AgentStatus(agent, docker, lambda: telemetry.reports)

@@ -12,14 +12,14 @@ import logging
 import threading
 
 from hivemind_worker.config import Settings
-from hivemind_worker.doctor import docker_gpu, isolation, local, network
+from hivemind_worker.doctor import docker_gpu, engine, isolation, local, network
 from hivemind_worker.doctor.model import Check, CheckResult, DoctorContext, failed
 
 logger = logging.getLogger(__name__)
 
 CHECKS: tuple[Check, ...] = (
     local.CONFIG, local.ENROLLED, local.CREDENTIALS,
-    docker_gpu.DOCKER, docker_gpu.DOCKER_USER, local.DISK, docker_gpu.NVML, docker_gpu.NVIDIA_RUNTIME,
+    docker_gpu.DOCKER, docker_gpu.DOCKER_USER, engine.LIVE_RESTORE, local.DISK, docker_gpu.NVML, docker_gpu.NVIDIA_RUNTIME,
     network.WG_TOOLS, network.WG_IMPL, network.WG_CONF, network.WG_INTERFACE, network.MASTER,
     local.UNIT, local.MONITOR_PORT,
     isolation.TASK_USER, isolation.RUNTIME, isolation.EGRESS,

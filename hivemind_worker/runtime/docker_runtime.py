@@ -225,9 +225,16 @@ class DockerRuntime:
 
     async def wait(self, container_id: str) -> ExitInfo:
         def run() -> ExitInfo:
-            api = self._docker().api
-            api.wait(container_id, timeout=None)  # no read timeout: tasks run for hours
-            state = api.inspect_container(container_id)["State"]
+            self._docker().api.wait(container_id, timeout=None)  # no read timeout: tasks run for hours
+            # Over a NEW connection: a shutting-down engine closes its socket before it
+            # stops the containers, so this fails (RuntimeUnavailable: the engine went
+            # away, the caller tells a restart from the task's own exit) where a pooled
+            # keep-alive connection would still be answered.
+            fresh = self._client_factory()
+            try:
+                state = fresh.api.inspect_container(container_id)["State"]
+            finally:
+                fresh.close()
             return ExitInfo(exit_code=int(state.get("ExitCode", -1)), oom_killed=bool(state.get("OOMKilled")))
 
         return await self._call_long(f"wait for container {container_id[:12]}", run)

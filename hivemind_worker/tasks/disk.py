@@ -3,8 +3,9 @@
 Three promises, one module:
 
 - ``disk_gate(settings)``: the TaskManager's admission check. Below
-  ``disk_min_free_bytes`` free on the state file system it says why (the node then
-  defers every task: "not now"), else "". One statvfs per call.
+  ``disk_min_free_bytes`` free on the state file system it says how much is free
+  (the node then defers every task: "node low on disk (...)"), else "". One statvfs
+  per call.
 - ``DiskWatch``: one per running task, ticking every CHECK_S in a thread. It measures
   the task's directory (workspace, output, spool, archive) by allocated blocks
   (``st_blocks``, not apparent size: a sparse file costs what it occupies), at most
@@ -106,10 +107,10 @@ def disk_gate(settings: Settings) -> Callable[[], str]:
         try:
             free = free_bytes(_nearest(where))
         except OSError as exc:
-            return f"node disk unreadable ({where}: {exc.strerror}); check the state directory's file system"
+            return f"cannot tell: {where}: {exc.strerror}; check the state directory's file system"
         if free < settings.disk_min_free_bytes:
-            return (f"node disk low: {mib(free)} free on {where} (below disk_min_free_bytes, "
-                    f"{mib(settings.disk_min_free_bytes)}); free space there or wait for running tasks")
+            return (f"{mib(free)} free on {where}, below disk_min_free_bytes of "
+                    f"{mib(settings.disk_min_free_bytes)}; free space there or wait for running tasks")
         return ""
 
     return gate

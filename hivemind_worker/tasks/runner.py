@@ -333,6 +333,10 @@ class TaskRun:
     async def _logs_delivered(self) -> None:
         """The spool goes with DONE: first let the master acknowledge every line. A
         master silent for LOG_ACK_GRACE_S has what it needs: the lines are in the result."""
+        if self.sender is not None and not self.sender.online:
+            # A send failed (e.g. its ack hit a full journal), yet the result just went
+            # through: the session is up, so resend what is not acknowledged.
+            self.sender.resync()
         if self.sender is not None and not await self.sender.drained(self.ctx.clock, LOG_ACK_GRACE_S):
             logger.warning(
                 "task %s: master acknowledged log lines up to %d of %d; the rest are in the result",

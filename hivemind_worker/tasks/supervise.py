@@ -32,6 +32,9 @@ LOG_DRAIN_S = 30.0  # how long to wait for the last log lines after the containe
 ENGINE_POLL_S = 1.0  # while the engine is away: ask again after this (doubling, up to 5 s)
 ENGINE_STOP_CODES = (143, 137)  # what a container stopped by a shutting-down engine exits with
 DISK_KILLS = ("disk limit", "node disk full")
+VANISH_GRACE_S = 1.0  # a container killed by someone else: time for `docker rm -f` to finish
+VANISHED = ("lost: the task's container vanished (removed outside the agent, or with the Docker "
+            "engine's state); not the task's fault")
 
 
 async def watch(run: Any, container: ContainerInfo | None) -> None:
@@ -60,10 +63,22 @@ async def watch(run: Any, container: ContainerInfo | None) -> None:
             elif (found := await rt.inspect(cid)) is not None:
                 raise  # not the engine, and the container is there: life() retries the step
             if found is None:
-                await run._finish(TaskStatus.LOST, -1, "lost: the task's container vanished (removed outside "
-                                  "the agent, or with the Docker engine's state); not the task's fault")
+                await run._finish(TaskStatus.LOST, -1, VANISHED)
                 return
     code, oom = exit_info.exit_code or 0, bool(exit_info.oom_killed)
+    if not engine_lost and not oom and code in ENGINE_STOP_CODES and not run.row.kill_reason:
+        # Killed, not by us: a task that signals itself, `docker kill`, `docker rm -f`
+        # (the container is gone a moment later) or an engine going away.
+        await asyncio.sleep(VANISH_GRACE_S)
+        try:
+            if await rt.inspect(cid) is None:
+                await run._finish(TaskStatus.LOST, -1, VANISHED)
+                return
+        except RuntimeUnavailable:
+            engine_lost = True
+            if await _engine_back(run) is None:
+                await run._finish(TaskStatus.LOST, -1, VANISHED)
+                return
     if engine_lost and not oom and code in ENGINE_STOP_CODES and not run.row.kill_reason:
         status, reason = TaskStatus.LOST, (f"lost: the Docker engine restarted and stopped the container "
                                            f"(exit code {code}); not the task's fault")

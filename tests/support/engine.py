@@ -16,7 +16,7 @@ without touching the shared dockerd that every other test uses.
         config       a dict written as daemon.json and passed with --config-file
     engine.host  "unix:///run/hm-engine-<n>/docker.sock";  engine.log  its dockerd log
 
-The engine runs with its own --data-root, --exec-root, --pidfile, its own supervised
+The engine runs with its own --data-root (a tmpfs), --exec-root, --pidfile, its own supervised
 containerd, and --iptables=false --bridge=none: it creates no network, so task
 containers on it must use network "none". stop() (also at exit of the with block)
 removes every container, stops dockerd and its containerd, unmounts what is left
@@ -39,6 +39,7 @@ from typing import Any
 
 CACHE = Path("/var/cache/hivemind-worker")
 START_TIMEOUT_S = 60.0
+DATA_ROOT_SIZE = "2g"  # tmpfs: the task image (~150 MB) and the containers' writable layers
 STOP_TIMEOUT_S = 60.0  # dockerd stops each container with its 10 s grace first
 
 
@@ -74,6 +75,12 @@ class Engine:
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> "Engine":
+        if not os.path.ismount(self.data_root):
+            # On a tmpfs: loading the image is quick and deleting it is an unmount
+            # (an rm -rf of overlay2 layers on a busy disk takes seconds).
+            self.data_root.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DATA_ROOT_SIZE}", "tmpfs", str(self.data_root)],
+                           check=True, timeout=30)
         args = [
             "dockerd", "--host", self.host, "--data-root", str(self.data_root),
             "--exec-root", str(self.exec_root), "--pidfile", str(self.pidfile),
@@ -122,13 +129,13 @@ class Engine:
     def close(self) -> None:
         """Stop everything this engine started and delete its state."""
         try:
-            if self.proc is None and self.run_dir.exists():
-                self.start()  # containers left by a live-restore stop: let dockerd remove them
+            if self.proc is None and self.live_restore and self.run_dir.exists():
+                self.start()  # containers a live-restore stop left running: let dockerd remove them
             self.stop(remove_containers=True)
         except Exception:
             pass
         self._kill_containerd()
-        self._unmount_below(self.data_root, self.exec_root)
+        self._unmount_below(self.data_root, self.exec_root)  # the tmpfs data root too
         shutil.rmtree(self.data_root, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
