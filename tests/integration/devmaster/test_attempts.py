@@ -241,3 +241,18 @@ async def test_a_task_that_had_exited_keeps_its_exit_code_when_its_node_vanishes
     assert (outcome.outcome, outcome.exit_code, outcome.result_path) == ("exited", 3, None)
     row = taskdb.get_task(db, task_id)
     assert row["attempt"] == 1 and "absent for" in row["reason"]
+
+
+async def test_a_lost_task_cancelled_before_its_retry_is_not_run_again(master, make_node, db, tmp_path):
+    node = await make_node()
+    task_id = queue(master)
+    await node.recv_kind("assign")
+    await node.event_acked(task_id, S.TASK_STATE_LOST, 1, attempt=1, reason="docker engine restarted")
+    assert taskdb.get_task(db, task_id)["retry_pending"] == 1
+    assert taskdb.request_cancel(db, task_id) == "requested"  # what `dev-master cancel` does
+    await settle_on_node(node, task_id, 1, 2)
+    await master.full_pass()
+    row = taskdb.get_task(db, task_id)
+    assert (row["attempt"], row["state"], row["outcome"], row["retry_pending"]) == (1, "done", "lost", 0)
+    outcome = await asyncio.to_thread(submit_core.wait, master.state, task_id, tmp_path / "out", poll_s=0.05)
+    assert outcome.exit_code == 7 and "not run again: cancelled" in outcome.message

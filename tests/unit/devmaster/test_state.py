@@ -223,3 +223,16 @@ def test_log_limits_cut_lines_and_drop_the_rest_but_acknowledge_them(conn):
     rows = taskdb.logs_after(conn, task_id, 0)
     assert [(r["seq"], r["stream"]) for r in rows] == [(1, "stdout"), (2, "stdout"), (3, "system")]
     assert rows[0]["text"].startswith("a" * 10 + " [line cut")
+
+
+def test_wait_never_hangs_on_a_task_done_without_an_outcome(tmp_path):
+    from hivemind_worker.devmaster import submit as core
+
+    state = StateDir(tmp_path / "m").create()
+    c = open_db(state.db)
+    task_id = core.submit(state, SubmitRequest(bundle=b"", spec={}))
+    taskdb.assign(c, task_id, "node-1")
+    taskdb.record_event(c, "node-1", task_id, "done", "already delivered")  # the exit record never arrived
+    c.close()
+    outcome = core.wait(state, task_id, tmp_path / "out", poll_s=0.02)
+    assert outcome.exit_code == 7 and "outcome never reached the master" in outcome.message
