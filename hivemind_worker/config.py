@@ -47,6 +47,10 @@ class Settings:
     reconnect_max_s: float = 60.0
     max_message_bytes: int = 4 * 1024 * 1024
     drain_timeout_s: float = 60.0
+    # SIGTERM (systemctl stop/restart, upgrades): "handoff" leaves running tasks'
+    # containers to the next agent, which re-attaches; "drain" lets them finish for up
+    # to drain_timeout_s, then cancels them. SIGINT always drains (package removal).
+    stop_mode: str = "handoff"
 
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | json | text
@@ -156,6 +160,8 @@ def _validate(s: Settings) -> None:
         raise bad("reconnect_max_s", "backoff needs 0 < reconnect_initial_s <= reconnect_max_s")
     if s.log_level not in LOG_LEVELS:
         raise bad("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if s.stop_mode not in ("handoff", "drain"):
+        raise bad("stop_mode", 'must be "handoff" (tasks keep running for the next agent) or "drain"')
     if s.log_format not in ("auto", "json", "text"):
         raise bad("log_format", "must be auto, json or text")
     if not 0 < s.monitor_port < 65536:

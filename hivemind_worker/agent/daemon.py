@@ -1,8 +1,10 @@
 """The daemon's lifecycle, after uvicorn's Server: startup() -> main_loop() -> shutdown(),
 driven by ``should_exit``; signal handlers only set flags.
 
-SIGTERM/SIGINT drain (no new tasks, running ones finish or are cancelled at the
-deadline, the master is told) and exit cleanly; SIGHUP reloads what can change at
+SIGINT, and SIGTERM under stop_mode "drain", drain (no new tasks, running ones finish
+or are cancelled at the deadline, the master is told) and exit cleanly; SIGTERM under
+stop_mode "handoff" (the default) exits at once and leaves running containers to the
+next agent; SIGHUP reloads what can change at
 run time; SIGUSR1 / SIGUSR2 drain without exiting / resume (`hivemind-worker drain`). The watchdog is pinged from the event loop only while the loop and every
 subsystem are healthy, so a wedged loop or a dead subsystem gets us restarted.
 """
@@ -56,6 +58,9 @@ class Agent:
         self.parts = parts
         self.should_exit = asyncio.Event()
         self.force_exit = False
+        # SIGTERM under stop_mode "handoff" (restarts, upgrades): the containers keep
+        # running and the next agent re-attaches to them, as after a crash.
+        self.handoff = False
         self.reload_requested = False
         self.router = Router(identity.node_id, identity.credential, settings.max_message_bytes,
                              settings.max_concurrent_tasks)
@@ -121,11 +126,16 @@ class Agent:
                 last_status = status
 
     async def shutdown(self) -> None:
-        self.parts.notifier.stopping("Draining: no new tasks")
-        logger.info("draining (deadline %.0f s)", self.settings.drain_timeout_s, extra=self._log_extra)
+        if self.handoff:
+            self.parts.notifier.stopping("Handing off: running tasks keep running for the next agent")
+            logger.info("stopping; running tasks keep running for the next agent (stop_mode handoff)",
+                        extra=self._log_extra)
+        else:
+            self.parts.notifier.stopping("Draining: no new tasks")
+            logger.info("draining (deadline %.0f s)", self.settings.drain_timeout_s, extra=self._log_extra)
         self.router.draining = True
         self.router.send(pb.WorkerMessage(drain=pb.Drain(draining=True, reason="node is shutting down")))
-        if self.parts.tasks is not None and not self.force_exit:
+        if self.parts.tasks is not None and not self.force_exit and not self.handoff:
             try:
                 await asyncio.wait_for(self.parts.tasks.drain(self.settings.drain_timeout_s), self.settings.drain_timeout_s + 10)
             except asyncio.TimeoutError:
@@ -215,6 +225,8 @@ class Agent:
     def _handle_exit(self, sig: int) -> None:
         if self.should_exit.is_set():
             self.force_exit = True  # a second signal skips the drain
+        else:  # SIGINT (Ctrl-C, the package's removal) always drains
+            self.handoff = sig == signal.SIGTERM and self.settings.stop_mode == "handoff"
         self.should_exit.set()
 
     def _handle_reload(self) -> None:
