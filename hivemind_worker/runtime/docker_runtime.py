@@ -37,6 +37,8 @@ from hivemind_worker.runtime.spec import (
     ContainerStats,
     ExitInfo,
     create_kwargs,
+    host_user,
+    userns_base,
 )
 from hivemind_worker.runtime.stats import StatsReader
 from hivemind_worker.runtime.translate import is_conflict, is_not_found, translate
@@ -61,6 +63,7 @@ class DockerRuntime:
     ) -> None:
         self._client_factory = client_factory
         self._egress = EgressFirewall(egress or EgressPolicy())
+        self._remap: int | None = None  # userns-remap's first host id; 0 = no remapping
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._gpu_inventory = gpu_inventory
@@ -176,6 +179,12 @@ class DockerRuntime:
             lambda: self._images.collect(self._docker(), in_use, keep, high_percent, low_percent, refs),
         )
 
+    def _userns_base(self) -> int:
+        """Under userns-remap, where the engine maps container id 0 on the host (blocking)."""
+        if self._remap is None:
+            self._remap = userns_base(self._docker().info())
+        return self._remap
+
     # -- containers ------------------------------------------------------------
 
     async def create(self, spec: ContainerSpec) -> str:
@@ -188,7 +197,7 @@ class DockerRuntime:
             raise TaskError(f"cannot create a container for task {spec.task_id}: {exc}") from exc
 
         def run() -> str:
-            _prepare_workspace(spec.workspace, spec.user)
+            _prepare_workspace(spec.workspace, host_user(spec.user, self._userns_base()))
             if bridge:  # fail closed: no firewall, no container
                 ensure_network(self._docker(), self._egress.policy)
                 self._egress.ensure()

@@ -127,6 +127,23 @@ def container_env(spec: ContainerSpec) -> dict[str, str]:
     return env
 
 
+def userns_base(info: dict[str, Any]) -> int:
+    """0, or under userns-remap the host id of container id 0: Docker then keeps its
+    state in <data-root>/<uid>.<gid>, and `docker info` shows that directory."""
+    if "name=userns" not in " ".join(info.get("SecurityOptions") or []):
+        return 0
+    uid, _, _ = Path(info.get("DockerRootDir", "")).name.partition(".")
+    return int(uid) if uid.isdigit() else 0
+
+
+def host_user(user: str, base: int) -> str:
+    """The task user as the host sees it (the workspace must be that id's)."""
+    uid, _, gid = user.partition(":")
+    if not base or not uid.isdigit():
+        return user
+    return f"{int(uid) + base}:{int(gid or uid) + base}"
+
+
 def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     """Keyword arguments for ``docker.DockerClient.containers.create``."""
     if not spec.workspace.is_absolute():

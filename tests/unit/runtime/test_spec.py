@@ -91,3 +91,14 @@ def test_relative_workspace_is_refused():
 
 def test_container_name_is_valid():
     assert container_name("a/b c:d") == "hivemind-task-a-b-c-d"
+
+
+def test_userns_remap_moves_the_workspace_owner_to_the_subordinate_id():
+    from hivemind_worker.runtime.spec import host_user, userns_base
+
+    plain = {"SecurityOptions": ["name=seccomp,profile=default"], "DockerRootDir": "/var/lib/docker"}
+    remapped = {"SecurityOptions": ["name=seccomp,profile=default", "name=userns"],
+                "DockerRootDir": "/var/lib/docker/165536.165536"}
+    assert userns_base(plain) == 0 and userns_base(remapped) == 165536
+    assert host_user("65100:65100", 0) == "65100:65100"
+    assert host_user("65100:65100", 165536) == "230636:230636"
