@@ -29,12 +29,12 @@ from pathlib import Path
 
 from hivemind_worker.address import parse_master_address
 from hivemind_worker.agent.facts import gather_facts
-from hivemind_worker.agent.report import report_from_sample
 from hivemind_worker.config import load_settings
 from hivemind_worker.control.channel import open_channel
 from hivemind_worker.control.enroll import enroll
 from hivemind_worker.control.session import ControlSession
-from hivemind_worker.proto import worker_pb2 as pb
+from hivemind_worker.control.messages import NodeHello
+from hivemind_worker.tasks.model import Resources
 from hivemind_worker.telemetry.service import TelemetryService
 from hivemind_worker.vpn.keys import generate_keypair
 
@@ -83,7 +83,7 @@ class BenchHandler:
         self.node_id = node_id
 
     def hello(self):
-        return pb.Hello(node_id=self.node_id, agent_version="bench")
+        return NodeHello(node_id=self.node_id, agent_version="bench", capacity=Resources(), free=Resources())
 
     async def on_connected(self, welcome):
         pass
@@ -133,8 +133,7 @@ async def run_case(master_port: int, state: Path, nodes: int, seconds: float, in
         tick = time.monotonic()
         for session in sessions:
             t = time.process_time()
-            report = report_from_sample(await telemetry.sample())
-            if session.send(pb.WorkerMessage(telemetry=report)):
+            if session.send_report(await telemetry.sample()):
                 sent += 1
             sample_costs.append(time.process_time() - t)
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - tick)))

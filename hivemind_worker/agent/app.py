@@ -68,7 +68,8 @@ async def build_agent(settings: Settings, reload: Callable[[], Settings] | None 
     else:
         logger.info("Docker %s, %d GPU(s)", docker["version"], gpus.total, extra=extra)
         tasks = TaskManager(settings, runtime, agent.router, identity.node_id,
-                            capacity=node_capacity(settings, gpus.total), gpus=gpus, disk_gate=disk_gate(settings))
+                            capacity=node_capacity(settings, gpus.total), gpus=gpus, disk_gate=disk_gate(settings),
+                            drain=agent.drain)
         agent.attach_tasks(tasks)
 
     status = AgentStatus(agent, docker, lambda: telemetry.reports)

@@ -20,16 +20,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from hivemind_worker.agent.convert import resources_to_pb
-from hivemind_worker.agent.report import report_from_sample
 from hivemind_worker.agent.router import Router, TaskService
 from hivemind_worker.config import Settings
 from hivemind_worker.control.session import ControlSession
 from hivemind_worker.errors import CredentialRevoked, WorkerError
 from hivemind_worker.fsutil import atomic_write
 from hivemind_worker.identity import NodeIdentity
-from hivemind_worker.proto import worker_pb2 as pb
 from hivemind_worker.systemd.notify import Notifier, watchdog_interval
+from hivemind_worker.tasks.model import DrainCause, DrainState
 from hivemind_worker.systemd.pidfile import pid_path, signal_daemon  # noqa: F401 (drain's, moved there)
 
 logger = logging.getLogger(__name__)
@@ -62,8 +60,10 @@ class Agent:
         # running and the next agent re-attaches to them, as after a crash.
         self.handoff = False
         self.reload_requested = False
-        self.router = Router(identity.node_id, identity.credential, settings.max_message_bytes,
-                             settings.max_concurrent_tasks)
+        # The one drain state: the router (hello, drain messages), the task manager
+        # (admission, free capacity for telemetry) and the monitor all read it.
+        self.drain = DrainState()
+        self.router = Router(identity.node_id, settings.max_message_bytes, settings.max_concurrent_tasks, self.drain)
         self.router.tasks = parts.tasks
         self.session = ControlSession(
             parts.channel_factory,
@@ -73,6 +73,7 @@ class Agent:
             reconnect_initial_s=settings.reconnect_initial_s,
             reconnect_max_s=settings.reconnect_max_s,
             target=identity.master,
+            max_message_bytes=settings.max_message_bytes,
         )
         self.router.session = self.session
         self.started_at = time.time()
@@ -133,8 +134,8 @@ class Agent:
         else:
             self.parts.notifier.stopping("Draining: no new tasks")
             logger.info("draining (deadline %.0f s)", self.settings.drain_timeout_s, extra=self._log_extra)
-        self.router.draining = True
-        self.router.send(pb.WorkerMessage(drain=pb.Drain(draining=True, reason="node is shutting down")))
+        self.drain.start(DrainCause.SHUTDOWN)
+        self.router.send_drain()
         if self.parts.tasks is not None and not self.force_exit and not self.handoff:
             try:
                 await asyncio.wait_for(self.parts.tasks.drain(self.settings.drain_timeout_s), self.settings.drain_timeout_s + 10)
@@ -174,12 +175,10 @@ class Agent:
                 sample = await self.parts.sample()
                 if self.parts.on_report is not None:
                     self.parts.on_report(sample)
-                report = report_from_sample(sample)
-                if self.parts.tasks is not None:
-                    report.free.CopyFrom(resources_to_pb(self.parts.tasks.free()))
-                sent = self.router.send(pb.WorkerMessage(telemetry=report))
+                free = self.parts.tasks.free() if self.parts.tasks is not None else None
+                sent = self.session.send_report(sample, free)
                 logger.debug("telemetry report %s (cpu %.0f%%, memory %.0f%%)", "sent" if sent else "not sent: no session",
-                             report.cpu_percent, report.memory_percent)
+                             sample.get("cpu_percent", 0.0), sample.get("memory_percent", 0.0))
             except WorkerError as exc:
                 logger.warning("telemetry sample failed: %s", exc)
             await self._wait_exit(self.router.report_interval_override or self.settings.report_interval_s)
@@ -205,8 +204,8 @@ class Agent:
             line = f"Connected to {self.identity.master} as {self.identity.node_id}"
         else:
             line = f"Master {self.identity.master} unreachable, retrying ({s.reconnects} reconnects)"
-        if self.router.draining:
-            line += "; draining"
+        if self.drain.draining:
+            line += f"; draining ({self.drain.reason})"
         return line
 
     # ------------------------------------------------------------------ signals
@@ -234,11 +233,14 @@ class Agent:
 
     def set_draining(self, draining: bool) -> None:
         """Take no new tasks (running ones finish) and tell the master, or resume."""
-        if draining == self.router.draining:
+        changed = self.drain.start(DrainCause.OPERATOR) if draining else self.drain.end(DrainCause.OPERATOR)
+        if not changed:  # already so, or still draining for another cause (shutdown, master)
+            logger.info("operator %s; draining: %s", "drain" if draining else "resume", self.drain.reason or "no",
+                        extra=self._log_extra)
             return
-        self.router.draining = draining
         reason = "drained by the operator" if draining else "resumed by the operator"
-        self.router.send(pb.WorkerMessage(drain=pb.Drain(draining=draining, reason=reason)))
+        if self.session.connected:
+            self.session.send_drain(draining, reason)
         logger.info("%s", reason, extra=self._log_extra)
 
     def _reload(self) -> None:

@@ -52,7 +52,8 @@ class AgentStatus:
             "hostname": self._hostname,
             "master": agent.identity.master,
             "started_ms": int(agent.started_at * 1000),
-            "draining": agent.router.draining,
+            "draining": agent.drain.draining,
+            "drain_reason": agent.drain.reason,
             "session": {
                 "state": session.state.value,
                 "connected": session.connected,

@@ -1,8 +1,10 @@
 """The long-lived Connect session: dial, hello, pump messages, reconnect with capped
 exponential backoff and jitter, stop for good when the credential is refused.
 
-The session knows nothing about tasks or telemetry; a SessionHandler (the agent)
-builds the hello and handles what the master sends.
+The session decides nothing about tasks or telemetry; a SessionHandler (the agent)
+says what goes into the hello and handles what the master sends, both in the
+package's own types (control/messages.py translates). It also carries the bulk
+transfers (bundle download, result upload) over the session's channel.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ import enum
 import logging
 import random
 import time
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
 
 import grpc
 
+from hivemind_worker.control import messages, transfer
 from hivemind_worker.control.channel import auth_metadata
 from hivemind_worker.control.errors import translate
+from hivemind_worker.control.messages import MasterCommand, NodeHello, Welcome
 from hivemind_worker.errors import CredentialRevoked, MasterUnreachable
 from hivemind_worker.proto import worker_pb2 as pb
+from hivemind_worker.tasks.model import LogRecord, Resources, TaskEvent
 from hivemind_worker.proto import worker_pb2_grpc as rpc
 
 logger = logging.getLogger(__name__)
@@ -39,11 +45,11 @@ class SessionState(str, enum.Enum):
 
 
 class SessionHandler(Protocol):
-    def hello(self) -> pb.Hello: ...
+    def hello(self) -> NodeHello: ...
 
-    async def on_connected(self, welcome: pb.Welcome) -> None: ...
+    async def on_connected(self, welcome: Welcome) -> None: ...
 
-    async def on_message(self, message: pb.MasterMessage) -> None: ...
+    async def on_message(self, command: MasterCommand) -> None: ...
 
     async def on_disconnected(self) -> None: ...
 
@@ -68,6 +74,7 @@ class ControlSession:
         reconnect_max_s: float,
         target: str = "",
         rng: random.Random | None = None,
+        max_message_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self._channel_factory = channel_factory
         self._node_id = node_id
@@ -77,6 +84,7 @@ class ControlSession:
         self._max = reconnect_max_s
         self._target = target
         self._rng = rng or random.Random()
+        self._max_message_bytes = max_message_bytes
         self._outbox: asyncio.Queue | None = None
         self.channel: grpc.aio.Channel | None = None
         self.state = SessionState.CONNECTING
@@ -96,6 +104,41 @@ class ControlSession:
             return False
         self._outbox.put_nowait(message)
         return True
+
+    def send_event(self, event: TaskEvent) -> bool:
+        return self.send(messages.event_message(event))
+
+    def send_drain(self, draining: bool, reason: str) -> bool:
+        return self.send(messages.drain_message(draining, reason))
+
+    def send_report(self, sample: Mapping[str, Any], free: Resources | None = None) -> bool:
+        return self.send(pb.WorkerMessage(telemetry=messages.report_from_sample(sample, free)))
+
+    def send_logs(self, task_id: str, lines: list[LogRecord]) -> tuple[int, int]:
+        """Queue lines in batches under the message limit; returns (lines, bytes)
+        queued, which stops short at the first batch the session could not take."""
+        count = size = 0
+        for message in messages.log_messages(task_id, lines, self._max_message_bytes):
+            if not self.send(message):
+                break
+            count += len(message.logs.lines)
+            size += sum(len(line.text) + 1 for line in message.logs.lines)
+        return count, size
+
+    def _live_channel(self) -> grpc.aio.Channel:
+        if self.channel is None or not self.connected:
+            raise MasterUnreachable("no session with the master right now; will retry after reconnect")
+        return self.channel
+
+    async def fetch_bundle(self, task_id: str, dest: Path, size: int, sha256: str) -> None:
+        """Download a task's bundle over the current session (resuming, verified)."""
+        await transfer.fetch_bundle(self._live_channel(), self._credential, task_id, dest, size, sha256)
+
+    async def upload_result(self, task_id: str, attempt: int, archive: Path) -> None:
+        """Upload a result from where the master left off; returns once it holds all."""
+        channel = self._live_channel()
+        digest = await asyncio.to_thread(transfer.file_sha256, archive)
+        await transfer.upload_result(channel, self._credential, task_id, attempt, archive, digest)
 
     def update_settings(self, initial_s: float, max_s: float) -> None:
         self._initial, self._max = initial_s, max_s
@@ -138,7 +181,7 @@ class ControlSession:
     async def _one_session(self, should_exit: asyncio.Event) -> None:
         self.channel = self._channel_factory()
         outbox: asyncio.Queue = asyncio.Queue()
-        outbox.put_nowait(pb.WorkerMessage(hello=self._handler.hello()))
+        outbox.put_nowait(pb.WorkerMessage(hello=messages.hello_to_pb(self._handler.hello())))
 
         async def outgoing():
             while True:
@@ -159,14 +202,18 @@ class ControlSession:
             self.connected_since = time.time()
             self.last_error = ""
             logger.info("session %s open with the master at %s", self.session_id, self._target)
-            await self._handler.on_connected(first.welcome)
+            await self._handler.on_connected(messages.welcome_from_pb(first.welcome))
             while True:
                 message = await call.read()
                 if message is grpc.aio.EOF:
                     if should_exit.is_set():
                         return
                     raise _closed(self._target)
-                await self._handler.on_message(message)
+                command = messages.from_master(message)
+                if command is None:
+                    logger.debug("ignoring a master message of a kind this node does not know")
+                    continue
+                await self._handler.on_message(command)
         except grpc.RpcError as exc:
             raise translate(exc, "session", self._target) from exc
         finally:

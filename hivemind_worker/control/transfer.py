@@ -52,14 +52,15 @@ async def fetch_bundle(channel: grpc.aio.Channel, credential: str, task_id: str,
         raise ProtocolError(f"bundle of {task_id} failed its check ({offset}/{size} bytes, sha256 mismatch or short)")
 
 
-async def _chunks(task_id: str, path: Path, offset: int, total: int, sha256: str) -> AsyncIterator[pb.ResultChunk]:
+async def _chunks(task_id: str, attempt: int, path: Path, offset: int, total: int, sha256: str) -> AsyncIterator[pb.ResultChunk]:
     with path.open("rb") as fh:
         fh.seek(offset)
         while True:
             data = fh.read(CHUNK_BYTES)
             if not data and offset < total:
                 raise ProtocolError(f"result of {task_id} shrank while uploading")
-            yield pb.ResultChunk(task_id=task_id, offset=offset, data=data, total_bytes=total, sha256=sha256)
+            yield pb.ResultChunk(task_id=task_id, offset=offset, data=data, total_bytes=total, sha256=sha256,
+                                 attempt=attempt)
             offset += len(data)
             if offset >= total:
                 return
@@ -73,19 +74,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def upload_result(channel: grpc.aio.Channel, credential: str, task_id: str, archive: Path, sha256: str) -> None:
-    """Upload from the offset the master already holds; returns once it holds all."""
+async def upload_result(
+    channel: grpc.aio.Channel, credential: str, task_id: str, attempt: int, archive: Path, sha256: str
+) -> None:
+    """Upload from the offset the master already holds; returns once it holds all.
+    Every call names the attempt, so an old attempt's bytes are never taken for it."""
     stub = rpc.NodeControlStub(channel)
     meta = auth_metadata(credential)
     total = archive.stat().st_size
     try:
-        held = await stub.ResultOffset(pb.ResultOffsetRequest(task_id=task_id), metadata=meta)
+        held = await stub.ResultOffset(pb.ResultOffsetRequest(task_id=task_id, attempt=attempt), metadata=meta)
         if held.complete:
             return
         offset = held.offset if held.offset <= total else 0
         if offset:
             logger.info("resuming result upload at %d of %d bytes", offset, total, extra={"task_id": task_id})
-        reply = await stub.UploadResult(_chunks(task_id, archive, offset, total, sha256), metadata=meta)
+        reply = await stub.UploadResult(_chunks(task_id, attempt, archive, offset, total, sha256), metadata=meta)
     except grpc.RpcError as exc:
         raise translate(exc, f"uploading the result of {task_id}") from exc
     if not reply.complete:

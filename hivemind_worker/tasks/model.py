@@ -205,6 +205,6 @@ class TaskHost(Protocol):
     async def fetch_bundle(self, task_id: str, dest: Path, size: int, sha256: str) -> None:
         """Download the task's bundle into ``dest``, verified; raises on failure."""
 
-    async def upload_result(self, task_id: str, archive: Path) -> None:
-        """Upload the archive, resuming where the master left off; returns when the
-        master holds all of it (it then acknowledges through ack_result())."""
+    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1) -> None:
+        """Upload the attempt's archive, resuming where the master left off; returns
+        when the master holds all of it (it then acknowledges through ack_result())."""

@@ -315,7 +315,7 @@ class TaskRun:
         while not self.result_acked.is_set():
             self.resynced.clear()
             try:
-                await self.ctx.host.upload_result(self.task_id, self.dirs.result)
+                await self.ctx.host.upload_result(self.task_id, self.dirs.result, self.row.attempt)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

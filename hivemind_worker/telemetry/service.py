@@ -3,7 +3,7 @@
 read-side the monitor's NodeView delegates to.
 
 ``sample()`` has the ``AgentParts.sample`` signature and returns the flat mapping
-``agent.report.report_from_sample`` reads. Task history follows the task events the
+``control.messages.report_from_sample`` reads. Task history follows the task events the
 agent routes here with ``on_task_event``. Nothing here steers tasks.
 """
 
@@ -28,7 +28,7 @@ _OUTCOMES = {TaskStatus.REJECTED, TaskStatus.EXITED, TaskStatus.FAILED, TaskStat
 
 
 def flat_report(sample: TelemetrySample, reward: int, earnings: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat mapping of agent.report.report_from_sample (unknown figures as 0)."""
+    """The flat mapping of control.messages.report_from_sample (unknown figures as 0)."""
     h = sample.host
     workspace = next((d for d in h.disks if d.name == "workspace"), None)
     z = lambda v: v if v is not None else 0  # noqa: E731

@@ -24,7 +24,7 @@ async def test_exit_while_the_session_is_down_is_delivered_once_after_resync(set
     m = manager(settings, runtime, host)
     await m.start()
     await m.assign(request("t"))
-    await until(lambda: S.RUNNING in host.statuses("t"))
+    await until(lambda: runtime.has("t") and runtime.by_task("t").running)
     host.online = False  # the session drops, the task exits meanwhile
     m.session_closed()
     runtime._exit(runtime.by_task("t"), 3, False)
@@ -74,7 +74,7 @@ async def test_events_are_sent_in_order_and_stop_after_a_failed_send(settings, r
     await m.start()
     host.online = False
     await m.assign(request("t"))
-    await until(lambda: runtime.has("t"))
+    await until(lambda: runtime.has("t") and runtime.by_task("t").running)
     host.online = True  # back before any resync: still nothing may overtake ACCEPTED
     await m.cancel("t", "bye")
     await until(lambda: not m.held_tasks())  # the result went; the events wait for the resync
@@ -146,7 +146,7 @@ async def test_the_nodes_own_cpu_use_is_not_pressure(settings, runtime, host) ->
     m.host_size = HostSize(cores=2, memory_bytes=16 * 1024**3)
     await m.start()
     await m.assign(request("busy", resources=Resources(2000, 1024**3)))
-    await until(lambda: S.RUNNING in host.statuses("busy"))
+    await until(lambda: runtime.has("busy") and runtime.by_task("busy").running)
     runtime.usage["busy"] = ContainerStats(cpu_percent=196.0, memory_bytes=1024**3, read_bytes=0, write_bytes=0)
     await m.check_pressure()
     assert not m.gauge.under_pressure and m.gauge.cpu_percent == 1.0
@@ -159,7 +159,4 @@ async def test_the_nodes_own_cpu_use_is_not_pressure(settings, runtime, host) ->
     runtime.usage["busy"] = ContainerStats(cpu_percent=10.0, memory_bytes=0, read_bytes=0, write_bytes=0)
     await m.check_pressure()
     assert m.gauge.reason == "CPU 95% > 90%"
-    for t in ("busy", "next"):
-        await m.cancel(t, "x")
-    await until(lambda: not m.held_tasks())
-    await m.close()
+    await m.close()  # the containers keep running, as for the next agent

@@ -40,7 +40,7 @@ async def test_sample_reports_and_records(tmp_path):
     assert second["disk_free_bytes"] == rec["psutil"]["disk_usage"]["/var/lib/hivemind-worker"]["free"]
     assert svc.earnings()["reports"] == 2
 
-    from hivemind_worker.agent.report import report_from_sample  # the agent's consumer accepts it
+    from hivemind_worker.control.messages import report_from_sample  # the session's consumer accepts it
     report = report_from_sample(second)
     assert report.reward.total == 2 * expected and len(report.gpus) == 4
 
