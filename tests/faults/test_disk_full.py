@@ -51,7 +51,10 @@ def used_mb(path) -> float:
 
 @pytest.fixture
 def small_state(make_node, task_image):
-    node = make_node("small", report_interval_s=1, reconnect_initial_s=0.2, reconnect_max_s=5, task_image=task_image)
+    # Watermarks sized for this small disk, as its operator would set them (the
+    # defaults, 512 and 128 MiB free, would rightly admit nothing here).
+    node = make_node("small", report_interval_s=1, reconnect_initial_s=0.2, reconnect_max_s=5, task_image=task_image,
+                     disk_min_free_bytes=16 << 20, disk_hard_min_free_bytes=8 << 20)
     node.state_dir.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m,mode=0755", "tmpfs", str(node.state_dir)],
                    check=True, timeout=30)
