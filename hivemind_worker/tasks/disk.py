@@ -140,9 +140,9 @@ class DiskWatch:
 
     def __init__(self, task_id: str, root: Path, settings: Settings, usage: DiskUsage,
                  kill: Callable[[str], Awaitable[None]], spool_error: Callable[[], str],
-                 check_s: float = CHECK_S) -> None:
+                 check_s: float | None = None) -> None:
         self.task_id, self.root, self.settings, self.usage = task_id, root, settings, usage
-        self.kill, self.spool_error, self.check_s = kill, spool_error, check_s
+        self.kill, self.spool_error, self.check_s = kill, spool_error, check_s or CHECK_S
         self.limit = 0
         self.used = 0
 

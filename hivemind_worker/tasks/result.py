@@ -24,7 +24,7 @@ from hivemind_worker.tasks.workspace import TaskDirs
 
 
 def exit_record(row: TaskRow, spool: LogSpool, default_image: str) -> dict:
-    return {
+    record = {
         "task_id": row.task_id,
         "status": row.status.value,
         "exit_code": row.exit_code,
@@ -36,6 +36,9 @@ def exit_record(row: TaskRow, spool: LogSpool, default_image: str) -> dict:
         "log_dropped_lines": spool.dropped_lines,
         "log_dropped_bytes": spool.dropped_bytes,
     }
+    if row.reason.startswith("node disk full"):
+        record["output_dropped"] = True  # the workspace was deleted to free the disk
+    return record
 
 
 def build_result(dirs: TaskDirs, spool_path: Path, record: dict, max_bytes: int) -> tuple[int, str, str]:
@@ -50,8 +53,9 @@ def build_result(dirs: TaskDirs, spool_path: Path, record: dict, max_bytes: int)
             return size, sha, ""
         except (ResultError, OSError) as exc:
             if is_disk_full(exc):
-                failure = (f"node disk full: the result could not be written ({exc}); output dropped "
-                           f"(the task: {record['reason']})")
+                was = record["reason"]
+                failure = (f"{was}; the result could not be written either ({exc})" if was.startswith("node disk full")
+                           else f"node disk full: the result could not be written ({exc}); output dropped (the task: {was})")
                 shutil.rmtree(dirs.workspace, ignore_errors=True)  # make room for the rest
             else:
                 failure = f"{record['reason']}; result not delivered: {exc}"

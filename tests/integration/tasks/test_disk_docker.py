@@ -193,3 +193,35 @@ async def test_a_bundle_that_does_not_fit_ends_its_task(
     await settled(m)
     assert host.final_event("t-after").status is S.EXITED
     await m.close()
+
+
+BIG_WRITER = """
+import os, time
+out = os.environ["HIVEMIND_OUTPUT_DIR"]
+for i in range(16):
+    with open(os.path.join(out, f"part{i}.bin"), "wb") as fh:
+        fh.write(os.urandom(5 * 1024 * 1024))
+    print("part", i, flush=True)
+    time.sleep(0.3)
+time.sleep(120)
+"""
+SMALL_WRITER = ("import os, time; open(os.path.join(os.environ['HIVEMIND_OUTPUT_DIR'], 'small.bin'), 'wb')"
+                ".write(os.urandom(1024 * 1024)); time.sleep(15); print('small done')")
+
+
+async def test_below_the_hard_mark_the_largest_writer_is_stopped(
+        tmp_path, small_state, task_image, docker_runtime, node_id) -> None:
+    settings = disk_settings(small_state, task_image, tmp_path, task_disk_limit_bytes=1024**3,
+                             disk_min_free_bytes=48 * MiB, disk_hard_min_free_bytes=40 * MiB)
+    host = LocalTaskHost(tmp_path / "results")
+    m = manager(settings, docker_runtime, host, node_id)
+    await m.start()
+    await m.assign(task("t-small", SMALL_WRITER))
+    await m.assign(task("t-big", BIG_WRITER))
+    await settled(m, 120)
+    big, small = host.final_event("t-big"), host.final_event("t-small")
+    assert big.status is S.FAILED and big.reason.startswith("node disk full: "), big
+    assert "below disk_hard_min_free_bytes, 40 MiB" in big.reason and "largest writer" in big.reason
+    assert (small.status, small.exit_code) == (S.EXITED, 0), small
+    assert result_files(host.results["t-small"])["output/small.bin"].__len__() == MiB
+    await m.close()

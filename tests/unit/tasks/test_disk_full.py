@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import tarfile
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,67 @@ def test_result_on_a_full_disk_drops_the_output_keeps_logs_and_record(small_fs: 
     assert logs.splitlines()[:2] == ["line 0", "line 1"] and len(logs.splitlines()) == 100
     assert dirs.result.stat().st_size == size
     spool.close()
+
+
+@pytest.mark.parametrize("leave", [1 * MiB, 64 * KiB], ids=["spool-full", "journal-full-too"])
+async def test_a_node_disk_full_mid_task_settles_the_task_once_there_is_room(tmp_path: Path, monkeypatch,
+                                                                              leave: int) -> None:
+    """The log spool hits ENOSPC while the task prints, and the journal cannot take the
+    outcome either: the daemon neither crashes nor spins; the task is stopped, ends
+    FAILED "node disk full" once there is room, with the logs that fit; the next task runs."""
+    from hivemind_worker.config import Settings
+    from hivemind_worker.tasks import disk, runner
+    from hivemind_worker.tasks.localhost import LocalTaskHost
+    from hivemind_worker.tasks.manager import TaskManager
+    from hivemind_worker.tasks.model import TaskStatus
+    from tests.unit.tasks.fakes import CAPACITY, FakeRuntime, Script, request
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    monkeypatch.setattr(disk, "CHECK_S", 0.05)
+    monkeypatch.setattr(runner, "RETRY_S", 0.1)
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(state)], check=True)
+    try:
+        settings = Settings(state_dir=state, config_dir=tmp_path / "etc", task_timeout_s=60,
+                            disk_min_free_bytes=0, disk_hard_min_free_bytes=0)
+        rt, host = FakeRuntime(), LocalTaskHost(tmp_path / "results")
+        m = TaskManager(settings, rt, host, "node-1", capacity=CAPACITY, sampler=None)
+        host.manager = m
+        await m.start()
+        rt.scripts["t"] = Script(lines=[f"{i} " + "z" * 1000 for i in range(6000)], hang=True)
+        filler = fill(state, leave)  # room for a few flushes of the spool at most, not for 6 MB of lines
+        await m.assign(request("t"))
+        deadline = asyncio.get_running_loop().time() + 30
+        def stopped() -> bool:  # by its disk watch (or already delivered and removed)
+            return not m.held_tasks() or (rt.has("t") and rt.by_task("t").started and not rt.by_task("t").running)
+
+        while not stopped():
+            assert asyncio.get_running_loop().time() < deadline, m.snapshot()
+            await asyncio.sleep(0.02)
+        filler.unlink()  # space is back
+        while m.held_tasks():
+            assert asyncio.get_running_loop().time() < deadline, m.snapshot()
+            await asyncio.sleep(0.02)
+        ev = host.final_event("t")
+        assert ev.status is TaskStatus.FAILED and ev.reason.startswith("node disk full"), ev
+        files = {}
+        with tarfile.open(host.results["t"]) as tar:
+            files = {n: tar.extractfile(n).read() for n in tar.getnames() if tar.getmember(n).isfile()}
+        record = json.loads(files["exit.json"])
+        assert record["reason"] == ev.reason and record["output_dropped"]
+        # What fits: the logs when there was room for them (else the record says so).
+        lines = files["logs.txt"].decode().splitlines() if "logs.txt" in files else []
+        assert "logs.txt" in files or record["logs_dropped"]
+        numbered = [line for line in lines if not line.startswith("[hivemind]")]
+        assert [int(line.split()[0]) for line in numbered] == list(range(len(numbered)))  # a gapless prefix
+        rt.scripts["next"] = Script(lines=["fine"])
+        await m.assign(request("next"))
+        while m.held_tasks():
+            assert asyncio.get_running_loop().time() < deadline + 15, m.snapshot()
+            await asyncio.sleep(0.02)
+        assert host.final_event("next").status is TaskStatus.EXITED
+        await m.close()
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=True)
