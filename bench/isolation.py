@@ -5,7 +5,8 @@ shared dockerd), with the product's own hardened container arguments.
 Per layer, medians of --runs runs of:
 - start: create + start + wait + remove of a container running ``true`` (what a
   task's dispatch pays per task on top of bench/dispatch.py's figures);
-- cpu: a pure-Python loop, timed inside the container (a CPU-bound task);
+- cpu: a pure-Python loop, timed inside the container (a CPU-bound task), and
+  cpu wall: the same container's create-to-removal time seen from the host;
 - syscalls: 200k stat() calls, timed inside the container (a file-heavy task);
 and the ratio of each against runc. Needs root, `runsc` (apt-get install runsc) and
 the task image on the shared engine (copied in through a cached tar).
@@ -20,6 +21,7 @@ id ranges; the bench removes them again if they were not there before.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -61,14 +63,14 @@ def run_container(client, workspace: Path, runtime: str, command: tuple[str, ...
     return time.perf_counter() - started, out
 
 
-def measure(client, workspace: Path, runtime: str, runs: int) -> dict[str, float]:
-    run_container(client, workspace, runtime, ("true",))  # warm the image and the runtime
-    start, cpu, sys_ = [], [], []
-    for _ in range(runs):
-        start.append(run_container(client, workspace, runtime, ("true",))[0])
-        cpu.append(float(run_container(client, workspace, runtime, ("python3", "-c", CPU))[1].splitlines()[-1]))
-        sys_.append(float(run_container(client, workspace, runtime, ("python3", "-c", SYSCALLS))[1].splitlines()[-1]))
-    return {"start": statistics.median(start), "cpu": statistics.median(cpu), "syscalls": statistics.median(sys_)}
+def one_round(client, workspace: Path, runtime: str) -> dict[str, float]:
+    cpu_wall, cpu_out = run_container(client, workspace, runtime, ("python3", "-c", CPU))
+    return {
+        "start": run_container(client, workspace, runtime, ("true",))[0],
+        "cpu": float(cpu_out.splitlines()[-1]),
+        "cpu_wall": cpu_wall,  # seen from the host: no trust in the sandbox's clock
+        "syscalls": float(run_container(client, workspace, runtime, ("python3", "-c", SYSCALLS))[1].splitlines()[-1]),
+    }
 
 
 def had_dockremap() -> bool:
@@ -105,36 +107,40 @@ def main() -> int:
     (workspace / "output").mkdir()
     os.chown(workspace, 65100, 65100)
     os.chown(workspace / "output", 65100, 65100)
-    results: dict[str, dict[str, float]] = {}
-    try:
-        with Engine(config={"runtimes": {"runsc": RUNSC}}) as engine:
-            engine.load_image(IMAGE)
-            client = engine.client()
-            for layer in [l for l in layers if l in ("runc", "runsc")]:
-                results[layer] = measure(client, workspace, "runsc" if layer == "runsc" else "", args.runs)
-            client.close()
+    samples: dict[str, list[dict[str, float]]] = {layer: [] for layer in layers}
+    fresh = not had_dockremap()
+    with contextlib.ExitStack() as stack:
+        if fresh:
+            stack.callback(drop_dockremap)  # last: after the remapped engine has stopped
+        stack.callback(shutil.rmtree, workspace, ignore_errors=True)
+        plain = stack.enter_context(Engine(config={"runtimes": {"runsc": RUNSC}}))
+        plain.load_image(IMAGE)
+        targets = {"runc": (plain, ""), "runsc": (plain, "runsc")}
         if "userns" in layers:
-            fresh = not had_dockremap()
-            try:
-                with Engine(config={"userns-remap": "default"}) as engine:
-                    engine.load_image(IMAGE)
-                    # The task's 65100 is base+65100 on the host: the workspace must be that id's.
-                    base = remap_base()
-                    os.chown(workspace, base + 65100, base + 65100)
-                    os.chown(workspace / "output", base + 65100, base + 65100)
-                    client = engine.client()
-                    results["userns"] = measure(client, workspace, "", args.runs)
-                    client.close()
-            finally:
-                if fresh:
-                    drop_dockremap()
-    finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+            remapped = stack.enter_context(Engine(config={"userns-remap": "default"}))
+            remapped.load_image(IMAGE)
+            # The task's 65100 is base+65100 on the host: its workspace must be that id's.
+            ws = Path(tempfile.mkdtemp(prefix="hivemind-bench-iso-"))
+            (ws / "output").mkdir()
+            for path in (ws, ws / "output"):
+                os.chown(path, remap_base() + 65100, remap_base() + 65100)
+            stack.callback(shutil.rmtree, ws, ignore_errors=True)
+            targets["userns"] = (remapped, "")
+        clients = {layer: stack.enter_context(contextlib.closing(targets[layer][0].client())) for layer in layers}
+        spaces = {layer: ws if layer == "userns" else workspace for layer in layers}
+        for layer in layers:  # warm each image and runtime once
+            run_container(clients[layer], spaces[layer], targets[layer][1], ("true",))
+        # Rounds interleave the layers, so a busy moment of the shared host hits all alike.
+        for _ in range(args.runs):
+            for layer in layers:
+                samples[layer].append(one_round(clients[layer], spaces[layer], targets[layer][1]))
+    keys = ("start", "cpu", "cpu_wall", "syscalls")
+    results = {layer: {k: statistics.median(s[k] for s in runs) for k in keys} for layer, runs in samples.items()}
     base = results.get("runc")
-    print(f"{'layer':<8} {'start s':>9} {'cpu s':>8} {'syscalls s':>11}   ratios vs runc (start, cpu, syscalls)")
+    print(f"{'layer':<8} {'start s':>8} {'cpu s':>7} {'cpu wall s':>10} {'syscalls s':>10}   vs runc: " + ", ".join(keys))
     for layer, r in results.items():
-        ratios = "" if base is None else "   " + ", ".join(f"{r[k] / base[k]:.2f}" for k in ("start", "cpu", "syscalls"))
-        print(f"{layer:<8} {r['start']:>9.3f} {r['cpu']:>8.3f} {r['syscalls']:>11.3f}{ratios}")
+        ratios = "" if base is None else "   " + ", ".join(f"{r[k] / base[k]:.2f}" for k in keys)
+        print(f"{layer:<8} {r['start']:>8.3f} {r['cpu']:>7.3f} {r['cpu_wall']:>10.3f} {r['syscalls']:>10.3f}{ratios}")
     return 0
 
 
