@@ -174,9 +174,13 @@ async def test_a_bundle_that_does_not_fit_ends_its_task(
     with zipfile.ZipFile(bundle, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr("main.py", "print('never')")
         zf.writestr("data.bin", os.urandom(24 * MiB))
+    packed = tmp_path / "packed.zip"  # small as a zip, 40 MiB unpacked
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("main.py", "print('never')")
+        zf.writestr("zeros.bin", bytes(40 * MiB))
     settings = disk_settings(small_state, task_image, tmp_path, disk_min_free_bytes=4 * MiB,
                              disk_hard_min_free_bytes=0)
-    host = LocalTaskHost(tmp_path / "results", {"t-big": bundle})
+    host = LocalTaskHost(tmp_path / "results", {"t-big": bundle, "t-packed": packed})
     m = manager(settings, docker_runtime, host, node_id)
     await m.start()
     filler = small_state / "filler"
@@ -188,6 +192,12 @@ async def test_a_bundle_that_does_not_fit_ends_its_task(
     ev = host.final_event("t-big")
     assert ev.status is S.FAILED and ev.reason.startswith("node disk full while fetching"), ev
     assert not (small_state / "tasks" / "t-big").exists()
+    await m.assign(TaskRequest("t-packed", resources=Resources(500, 256 * MiB), bundle_size=packed.stat().st_size,
+                               bundle_sha256=sha256_file(packed)))
+    await settled(m)
+    ev = host.final_event("t-packed")  # downloaded, but unpacking it fills the disk
+    assert ev.status is S.FAILED and ev.reason.startswith("node disk full while fetching"), ev
+    assert "No space left on device" in ev.reason and not (small_state / "tasks" / "t-packed").exists()
     filler.unlink()
     await m.assign(task("t-after", OK))
     await settled(m)
