@@ -162,6 +162,8 @@ class TaskRun:
         if status.finished:
             return False
         reason = f"node disk full while {status.value}: {exc}; task stopped, output dropped"
+        if self.row.kill_reason.startswith(("node disk full", "disk limit")):
+            reason = self.row.kill_reason  # its disk watch's, not journaled before the journal filled up too
         try:
             if self.row.container_id:
                 await (self.ctx.runtime.kill if status is TaskStatus.RUNNING else self.ctx.runtime.remove)(
