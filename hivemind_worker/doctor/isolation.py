@@ -6,6 +6,7 @@ Read-only: it never installs rules or registers runtimes."""
 from __future__ import annotations
 
 import os
+import pwd
 from typing import Any
 
 from hivemind_worker.doctor.docker_gpu import _client
@@ -76,6 +77,16 @@ def check_egress(ctx: DoctorContext) -> list[CheckResult]:
     name = "egress policy"
     if "bridge" not in allowed_networks(ctx.settings):
         return [passed(name, 'task_networks = "none": tasks have no network at all')]
+    try:
+        service_is_root = pwd.getpwnam(ctx.user).pw_uid == 0
+    except KeyError:
+        service_is_root = False
+    if not service_is_root:
+        # The packaged unit has no capabilities: the agent cannot write iptables rules,
+        # and it runs no bridge task without them (fail closed).
+        return [failed(name, f"bridge tasks allowed, but the service user {ctx.user} cannot install the egress "
+                       "firewall (it needs root or CAP_NET_ADMIN): every bridge task will fail",
+                       'run the agent as root, or keep task_networks = "none"')]
     if os.geteuid() != 0:
         return [warned(name, "bridge tasks allowed; the firewall can only be checked as root",
                        "run sudo hivemind-worker doctor")]

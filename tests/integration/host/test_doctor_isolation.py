@@ -18,8 +18,8 @@ from hivemind_worker.runtime.egress import EgressFirewall, EgressPolicy
 pytestmark = pytest.mark.docker
 
 
-def doctor(settings: Settings, **cache) -> dict:
-    ctx = DoctorContext(settings=settings, timeout_s=10)
+def doctor(settings: Settings, user: str = "root", **cache) -> dict:
+    ctx = DoctorContext(settings=settings, timeout_s=10, user=user)
     ctx._cache.update(cache)
     results = asyncio.run(run_doctor(settings, context=ctx, checks=(TASK_USER, RUNTIME, EGRESS)))
     return {r.name: r for r in results}
@@ -60,3 +60,9 @@ def test_egress_rules_missing_then_in_force():
         assert ok.outcome is Outcome.PASS and "metadata" in ok.detail
     finally:
         fw.remove()
+
+
+def test_bridge_with_an_unprivileged_service_user_fails():
+    result = doctor(Settings(task_networks="none,bridge"), user="nobody")["egress policy"]
+    assert result.outcome is Outcome.FAIL and "cannot install the egress firewall" in result.detail
+    assert 'task_networks = "none"' in result.fix
