@@ -161,7 +161,8 @@ class TaskRun:
         status = self.row.status
         if status.finished:
             return False
-        reason = f"node disk full while {status.value}: {exc}; task stopped, output dropped"
+        done = "task stopped, output dropped" if status is TaskStatus.RUNNING else "task not run"
+        reason = f"node disk full while {status.value}: {exc}; {done}"
         if self.row.kill_reason.startswith(("node disk full", "disk limit")):
             reason = self.row.kill_reason  # its disk watch's, not journaled before the journal filled up too
         try:

@@ -154,3 +154,61 @@ async def test_a_node_disk_full_mid_task_settles_the_task_once_there_is_room(tmp
         await m.close()
     finally:
         subprocess.run(["umount", "-l", str(state)], check=True)
+
+
+async def test_no_room_for_a_new_tasks_files_ends_it_and_the_next_task_runs(tmp_path: Path, monkeypatch) -> None:
+    """Out of inodes (ENOSPC at mkdir/open): the task ends FAILED "node disk full", is
+    delivered once there is room, and the node takes the next task."""
+    from hivemind_worker.config import Settings
+    from hivemind_worker.tasks import runner
+    from hivemind_worker.tasks.localhost import LocalTaskHost
+    from hivemind_worker.tasks.manager import TaskManager
+    from hivemind_worker.tasks.model import TaskStatus
+    from tests.unit.tasks.fakes import CAPACITY, FakeRuntime, Script, request
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    monkeypatch.setattr(runner, "RETRY_S", 0.1)
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,nr_inodes=64", "tmpfs", str(state)], check=True)
+    try:
+        settings = Settings(state_dir=state, config_dir=tmp_path / "etc", task_timeout_s=60,
+                            disk_min_free_bytes=0, disk_hard_min_free_bytes=0)
+        rt, host = FakeRuntime(), LocalTaskHost(tmp_path / "results")
+        m = TaskManager(settings, rt, host, "node-1", capacity=CAPACITY, sampler=None)
+        host.manager = m
+        await m.start()
+        await m.assign(request("warm"))  # the journal's files exist before the inodes run out
+        deadline = asyncio.get_running_loop().time() + 30
+        while m.held_tasks():
+            assert asyncio.get_running_loop().time() < deadline, m.snapshot()
+            await asyncio.sleep(0.02)
+        fillers = state / "fillers"
+        fillers.mkdir()
+        with pytest.raises(OSError):
+            for i in range(1000):
+                (fillers / str(i)).touch()
+        await m.assign(request("t"))
+        while host.final_event("t") is None:
+            assert asyncio.get_running_loop().time() < deadline, m.snapshot()
+            await asyncio.sleep(0.02)
+        ev = host.final_event("t")
+        assert ev.status is TaskStatus.FAILED and ev.reason.startswith("node disk full while accepted"), ev
+        assert ev.reason.endswith("task not run"), ev
+        assert "No space left on device" in ev.reason and not rt.has("t")
+        for path in fillers.iterdir():  # room again: the outcome is delivered
+            path.unlink()
+        while m.held_tasks():
+            assert asyncio.get_running_loop().time() < deadline, m.snapshot()
+            await asyncio.sleep(0.02)
+        assert host.uploads.get("t") == 1
+        rt.scripts["next"] = Script(lines=["fine"])
+        await m.assign(request("next"))
+        while m.held_tasks():
+            assert asyncio.get_running_loop().time() < deadline + 15, m.snapshot()
+            await asyncio.sleep(0.02)
+        assert host.final_event("next").status is TaskStatus.EXITED
+        await m.close()
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=True)
