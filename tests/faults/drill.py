@@ -95,9 +95,16 @@ def node_status(node: Node, task_id: str) -> str:
     return ""
 
 
+# Node statuses once the task's process has ended (tasks.model.TaskStatus.finished).
+ENDED = {"exited", "failed", "cancelled", "timed_out", "oom_killed", "lost", "uploading", "done", "rejected"}
+
+
 def node_finished(node: Node, task_id: str) -> bool:
-    """The node has seen the task's process end (its history row has a finish time)."""
-    return any(h["task_id"] == task_id and h.get("finished_ms") for h in node_tasks(node)["history"])
+    """The node has seen the task's process end: its task list says so, or its history
+    has a finish time."""
+    listing = node_tasks(node)
+    return (any(t["task_id"] == task_id and str(t["status"]) in ENDED for t in listing["tasks"])
+            or any(h["task_id"] == task_id and h.get("finished_ms") for h in listing["history"]))
 
 
 def log_lines(master: DevMaster, task_id: str) -> list[dict]:

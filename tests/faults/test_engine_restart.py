@@ -68,7 +68,7 @@ def test_engine_restart_mid_task(engine, master, make_node, task_image, tmp_path
         wait_task(master, task_id, lambda r: first_outcome() is not None, 180, "to report an outcome", node)
         end = first_outcome()
         assert end["state"] == "lost", f"an engine restart is not the task's failure: {describe(master, task_id, node)}"
-        assert "engine" in end["reason"].lower() and "143" not in end["reason"], end["reason"]
+        assert "engine" in end["reason"].lower() and not end["reason"].startswith("exited"), end["reason"]
         # The master may run a lost task again (a new attempt); either way it settles.
         row = wait_final(master, task_id, 240, node)
         assert row["state"] in ("done", "lost"), describe(master, task_id, node)
