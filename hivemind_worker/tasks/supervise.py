@@ -11,6 +11,11 @@ watch then asks Docker until it answers again and looks at the container:
   grace) or gone: LOST, with the cause; not the task's fault, the master may rerun it;
 - exited otherwise: it ended by itself meanwhile; its own verdict.
 
+An engine restart while no agent was watching cannot be told from the task's own
+exit (nothing on the engine records who stopped a container): there the exit code
+is the verdict. A container killed by someone else (137/143, no kill of ours) is
+looked up again after VANISH_GRACE_S: gone (``docker rm -f``) is LOST too.
+
 Nothing here talks to the master or the journal except through the TaskRun.
 """
 
