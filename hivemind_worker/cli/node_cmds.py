@@ -93,7 +93,8 @@ def drain(
     """Stop taking new tasks; running ones finish (the daemon keeps running).
 
     The master is told, so it assigns this node nothing until `drain --resume`.
-    Use before maintenance; `systemctl stop` drains too, then exits."""
+    Use before maintenance. `systemctl stop` and restarts hand running tasks to the
+    next agent (stop_mode = "handoff", the default) or drain them (stop_mode = "drain")."""
     from hivemind_worker.systemd.pidfile import signal_daemon
 
     settings = settings_from(ctx)

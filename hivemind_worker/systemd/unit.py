@@ -48,7 +48,9 @@ RestartSec=5
 # not enrolled (3), the master revoked this node (6). The journal says which.
 RestartPreventExitStatus=2 3 6
 TimeoutStartSec=120
-# SIGTERM starts a drain of up to drain_timeout_s ({drain_s}s); then SIGKILL.
+# SIGTERM (stop, restart, upgrade): under stop_mode "handoff" (the default) the agent
+# exits at once and running tasks keep running for the next agent; under "drain" it
+# drains for up to drain_timeout_s ({drain_s}s); then SIGKILL. SIGINT always drains.
 # KillMode=mixed: SIGTERM to the main process only, SIGKILL to all at the end.
 TimeoutStopSec={stop_s}
 KillMode=mixed

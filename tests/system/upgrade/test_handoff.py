@@ -118,3 +118,15 @@ def test_stop_mode_drain_is_bounded_by_drain_timeout(master, tmp_path, task_imag
         print(f"drained (cancelled at the deadline) in {took:.1f} s; outcome {row['outcome']}")
     finally:
         n.stop()
+
+
+def test_stop_mode_is_handoff_or_drain(tmp_path):
+    from hivemind_worker.config import load_settings
+    from hivemind_worker.errors import ConfigError
+
+    assert load_settings(environ={"HIVEMIND_CONFIG_DIR": str(tmp_path)}).stop_mode == "handoff"
+    (tmp_path / "worker.toml").write_text('stop_mode = "drain"\n')
+    assert load_settings(environ={"HIVEMIND_CONFIG_DIR": str(tmp_path)}).stop_mode == "drain"
+    (tmp_path / "worker.toml").write_text('stop_mode = "kill"\n')
+    with pytest.raises(ConfigError, match="stop_mode.*handoff"):
+        load_settings(environ={"HIVEMIND_CONFIG_DIR": str(tmp_path)})
