@@ -72,8 +72,9 @@ def probe_result(text: str) -> dict:
 async def test_bridge_tasks_reach_only_the_public_peer(egress, make_spec, docker_client, task_image):
     policy, world, service, rt = egress
     # The network exists once a bridge task is created; its gateway is a host address.
-    spec = make_spec(network=NetworkPolicy.BRIDGE, command=("python3", "-c", "pass"))
-    await run_to_end(rt, spec)
+    # No IPv6 at all (the chain is IPv4): the egress network has none, Docker disables it.
+    spec = make_spec(network=NetworkPolicy.BRIDGE, command=("sh", "-c", "cat /proc/net/if_inet6; echo end"))
+    assert (await run_to_end(rt, spec)).text().strip() == "end"
     net = docker_client.networks.get(policy.network)
     gateway = net.attrs["IPAM"]["Config"][0]["Gateway"]
     assert net.attrs["Options"]["com.docker.network.bridge.enable_icc"] == "false"
