@@ -185,8 +185,12 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         detach=True,
     )
     if spec.runtime and spec.network is NetworkPolicy.NONE and not spec.gpu_device_ids:
-        # Only networkless CPU tasks: Debian's gVisor cannot join a bridge network on
-        # these hosts, nor pass GPUs through; those run under the engine's default.
+        # Only networkless CPU tasks; bridge and GPU tasks run under the engine's default.
+        # Debian's runsc (2022) cannot pass GPUs through, and its own network stack
+        # refuses any bridge network on kernels where /proc/sys/net/core/rmem_default
+        # exists in every namespace (it takes that for the root one). Registered with
+        # --network=host it does join one (the container's namespace, egress firewall
+        # intact: tried), but then hands the sandbox the host kernel's network stack.
         kwargs["runtime"] = spec.runtime
         # gVisor's own threads (~55 idle) live in the task's pids cgroup: without room
         # for them a task under it dies at its first fork (measured: pids 64 -> exit 2).
