@@ -15,7 +15,7 @@ from tests.support.stack import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.docker, pytest.mark.root, pytest.mark.timeout(420)]
 
-BLOB_MB = 128
+BLOB_MB = 64
 # Incompressible, so the archive is as large as the blob and the upload takes a while.
 WRITER = f"""\
 import hashlib, os
