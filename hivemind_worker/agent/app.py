@@ -51,7 +51,6 @@ async def build_agent(settings: Settings, reload: Callable[[], Settings] | None 
         reload_settings=reload,
     )
     agent = Agent(settings, identity, parts)
-    agent.router.on_event = telemetry.on_task_event
 
     runtime = DockerRuntime()
     docker: dict[str, Any] = {"available": False, "version": "", "error": ""}
@@ -69,7 +68,7 @@ async def build_agent(settings: Settings, reload: Callable[[], Settings] | None 
         logger.info("Docker %s, %d GPU(s)", docker["version"], gpus.total, extra=extra)
         tasks = TaskManager(settings, runtime, agent.router, identity.node_id,
                             capacity=node_capacity(settings, gpus.total), gpus=gpus, disk_gate=disk_gate(settings),
-                            drain=agent.drain)
+                            drain=agent.drain, on_event=telemetry.on_task_event)
         agent.attach_tasks(tasks)
 
     status = AgentStatus(agent, docker, lambda: telemetry.reports)

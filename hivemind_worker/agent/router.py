@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Protocol
 
 from hivemind_worker import __version__
 from hivemind_worker.control.messages import (
@@ -82,7 +82,6 @@ class Router:
         self.tasks: TaskService | None = None
         self.report_interval_override: float | None = None
         self.counters: dict[str, int] = {"log_lines_sent": 0, "log_bytes_sent": 0, "events_sent": 0}
-        self.on_event: Callable[[TaskEvent], None] | None = None  # e.g. the task history
         self._transfers: set[asyncio.Future] = set()  # bulk calls in flight
 
     @property
@@ -159,8 +158,6 @@ class Router:
 
     # ------------------------------------------------------------ TaskHost
     async def emit_event(self, event: TaskEvent) -> None:
-        if self.on_event is not None and event.seq:
-            self.on_event(event)
         if self.session is None or not self.session.send_event(event):
             raise MasterUnreachable("no session with the master right now; the event is sent after reconnect")
         self.counters["events_sent"] += 1

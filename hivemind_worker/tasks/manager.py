@@ -19,7 +19,7 @@ API::
     await start()      open the journal, reconcile with Docker (re-attach / deliver)
     await assign(req)  admit (ACCEPTED, then the task runs), defer (DEFERRED, seq 0:
                        not now, the node holds nothing) or reject (REJECTED: never here)
-    await cancel(task_id, reason); await ack_logs(task_id, seq); await ack_result(task_id)
+    await cancel(task_id, reason); await ack_logs(task_id, seq); await ack_result(task_id, attempt)
     await ack_event(task_id, attempt, seq)   the master applied events up to seq
     await resync()     after a (re)connect: resend unacked events and lines (same
                        seqs), re-upload pending results; session_closed(): hold events
@@ -77,6 +77,7 @@ class TaskManager:
         pressure_interval_s: float = 5.0,
         drain: DrainState | None = None,  # the agent's; its own when run alone
         disk_gate: Callable[[], str] = lambda: "",  # non-empty: too little disk, why
+        on_event: Callable[[TaskEvent], None] | None = None,  # each state change, session or not (history)
     ) -> None:
         self.settings = settings
         self.runtime = runtime
@@ -96,7 +97,7 @@ class TaskManager:
         self.drain_state = drain or DrainState()
         self.disk_gate = disk_gate
         self.host_size: HostSize | None = None  # read once, on the first pressure check
-        self._events = EventOutbox(self._journal, host)
+        self._events = EventOutbox(self._journal, host, on_event)
         self._background: set[asyncio.Task] = set()
         self._pressure_task: asyncio.Task | None = None
         self._ctx = RunContext(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from hivemind_worker.tasks.journal import Journal
 from hivemind_worker.tasks.model import TaskEvent
@@ -25,9 +25,10 @@ logger = logging.getLogger(__name__)
 
 
 class EventOutbox:
-    def __init__(self, journal: Journal, host: Any) -> None:
+    def __init__(self, journal: Journal, host: Any, on_event: Callable[[TaskEvent], None] | None = None) -> None:
         self._journal = journal
         self._host = host
+        self._on_event = on_event  # told once per event, at once, whether a session is up or not
         self._pending: list[TaskEvent] = []  # journaled, not acknowledged
         self._unsent: collections.deque[TaskEvent] = collections.deque()
         self._online = False  # until the first resend(): nothing has been sent yet
@@ -43,6 +44,11 @@ class EventOutbox:
 
     async def publish(self, event: TaskEvent) -> None:
         """Send a journaled event now if the session allows, else at the next resend()."""
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:  # a local history must never stop an event reaching the master
+                logger.exception("recording event %s of %s failed", event.status.value, event.task_id)
         self._pending.append(event)
         self._unsent.append(event)
         await self._flush()

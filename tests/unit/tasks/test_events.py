@@ -160,3 +160,20 @@ async def test_the_nodes_own_cpu_use_is_not_pressure(settings, runtime, host) ->
     await m.check_pressure()
     assert m.gauge.reason == "CPU 95% > 90%"
     await m.close()  # the containers keep running, as for the next agent
+
+
+async def test_the_local_history_hears_every_state_change_while_the_session_is_down(settings, runtime, host) -> None:
+    seen: list = []
+    runtime.scripts["t"] = Script(exit_code=2)
+    m = manager(settings, runtime, host, on_event=seen.append)
+    await m.start()
+    host.online = False
+    await m.assign(request("t"))
+    await until(lambda: m.held_tasks() and m.held_tasks()[0].result_pending)
+    assert [e.status for e in seen] == [S.ACCEPTED, S.RUNNING, S.EXITED, S.UPLOADING] and host.events == []
+    assert seen[2].exit_code == 2
+    host.online = True
+    await m.resync()
+    await until(lambda: not m.held_tasks())
+    assert [e.status for e in seen][-1] is S.DONE and len(seen) == 5  # resends are not news
+    await m.close()
