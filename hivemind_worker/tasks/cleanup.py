@@ -6,7 +6,8 @@ private, nor delete what the task made as uid 1000 inside directories that are n
 the agent's. For both, a throwaway helper container - the task image, as the task
 user, same hardening, no network, the same workspace - does the job: ``open_output``
 makes the output readable before archiving, ``remove_traces`` empties the workspace
-after delivery when a plain delete could not. Failures are logged, never fatal.
+after delivery when a plain delete could not, ``free_workspace`` empties it at once
+when the disk is full. Failures are logged, never fatal.
 
 The helper starts through the image's run_task.sh like any task: by then the
 bundle's top-level requirements.txt is gone or irrelevant (no network, and the
@@ -44,6 +45,22 @@ async def remove_traces(runtime: Any, settings: Settings, node_id: str, row: Tas
     await as_task_user(runtime, settings, node_id, row, dirs, ("find", "/workspace", "-mindepth", "1", "-delete"))
     if not await asyncio.to_thread(dirs.remove):
         logger.warning("task %s: %s could not be removed entirely", row.task_id, dirs.root, extra=extra)
+
+
+async def free_workspace(runtime: Any, settings: Settings, node_id: str, row: TaskRow, dirs: TaskDirs) -> None:
+    """A full disk: delete the task's workspace now (its spool and result stay), through
+    the helper when the task made what a non-root agent cannot delete."""
+    await asyncio.to_thread(dirs.free_workspace)
+    if not dirs.workspace.exists():
+        return
+    extra = {"task_id": row.task_id, "node_id": node_id}
+    try:
+        if row.container_id:  # stopped by now; the helper takes the container's name
+            await runtime.remove(row.container_id)
+        await as_task_user(runtime, settings, node_id, row, dirs, ("find", "/workspace", "-mindepth", "1", "-delete"))
+    except WorkerError as exc:
+        logger.warning("task %s: workspace not freed: %s", row.task_id, exc, extra=extra)
+    await asyncio.to_thread(dirs.free_workspace)
 
 
 def unreadable(root: Path) -> bool:

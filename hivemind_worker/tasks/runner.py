@@ -24,7 +24,7 @@ from hivemind_worker.config import Settings
 from hivemind_worker.errors import MasterUnreachable, WorkerError
 from hivemind_worker.runtime.spec import ContainerInfo, ContainerSpec
 from hivemind_worker.tasks import supervise
-from hivemind_worker.tasks.cleanup import open_output, remove_traces
+from hivemind_worker.tasks.cleanup import free_workspace, open_output, remove_traces
 from hivemind_worker.tasks.disk import DiskUsage, is_disk_full
 from hivemind_worker.tasks.journal import Journal, TaskRow
 from hivemind_worker.tasks.logpump import LogSender
@@ -169,7 +169,7 @@ class TaskRun:
             if self.row.container_id:
                 await (self.ctx.runtime.kill if status is TaskStatus.RUNNING else self.ctx.runtime.remove)(
                     self.row.container_id)
-            await asyncio.to_thread(self.dirs.free_workspace)
+            await free_workspace(self.ctx.runtime, self.ctx.settings, self.ctx.node_id, self.row, self.dirs)
             await self._finish(TaskStatus.FAILED, -1, reason)
             return True
         except Exception as again:

@@ -27,6 +27,7 @@ from typing import Any
 
 from hivemind_worker.errors import RuntimeUnavailable, WorkerError
 from hivemind_worker.runtime.spec import EXIT_DEPS_FAILED, EXIT_NO_ENTRYPOINT, ContainerInfo
+from hivemind_worker.tasks.cleanup import free_workspace
 from hivemind_worker.tasks.disk import DiskWatch
 from hivemind_worker.tasks.logpump import pump
 from hivemind_worker.tasks.model import TaskStatus
@@ -89,8 +90,8 @@ async def watch(run: Any, container: ContainerInfo | None) -> None:
                                            f"(exit code {code}); not the task's fault")
     else:
         status, reason = verdict(run, code, oom)
-    if reason.startswith("node disk full"):
-        await asyncio.to_thread(run.dirs.free_workspace)  # room for the logs and the exit record
+    if reason.startswith("node disk full"):  # room for the logs and the exit record
+        await free_workspace(rt, run.ctx.settings, run.ctx.node_id, run.row, run.dirs)
     await run._finish(status, code, reason)
 
 

@@ -1,0 +1,73 @@
+"""A non-root agent (the packaged unit runs as a service user) on a full disk: the
+task that filled it wrote into a directory it made private, which the agent cannot
+delete; the workspace is still freed before the result is made (through the task
+user's helper container), so the logs fit in the result and the disk is free again."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.docker, pytest.mark.root]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+AGENT_UID = 4243
+
+
+@pytest.fixture
+def open_state():
+    """A 96 MiB tmpfs owned by the agent's uid, under a directory others may enter."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs and start the agent as another user")
+    base = Path(tempfile.mkdtemp(prefix="hivemind-nonroot-disk-"))
+    base.chmod(0o755)
+    state = base / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m,mode=0755", "tmpfs", str(state)], check=True)
+    os.chown(state, AGENT_UID, AGENT_UID)
+    (base / "results").mkdir()
+    os.chown(base / "results", AGENT_UID, AGENT_UID)
+    yield state
+    subprocess.run(["umount", "-l", str(state)], check=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_non_root_agent_frees_a_workspace_it_cannot_delete(open_state, task_image, node_id) -> None:
+    docker_gid = grp.getgrnam("docker").gr_gid
+    site = sysconfig.get_paths()["purelib"]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{REPO}:{site}", "HOME": str(open_state.parent)}
+    python = None
+    for candidate in (sys.executable, "/usr/bin/python3"):  # the test's may live under root's home
+        try:
+            probe = subprocess.run([candidate, "-c", "import docker, psutil, hivemind_worker.tasks.manager"],
+                                   env=env, user=AGENT_UID, group=AGENT_UID, extra_groups=[docker_gid],
+                                   capture_output=True)
+        except OSError:  # not executable by that user
+            continue
+        if probe.returncode == 0:
+            python = candidate
+            break
+    assert python, f"no Python that uid {AGENT_UID} can run with this project importable"
+    done = subprocess.run(
+        [python, str(HERE / "nonroot_disk_proc.py"), str(open_state), node_id, task_image],
+        env=env, user=AGENT_UID, group=AGENT_UID, extra_groups=[docker_gid],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["uid"] == AGENT_UID
+    assert summary["status"] == "failed" and summary["reason"].startswith("node disk full"), summary
+    # Freed before the result was made (and not only by the cleanup after delivery).
+    assert summary["at_upload"] == {"deep_left": False, "free_mib": summary["at_upload"]["free_mib"]}, summary
+    assert summary["at_upload"]["free_mib"] > 80, summary
+    assert "logs.txt" in summary["files"] and "exit.json" in summary["files"], summary
+    assert summary["free_mib_after"] > 80 and summary["task_dir_left"] is False and summary["held"] == 0, summary
