@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Build hivemind-worker_<version>_<arch>.deb: the worker and its Python dependencies in
-# a self-contained virtual environment under /opt/hivemind-worker (dh-virtualenv).
+# Build hivemind-worker_<version>+deb<N>_<arch>.deb: the worker and its Python
+# dependencies in a self-contained virtual environment under /opt/hivemind-worker
+# (dh-virtualenv), for the Debian release it is built on (N = 12: bookworm, Python 3.11;
+# N = 13: trixie, Python 3.13). The venv is bound to that release's python3, so each
+# release gets its own .deb; build the trixie one on trixie (a chroot will do).
 #
 #   scripts/build-deb.sh [--out DIR] [--force]   build into DIR (default: dist/)
-#   scripts/build-deb.sh --lock                  regenerate packaging/debian/requirements.txt
+#   scripts/build-deb.sh --version V             build as upstream version V (test upgrades)
+#   scripts/build-deb.sh --lock                  regenerate the requirements of this python3:
+#                                                packaging/debian/requirements.txt (3.11),
+#                                                requirements-py313.txt (3.13)
 #
 # The build runs in a temporary copy of the tree, so the checkout stays clean. It is
 # skipped when DIR already holds a .deb built from the same sources (a hash of them is
@@ -17,12 +23,14 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out="$repo/dist"
 force=0
 lock=0
+override=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out=$2; shift 2 ;;
         --force) force=1; shift ;;
         --lock) lock=1; shift ;;
-        -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --version) override=${2:?--version needs a version}; shift 2 ;;
+        -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-deb.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -32,7 +40,12 @@ python=/usr/bin/python3   # the venv is bound to the interpreter the package dep
 [ -x "$python" ] || die "$python is missing: apt-get install python3 python3-venv"
 version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$repo/pyproject.toml" | head -n1)
 [ -n "$version" ] || die "no version in pyproject.toml"
-reqs="$repo/packaging/debian/requirements.txt"
+[ -z "$override" ] || version=$override
+case "$version" in *[!0-9A-Za-z.+~]*|"") die "version $version: only digits, letters and . + ~" ;; esac
+pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+# Hash-pinned wheels differ per interpreter (compiled extensions): one file per Python.
+if [ "$pyver" = 3.11 ]; then reqs="$repo/packaging/debian/requirements.txt"
+else reqs="$repo/packaging/debian/requirements-py${pyver/./}.txt"; fi
 # A TLS-inspecting proxy is trusted through the system bundle; pip's own bundle would
 # not know it.
 export PIP_CERT="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
@@ -72,9 +85,16 @@ for tool in dpkg-buildpackage dh dh_virtualenv; do
 done
 [ -f "$reqs" ] || die "$reqs is missing: run scripts/build-deb.sh --lock"
 changelog_version=$(sed -n '1s/^hivemind-worker (\([^)]*\)).*/\1/p' "$repo/packaging/debian/changelog")
-[ "$changelog_version" = "$version" ] || die "packaging/debian/changelog says $changelog_version but pyproject.toml says $version: add a changelog entry (dch -v $version)"
+[ -n "$override" ] || [ "$changelog_version" = "$version" ] || die "packaging/debian/changelog says $changelog_version but pyproject.toml says $version: add a changelog entry (dch -v $version)"
+# shellcheck disable=SC1091
+. /etc/os-release
+case "${ID:-}:${VERSION_ID:-}" in
+    debian:12|debian:13) ;;
+    *) die "build on Debian 12 (bookworm) or 13 (trixie), not ${PRETTY_NAME:-unknown}: the package is bound to the release's python3" ;;
+esac
+debversion="$version+deb$VERSION_ID"   # one per release; 13's sorts after 12's
 arch=$(dpkg --print-architecture)
-deb="hivemind-worker_${version}_${arch}.deb"
+deb="hivemind-worker_${debversion}_${arch}.deb"
 
 # The sources the package is made of: tracked and new (not ignored) files.
 cd "$repo"
@@ -84,7 +104,7 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 else  # a source archive
     mapfile -t files < <(find "${parts[@]}" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' 2>/dev/null | sort -u)
 fi
-srchash=$( { for f in "${files[@]}"; do [ -f "$f" ] && { echo "$f"; sha256sum < "$f"; }; done; } | sha256sum | cut -c1-16)
+srchash=$( { echo "$debversion $pyver"; for f in "${files[@]}"; do [ -f "$f" ] && { echo "$f"; sha256sum < "$f"; }; done; } | sha256sum | cut -c1-16)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 if [ "$force" = 0 ] && [ -f "$out/$deb" ] && [ "$(cat "$out/$deb.srchash" 2>/dev/null)" = "$srchash" ]; then
@@ -100,6 +120,23 @@ cp -a "$src/packaging/debian" "$src/debian"
 [ -f "$src/packaging/systemd/hivemind-worker.service" ] || die "packaging/systemd/hivemind-worker.service is missing"
 cp "$src/packaging/systemd/hivemind-worker.service" "$src/debian/hivemind-worker.service"
 [ -f "$src/README.md" ] || echo "hivemind-worker: worker node of the HiveMind platform" > "$src/README.md"
+# This release's pins, interpreter range and version, in the copy only.
+cp "$reqs" "$src/debian/requirements.txt" && cp "$reqs" "$src/packaging/debian/requirements.txt"
+next=$("$python" -c 'import sys; print("3.%d" % (sys.version_info[1] + 1))')
+sed -i "s/python3 (>= 3.11),/python3 (>= $pyver),/; s/python3 (<< 3.12)/python3 (<< $next)/" "$src/debian/control"
+sed -i "0,/^version *= *\".*\"/s//version = \"$version\"/" "$src/pyproject.toml"
+sed -i "s/^__version__ = .*/__version__ = \"$version\"/" "$src/hivemind_worker/__init__.py"
+{
+    echo "hivemind-worker ($debversion) ${VERSION_CODENAME:-unstable}; urgency=medium"
+    echo
+    echo "  * hivemind-worker $version for Debian $VERSION_ID (Python $pyver)."
+    echo
+    # A second after the upstream entry: the same sources build the same package.
+    upstream_date=$(sed -n 's/^ -- .*>  //p' "$repo/packaging/debian/changelog" | head -n1)
+    echo " -- HiveMind maintainers <maintainers@hivemind.invalid>  $(LC_ALL=C date -R -u -d "@$(( $(date -d "$upstream_date" +%s) + 1 ))")"
+    echo
+    cat "$src/packaging/debian/changelog"
+} > "$src/debian/changelog"
 
 if [ -n "${WHEELHOUSE:-}" ]; then
     mkdir -p "$WHEELHOUSE"
@@ -112,9 +149,10 @@ fi
 start=$(date +%s)
 (cd "$src" && DEB_BUILD_OPTIONS="${DEB_BUILD_OPTIONS:-nocheck}" dpkg-buildpackage -us -uc -b) > "$work/build.log" 2>&1 || {
     tail -n 40 "$work/build.log" >&2; die "dpkg-buildpackage failed (log above)"; }
-cp "$work/$deb" "$out/$deb"
-echo "$srchash" > "$out/$deb.srchash"
-echo "built $out/$deb in $(( $(date +%s) - start )) s"
+echo "built $deb in $(( $(date +%s) - start )) s"
 if command -v lintian >/dev/null; then
-    lintian --fail-on error "$out/$deb" || die "lintian reports errors in $out/$deb"
+    lintian --fail-on error "$work/$deb" || die "lintian reports errors in $deb"
 fi
+cp "$work/$deb" "$out/$deb"
+echo "$srchash" > "$out/$deb.srchash"   # only for a package lintian passed
+echo "built $out/$deb"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Build (once) a Debian 12 root file system that boots systemd under systemd-nspawn,
+# Build (once) a Debian root file system that boots systemd under systemd-nspawn,
 # as a tarball: the system tests copy it per test host (tests/support/nspawn.py).
 #
-# Usage: build-test-rootfs.sh DEST.tar [EXTRA_PACKAGES_COMMA_SEPARATED]
+# Usage: [DEBIAN_RELEASE=bookworm|trixie] build-test-rootfs.sh DEST.tar [EXTRA_PACKAGES_COMMA_SEPARATED]
 #
 # Holds a minimal Debian plus systemd, python3 + venv, iproute2, WireGuard tools and
 # ca-certificates - what install.sh / the .deb expect from the mirror - so a booted
@@ -13,6 +13,8 @@ set -euo pipefail
 dest=${1:?usage: build-test-rootfs.sh DEST.tar [EXTRA,PACKAGES]}
 extra=${2:-}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+release=${DEBIAN_RELEASE:-bookworm}   # Debian 12; trixie is Debian 13
+case "$release" in bookworm|trixie) ;; *) echo "build-test-rootfs.sh: DEBIAN_RELEASE=$release: bookworm or trixie" >&2; exit 2 ;; esac
 packages=systemd,systemd-sysv,dbus,python3,python3-venv,iproute2,ca-certificates,wireguard-tools,wireguard-go
 [ -n "$extra" ] && packages="$packages,$extra"
 
@@ -23,7 +25,7 @@ command -v debootstrap >/dev/null || { echo "build-test-rootfs.sh: apt-get insta
 tmp="$dest.tmp.$$"
 trap 'rm -rf "$tmp" "$tmp.tar"' EXIT
 mkdir -p "$(dirname "$dest")"
-debootstrap --variant=minbase --include="$packages" bookworm "$tmp" "$mirror"
+debootstrap --variant=minbase --include="$packages" "$release" "$tmp" "$mirror"
 
 # The host takes its name from the machine name; nothing waits for a network that
 # nspawn without --private-network never configures.

@@ -16,6 +16,7 @@ packages=(
     python3-venv python3-pip
     dh-virtualenv dh-python debhelper lintian build-essential   # the Debian package
     openssh-client shellcheck dpkg-dev
+    reprepro gnupg                                     # the signed APT repository
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -73,57 +73,144 @@ def _git_files() -> list[str]:
 # --------------------------------------------------------------------------- caches
 
 
-@pytest.fixture(scope="session")
-def packaging_rootfs() -> Path:
-    """The cached Debian 12 root file system (scripts/build-test-rootfs.sh: systemd,
-    python3 + venv, WireGuard tools) plus sshd and python3-apt for Ansible."""
+RELEASES = ("bookworm", "trixie")  # Debian 12 (Python 3.11) and 13 (Python 3.13)
+# What scripts/build-deb.sh needs, in the root file system a release's .deb is built in.
+BUILD_EXTRA = "dh-virtualenv,dh-python,debhelper,dpkg-dev,python3-pip,lintian,perl-openssl-defaults"
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"  # the TLS-inspecting proxy's trust
+
+
+def release_rootfs(release: str, extra: str, kind: str) -> Path:
+    """A cached root file system of `release` (scripts/build-test-rootfs.sh plus `extra`),
+    keyed on the script, the packages and the release."""
+    key = hashlib.sha256((BUILD_SCRIPT.read_text() + extra + release).encode()).hexdigest()[:12]
+    tarball = CACHE / "packaging" / f"{release}-{kind}-{key}.tar"
+    if not tarball.exists():
+        with _locked(f"rootfs-{release}-{kind}"):
+            if not tarball.exists():
+                subprocess.run([str(BUILD_SCRIPT), str(tarball), extra], check=True, timeout=1500,
+                               env={**os.environ, "DEBIAN_RELEASE": release})
+    return tarball
+
+
+def requirements_for(release: str) -> Path:
+    """The hash-pinned dependencies of the release's Python (build-deb.sh --lock)."""
+    return REQUIREMENTS if release == "bookworm" else REQUIREMENTS.with_name("requirements-py313.txt")
+
+
+@pytest.fixture(scope="session", params=RELEASES)
+def release(request) -> str:
+    """Each packaging test runs once per supported Debian release."""
     _require_machine()
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    key = hashlib.sha256((BUILD_SCRIPT.read_text() + ROOTFS_EXTRA).encode()).hexdigest()[:12]
-    return ensure_rootfs(CACHE / "packaging" / f"bookworm-packaging-{key}.tar", extra_packages=ROOTFS_EXTRA)
+    return request.param
 
 
 @pytest.fixture(scope="session")
-def wheelhouse() -> Path:
-    """The worker's Python dependencies, downloaded once (hash-checked) for offline hosts."""
-    _require_machine()
-    dest = CACHE / "packaging" / f"pip-download-{_key(REQUIREMENTS)}"
+def packaging_rootfs(release) -> Path:
+    """The cached root file system of the release (scripts/build-test-rootfs.sh: systemd,
+    python3 + venv, WireGuard tools) plus sshd and python3-apt for Ansible."""
+    return release_rootfs(release, ROOTFS_EXTRA, "packaging")
+
+
+class BuildRoot:
+    """A release's build root file system, unpacked once per test session, where
+    commands run under systemd-nspawn (not booted) with the host's network and CA
+    bundle: a trixie .deb must be built on trixie."""
+
+    def __init__(self, release: str) -> None:
+        self.release = release
+        self.dir: Path | None = None
+
+    def run(self, *cmd: str, binds: dict[str, str] | None = None, ro_binds: dict[str, str] | None = None,
+            timeout: float = 1200) -> subprocess.CompletedProcess:
+        if self.dir is None:
+            tarball = release_rootfs(self.release, BUILD_EXTRA, "build")
+            self.dir = Path(tempfile.mkdtemp(prefix=f"build-{self.release}.", dir="/var/tmp"))
+            subprocess.run(["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(self.dir)], check=True, timeout=600)
+        args = ["systemd-nspawn", "-q", "-D", str(self.dir), "--register=no", "--keep-unit", "--as-pid2",
+                f"--bind-ro={HOST_CA}:/etc/ssl/host-ca.crt", "--setenv=PIP_CERT=/etc/ssl/host-ca.crt",
+                "--setenv=PIP_DISABLE_PIP_VERSION_CHECK=1"]
+        args += [f"--bind={src}:{dst}" for src, dst in (binds or {}).items()]
+        args += [f"--bind-ro={src}:{dst}" for src, dst in (ro_binds or {}).items()]
+        return subprocess.run([*args, "--", *cmd], capture_output=True, text=True, timeout=timeout)
+
+    def remove(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def build_roots():
+    roots: dict[str, BuildRoot] = {}
+    yield lambda release: roots.setdefault(release, BuildRoot(release))
+    for root in roots.values():
+        root.remove()
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(release, build_roots) -> Path:
+    """The worker's Python dependencies for the release's Python, downloaded once
+    (hash-checked) for offline hosts."""
+    reqs = requirements_for(release)
+    dest = CACHE / "packaging" / f"pip-download-{release}-{_key(reqs)}"
     with _locked("packaging-pip-download"):
         if not dest.is_dir():
             tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix="wheelhouse.tmp."))
-            env = {**os.environ, "PIP_CERT": os.environ.get("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt"),
-                   "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-            done = subprocess.run([SYSTEM_PYTHON, "-m", "pip", "download", "-q", "--no-deps", "--require-hashes",
-                                   "-r", str(REQUIREMENTS), "-d", str(tmp)], capture_output=True, text=True,
-                                  timeout=600, env=env)
+            if release == "bookworm":
+                env = {**os.environ, "PIP_CERT": os.environ.get("PIP_CERT", HOST_CA), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+                done = subprocess.run([SYSTEM_PYTHON, "-m", "pip", "download", "-q", "--no-deps", "--require-hashes",
+                                       "-r", str(reqs), "-d", str(tmp)], capture_output=True, text=True,
+                                      timeout=600, env=env)
+            else:  # the release's own pip picks the wheels for its own Python
+                done = build_roots(release).run("python3", "-m", "pip", "download", "-q", "--no-deps", "--require-hashes",
+                                                "-r", "/reqs.txt", "-d", "/out", binds={str(tmp): "/out"},
+                                                ro_binds={str(reqs): "/reqs.txt"}, timeout=600)
             if done.returncode != 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise AssertionError(f"pip download failed:\n{done.stderr[-3000:]}")
+                raise AssertionError(f"pip download ({release}) failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
             tmp.chmod(0o755)
             tmp.rename(dest)
     return dest
 
 
-@pytest.fixture(scope="session")
-def deb_package(wheelhouse) -> Path:
-    """The .deb, built by scripts/build-deb.sh (which skips the build when its sources
-    did not change and fails when lintian reports an error)."""
+def build_deb(release: str, wheelhouse: Path, build_roots, version: str | None = None) -> Path:
+    """scripts/build-deb.sh for the release (on the host for bookworm, in the trixie
+    build root for trixie); it skips the build when its sources did not change and
+    fails when lintian reports an error. Returns the .deb."""
     out = CACHE / "deb"
-    env = {**os.environ, "WHEELHOUSE": str(wheelhouse)}
+    out.mkdir(parents=True, exist_ok=True)
+    extra = ["--version", version] if version else []
     with _locked("deb"):
         started = time.monotonic()
-        done = subprocess.run(["bash", str(REPO / "scripts" / "build-deb.sh"), "--out", str(out)],
-                              capture_output=True, text=True, timeout=900, env=env)
-        assert done.returncode == 0, f"build-deb.sh failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        print(f"build-deb.sh: {time.monotonic() - started:.1f} s: {done.stdout.strip().splitlines()[-1:]}")
-    version = next(line.split('"')[1] for line in (REPO / "pyproject.toml").read_text().splitlines()
-                   if line.startswith("version"))
+        if release == "bookworm":
+            done = subprocess.run(["bash", str(REPO / "scripts" / "build-deb.sh"), "--out", str(out), *extra],
+                                  capture_output=True, text=True, timeout=1200,
+                                  env={**os.environ, "WHEELHOUSE": str(wheelhouse)})
+        else:
+            src = Path(tempfile.mkdtemp(prefix="deb-src.", dir="/var/tmp"))
+            try:
+                copy_source(src)
+                done = build_roots(release).run("env", "WHEELHOUSE=/wheels", "bash", "/src/scripts/build-deb.sh",
+                                                "--out", "/out", *extra, binds={str(out): "/out", str(src): "/src"},
+                                                ro_binds={str(wheelhouse): "/wheels"})
+            finally:
+                shutil.rmtree(src, ignore_errors=True)
+        assert done.returncode == 0, f"build-deb.sh ({release}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        print(f"build-deb.sh ({release}): {time.monotonic() - started:.1f} s: {done.stdout.strip().splitlines()[-1:]}")
+    upstream = version or next(line.split('"')[1] for line in (REPO / "pyproject.toml").read_text().splitlines()
+                               if line.startswith("version"))
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
-    deb = out / f"hivemind-worker_{version}_{arch}.deb"
-    assert deb.is_file()
+    deb = out / f"hivemind-worker_{upstream}+deb{12 if release == 'bookworm' else 13}_{arch}.deb"
+    assert deb.is_file(), f"build-deb.sh did not leave {deb}"
     return deb
+
+
+@pytest.fixture(scope="session")
+def deb_package(release, wheelhouse, build_roots) -> Path:
+    """The release's .deb of this tree's version."""
+    return build_deb(release, wheelhouse, build_roots)
 
 
 # --------------------------------------------------------------------------- dev-master
