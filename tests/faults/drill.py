@@ -28,8 +28,6 @@ from tests.support.stack import DevMaster, Node, wait_for
 
 # States a task ends in on the dev-master: nothing more will happen to it.
 FINAL = {"done", "rejected", "lost", "cancelled"}
-# Outcomes that are a result of the task's own process (a result archive comes back).
-PROCESS_ENDED = {"exited", "failed", "timed_out", "oom_killed", "cancelled"}
 
 
 def db_rows(master: DevMaster, sql: str, args: tuple = ()) -> list[dict]:
@@ -221,20 +219,20 @@ def assert_agree(master: DevMaster, node: Node, timeout: float = 30) -> None:
         problems = []
         for task_id, m in master_rows.items():
             settled = m["state"] in FINAL
+            said = f"master {m['state']}/{m['outcome']} exit {m['exit_code']} ({m['reason']!r})"
             if settled and task_id in active:
-                problems.append(f"{task_id}: master {m['state']}/{m['outcome']}, node still has it as {active[task_id]['status']}")
-            elif settled and m["outcome"] in PROCESS_ENDED | {"lost", "rejected"}:
+                problems.append(f"{task_id}: {said}, node still has it as {active[task_id]['status']}")
+            elif settled and m["outcome"]:
                 h = history.get(task_id)
                 if h is None:
-                    problems.append(f"{task_id}: master {m['outcome']} (exit {m['exit_code']}), not in the node's history")
+                    problems.append(f"{task_id}: {said}, not in the node's history")
                 elif (h["state"], h["exit_code"]) != (m["outcome"], m["exit_code"]):
-                    problems.append(f"{task_id}: master {m['outcome']} exit {m['exit_code']} ({m['reason']!r}), "
-                                    f"node {h['state']} exit {h['exit_code']} ({h.get('reason')!r})")
+                    problems.append(f"{task_id}: {said}, node {h['state']} exit {h['exit_code']} ({h.get('reason')!r})")
             elif not settled and task_id not in active:
-                problems.append(f"{task_id}: master {m['state']}, the node does not hold it")
+                problems.append(f"{task_id}: {said}, the node does not hold it")
         for task_id, t in active.items():
             if task_id not in master_rows:
-                problems.append(f"{task_id}: the node holds it ({t['status']}), the master does not know it on this node")
+                problems.append(f"{task_id}: the node holds it ({t['status']}), the master does not know it here")
         return "; ".join(problems)
 
     deadline = time.monotonic() + timeout

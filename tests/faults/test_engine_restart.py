@@ -54,7 +54,8 @@ def test_engine_restart_mid_task(engine, master, make_node, task_image, tmp_path
 
     if engine.live_restore:
         row = wait_final(master, task_id, 180, node)
-        assert (row["state"], row["outcome"], row["exit_code"]) == ("done", "exited", 0), describe(master, task_id, node)
+        assert (row["state"], row["outcome"], row["exit_code"]) == ("done", "exited", 0), \
+            describe(master, task_id, node)
         assert_lines_once(master, task_id, [f"line {i}" for i in range(1, LINES + 1)])
         with tarfile.open(result_archive(master, task_id)) as tar:
             assert tar.extractfile("output/done.txt").read() == f"{LINES} lines".encode()

@@ -50,7 +50,8 @@ def test_sixty_tasks_with_the_master_restarted(master, make_node, task_image, tm
     started = time.monotonic()
 
     def submit(k: int) -> str:
-        return master.submit("--command", f"python3 -c \"{SCRIPT}\"", "--env", f"K={k}", "--cpus", "0.25", "--memory", "64m")
+        return master.submit("--command", f"python3 -c \"{SCRIPT}\"", "--env", f"K={k}",
+                             "--cpus", "0.25", "--memory", "64m")
 
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(submit, range(TASKS)))

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 
 from tests.faults.drill import (
-    assert_agree, bundle, assert_healthy, assert_lines_once, describe, log_lines, node_finished, result_archive,
+    assert_agree, assert_healthy, assert_lines_once, bundle, describe, log_lines, node_finished, result_archive,
     wait_connected, wait_final, wait_task,
 )
 from tests.support.stack import wait_for
@@ -47,7 +47,7 @@ def silent_cut(port: int):
 
 def test_silent_cut_across_a_task_exit(master, node, submit_wait, tmp_path):
     waiter = submit_wait(str(bundle(tmp_path)), "--cpus", "0.5", "--memory", "128m",
-                    "--env", "LINES=60", "--env", "PAUSE=0.1", "--env", "EXIT=5")
+                         "--env", "LINES=60", "--env", "PAUSE=0.1", "--env", "EXIT=5")
     task_id = waiter.task_id
     wait_task(master, task_id, lambda r: log_lines(master, task_id), 120, "to log its first line", node)
     with silent_cut(master.port):
@@ -57,8 +57,8 @@ def test_silent_cut_across_a_task_exit(master, node, submit_wait, tmp_path):
         assert master.proc.poll() is None
 
     row = wait_final(master, task_id, 180, node)
-    assert (row["state"], row["outcome"], row["exit_code"], row["reason"]) == ("done", "exited", 5, "exited with code 5"), \
-        describe(master, task_id, node)
+    expected = ("done", "exited", 5, "exited with code 5")
+    assert (row["state"], row["outcome"], row["exit_code"], row["reason"]) == expected, describe(master, task_id, node)
     code, stdout, stderr = waiter.finish(15)
     assert code == 5, stderr[-2000:]
     assert_lines_once(master, task_id, [f"line {i}" for i in range(1, 61)])
