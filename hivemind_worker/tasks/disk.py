@@ -153,6 +153,7 @@ class DiskWatch:
         return tree_usage(self.root), free_bytes(_nearest(self.root))
 
     async def run(self) -> None:
+        reason = ""
         try:
             while True:
                 started = time.monotonic()
@@ -164,7 +165,11 @@ class DiskWatch:
                 # a tenth of one core goes to watching a task's disk.
                 await asyncio.sleep(max(self.check_s, 10 * (time.monotonic() - started)))
         finally:
-            self.usage.by_task.pop(self.task_id, None)
+            # A task stopped for a full node stays the largest writer until its
+            # workspace is freed (the runner forgets it then): nobody else is stopped
+            # for the space it still holds.
+            if not reason.startswith("node disk full"):
+                self.usage.by_task.pop(self.task_id, None)
 
     async def check(self) -> str:
         """One measurement; the kill reason, or ""."""

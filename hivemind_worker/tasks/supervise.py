@@ -45,6 +45,13 @@ VANISHED = ("lost: the task's container vanished (removed outside the agent, or 
 
 async def watch(run: Any, container: ContainerInfo | None) -> None:
     """Carry a RUNNING task to its verdict (``run._finish``)."""
+    try:
+        await _watch(run, container)
+    finally:
+        run.ctx.disk_usage.by_task.pop(run.task_id, None)  # its disk watch's last measurement
+
+
+async def _watch(run: Any, container: ContainerInfo | None) -> None:
     rt, cid = run.ctx.runtime, run.row.container_id
     run.open_spool()
     if container is not None and not container.running and not container.started_at_ms:

@@ -109,3 +109,17 @@ def test_settings_validate_the_marks() -> None:
         replace(Settings(), disk_hard_min_free_bytes=2 * MiB, disk_min_free_bytes=MiB)
     with pytest.raises(ConfigError, match="task_disk_limit_bytes"):
         replace(Settings(), task_disk_limit_bytes=-1)
+
+
+async def test_a_task_stopped_for_a_full_node_stays_the_largest_until_forgotten(tmp_path: Path) -> None:
+    s = Settings(task_disk_limit_bytes=1 << 50, disk_min_free_bytes=1 << 60, disk_hard_min_free_bytes=1 << 59)
+    usage = DiskUsage()
+    small, big = watch(tmp_path, s, usage, "small"), watch(tmp_path, s, usage, "big")
+    (tmp_path / "small" / "f").write_bytes(b"s" * 4096)
+    (tmp_path / "big" / "f").write_bytes(b"b" * MiB)
+    await small.check()
+    await asyncio.wait_for(big.run(), 10)  # stopped: the largest writer
+    assert big.killed[0].startswith("node disk full") and "big" in usage.by_task
+    assert await small.check() == ""  # the big one's space is not freed yet: not small's turn
+    usage.by_task.pop("big")  # its workspace was freed (supervise.watch forgets it)
+    assert (await small.check()).startswith("node disk full")
