@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hivemind_worker.config import Settings
-from hivemind_worker.errors import MasterUnreachable, WorkerError
+from hivemind_worker.errors import MasterUnreachable, RuntimeUnavailable, WorkerError
 from hivemind_worker.runtime.spec import ContainerInfo, ContainerSpec
 from hivemind_worker.tasks import supervise
 from hivemind_worker.tasks.cleanup import free_workspace, open_output, remove_traces
@@ -214,6 +214,10 @@ class TaskRun:
             if is_disk_full(exc):  # bundle download or unpack, workspace creation
                 await asyncio.to_thread(self.dirs.free_workspace)
                 reason = f"node disk full while {self.row.status.value}: {reason}; task not run"
+            if isinstance(exc, RuntimeUnavailable):  # the engine (restarting?), not the task
+                await self._finish(TaskStatus.LOST, -1, f"lost: the task could not be started: {exc}; "
+                                   "not the task's fault")
+                return
             await self._finish(TaskStatus.FAILED, -1, reason)
         finally:
             self._prepare = None
