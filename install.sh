@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the HiveMind worker on this host (Debian 12+, Ubuntu 22.04+), as root:
+# Install the HiveMind worker on this host (tested: Debian 12 and 13; Ubuntu 22.04+), as root:
 #
 #   sudo ./install.sh                                   install; prints the next step
 #   sudo ./install.sh --master HOST:PORT --token TOKEN --ca-hash sha256:HEX
@@ -79,7 +79,20 @@ case "${ID:-}" in
 esac
 [ -d /run/systemd/system ] || die "systemd is not running as PID 1 here; the worker runs as a systemd service"
 
+# A removal drains whatever stop_mode says (SIGINT): running tasks finish, or are
+# cancelled at drain_timeout_s and reported, before the unit stops. At most 150 s.
+drain_service() {
+    systemctl is-active --quiet "$UNIT" 2>/dev/null || return 0
+    say "draining running tasks before the removal"
+    systemctl kill --kill-whom=main --signal=SIGINT "$UNIT" || return 0
+    local waited=0   # MainPID, not is-active: a draining agent's unit reads "deactivating"
+    while [ "$(systemctl show -P MainPID "$UNIT")" != 0 ] && [ "$waited" -lt 150 ]; do
+        sleep 1; waited=$((waited + 1))
+    done
+}
+
 uninstall_worker() {
+    drain_service
     if [ -x "$VENV/bin/hivemind-worker" ]; then
         if [ "$purge" = 1 ]; then "$VENV/bin/hivemind-worker" install --uninstall --purge
         else "$VENV/bin/hivemind-worker" install --uninstall; fi
@@ -172,10 +185,13 @@ else
     # Dependencies: exactly the .deb's, hash-checked (pip as root runs no code it was
     # not pinned to). Then the worker alone, built with the pinned setuptools/wheel
     # already in the venv (no build isolation: nothing unpinned is fetched for it).
-    reqs="$SRC/packaging/debian/requirements.txt"
-    [ -r "$reqs" ] || die "$reqs is missing; run install.sh from the worker's source tree"
+    # One pinned set per Python (compiled wheels differ): 3.11 on Debian 12, 3.13 on 13.
+    pyver=$("$python" -c 'import sys; print("%d%d" % sys.version_info[:2])')
+    reqs="$SRC/packaging/debian/requirements-py$pyver.txt"
+    [ "$pyver" = 311 ] && reqs="$SRC/packaging/debian/requirements.txt"
+    [ -r "$reqs" ] || die "$reqs is missing: no pinned dependencies for this Python ($("$python" -V)); supported: Debian 12 (3.11) and 13 (3.13), or generate them with scripts/build-deb.sh --lock"
     "$VENV/bin/pip" install "${pip_args[@]}" --require-hashes -r "$reqs" \
-        || die "pip could not install the pinned dependencies ($reqs, hash-checked; generated for amd64 and Python 3.11, regenerate with scripts/build-deb.sh --lock elsewhere) into $VENV; offline hosts: --wheelhouse DIR, behind a proxy: PIP_CERT=/etc/ssl/certs/ca-certificates.crt or PIP_INDEX_URL=..."
+        || die "pip could not install the pinned dependencies ($reqs, hash-checked, for amd64; regenerate with scripts/build-deb.sh --lock elsewhere) into $VENV; offline hosts: --wheelhouse DIR, behind a proxy: PIP_CERT=/etc/ssl/certs/ca-certificates.crt or PIP_INDEX_URL=..."
     "$VENV/bin/pip" install "${pip_args[@]}" --no-deps --no-build-isolation --force-reinstall "$build" \
         || die "pip could not install the worker into $VENV"
     change "installed hivemind-worker $want into $VENV${have:+ (was $have)}"
@@ -210,8 +226,10 @@ if [ -e "$CONFIG_DIR/node.json" ]; then
         systemctl start "$UNIT" || die "$UNIT did not start: journalctl -u hivemind-worker -n 50"
         change "started $UNIT"
     elif [ "$restart" = 1 ]; then
+        # SIGTERM: running tasks keep running for the new agent (stop_mode "handoff",
+        # the default) or drain first (stop_mode "drain").
         systemctl restart "$UNIT"
-        change "restarted $UNIT on the new installation"
+        change "restarted $UNIT on the new installation (running tasks are handed over, or drained under stop_mode = \"drain\")"
     fi
     say "the worker runs as $UNIT: systemctl status hivemind-worker; journalctl -u hivemind-worker"
 else

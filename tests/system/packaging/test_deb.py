@@ -1,7 +1,8 @@
-"""The .deb on a fresh, booted Debian 12 host: `dpkg -i` (its dependencies are the
+"""The release's .deb on a fresh, booted Debian 12 or 13 host: `dpkg -i` (its dependencies are the
 distribution's, already in the root file system), the unit enabled but not started,
-`hivemind-worker doctor` runs, enrollment starts it, `dpkg -r` keeps the identity,
-`dpkg -P` deletes it."""
+`hivemind-worker doctor` runs, enrollment starts it, an upgrade restarts it with a
+handoff (running tasks stay), `dpkg -r` drains, stops and keeps the identity, `dpkg -P`
+deletes it."""
 
 from __future__ import annotations
 
@@ -30,15 +31,16 @@ def test_requirements_lock_covers_pyproject():
 
     repo = Path(__file__).resolve().parents[3]
     deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
-    pinned = {line.split("==")[0].lower().replace("_", "-")
-              for line in (repo / "packaging/debian/requirements.txt").read_text().splitlines()
-              if "==" in line and not line.startswith("#")}
     names = {d.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip().lower().replace("_", "-") for d in deps}
-    assert names <= pinned, f"not in packaging/debian/requirements.txt: {sorted(names - pinned)}; run scripts/build-deb.sh --lock"
+    for lock in ("requirements.txt", "requirements-py313.txt"):  # Python 3.11 (Debian 12), 3.13 (13)
+        pinned = {line.split("==")[0].lower().replace("_", "-")
+                  for line in (repo / "packaging/debian" / lock).read_text().splitlines()
+                  if "==" in line and not line.startswith("#")}
+        assert names <= pinned, f"not in packaging/debian/{lock}: {sorted(names - pinned)}; run scripts/build-deb.sh --lock"
 
 
-def test_deb_install_doctor_remove_purge(boot, deb_package, dev_master):
-    name = f"pk-deb-{os.getpid()}"
+def test_deb_install_doctor_remove_purge(release, boot, deb_package, dev_master):
+    name = f"pk-deb-{release[:4]}-{os.getpid()}"
     with boot(name, files={DEB: deb_package}) as host:
         timings = dict(host.timings)
         started = time.monotonic()
@@ -76,10 +78,12 @@ def test_deb_install_doctor_remove_purge(boot, deb_package, dev_master):
         host.sh(f"dpkg -i {DEB}", timeout=300)
         assert host.sh("systemctl is-active hivemind-worker", check=False).stdout.strip() == "active", host.journal()
         assert host.sh("systemctl show -P MainPID hivemind-worker").stdout != pid
+        assert "running tasks keep running for the next agent" in host.journal(lines=200), "a handoff, not a drain"
         dev_master.wait_connected({name})
 
         # Remove: the service stops, the code goes, the identity stays.
         host.sh("dpkg -r hivemind-worker", timeout=180)
+        assert "draining (deadline" in host.journal(lines=200), "a removal drains (SIGINT)"
         assert host.sh("systemctl is-active hivemind-worker", check=False).stdout.strip() != "active"
         host.sh("test ! -e /opt/hivemind-worker && test ! -e /usr/bin/hivemind-worker "
                 "&& test ! -e /lib/systemd/system/hivemind-worker.service")

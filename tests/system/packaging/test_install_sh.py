@@ -1,4 +1,4 @@
-"""install.sh on a fresh, booted Debian 12 host: refuses what it must, installs,
+"""install.sh on a fresh, booted Debian 12 or 13 host: refuses what it must, installs,
 enrolls with a dev-master on the host, starts the service; a second run changes
 nothing; --uninstall keeps the identity and --uninstall --purge removes it.
 
@@ -32,8 +32,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_install_sh_enrolls_and_is_idempotent(boot, wheelhouse, dev_master):
-    name = f"pk-inst-{os.getpid()}"
+def test_install_sh_enrolls_and_is_idempotent(release, boot, wheelhouse, dev_master):
+    name = f"pk-inst-{release[:4]}-{os.getpid()}"
     with boot(name, source=SRC, binds={str(wheelhouse): WHEELHOUSE}) as host:
         timings = dict(host.timings)
 
@@ -89,11 +89,13 @@ def test_install_sh_enrolls_and_is_idempotent(boot, wheelhouse, dev_master):
         third = host.sh(f"{SRC}/install.sh --reinstall --wheelhouse {WHEELHOUSE}", timeout=300)
         assert "(was " in third.stdout and "restarted hivemind-worker.service" in third.stdout, third.stdout
         assert host.sh("systemctl show -P MainPID hivemind-worker").stdout != pid
+        assert "running tasks keep running for the next agent" in host.journal(lines=200), "a handoff, not a drain"
         dev_master.wait_connected({name})
         assert [r["node_id"] for r in dev_master.nodes() if r["hostname"] == name] == [node_id]
 
         # --uninstall keeps the identity; --purge removes it and the user.
         host.sh(f"{SRC}/install.sh --uninstall", timeout=180)
+        assert "draining (deadline" in host.journal(lines=200), "a removal drains (SIGINT)"
         assert host.sh("systemctl is-active hivemind-worker", check=False).stdout.strip() != "active"
         host.sh("test ! -e /opt/hivemind-worker && test ! -e /usr/local/bin/hivemind-worker "
                 "&& test -f /etc/hivemind-worker/node.json && getent passwd hivemind-worker")
@@ -102,7 +104,7 @@ def test_install_sh_enrolls_and_is_idempotent(boot, wheelhouse, dev_master):
                 "&& ! getent passwd hivemind-worker && test ! -e /etc/systemd/system/hivemind-worker.service")
 
         # A package to install and no mirror: it says so and stops.
-        (host.root / "var/tmp/no-mirror.list").write_text("deb http://127.0.0.1:9/debian bookworm main\n")
+        (host.root / "var/tmp/no-mirror.list").write_text(f"deb http://127.0.0.1:9/debian {release} main\n")
         (host.root / "var/tmp/no-sources.d").mkdir()
         (host.root / "var/tmp/no-mirror.conf").write_text(
             'Dir::Etc::sourcelist "/var/tmp/no-mirror.list";\nDir::Etc::sourceparts "/var/tmp/no-sources.d";\n')
