@@ -18,7 +18,9 @@ without touching the shared dockerd that every other test uses.
 
 The engine runs with its own --data-root (a tmpfs), --exec-root, --pidfile, its own supervised
 containerd, and --iptables=false --bridge=none: it creates no network, so task
-containers on it must use network "none". stop() (also at exit of the with block)
+containers on it must use network "none". It runs in a network namespace of its own
+(hm-engine-<n>): a dockerd started with --bridge=none deletes any docker0 it sees,
+and the shared engine's docker0 must survive. stop() (also at exit of the with block)
 removes every container, stops dockerd and its containerd, unmounts what is left
 and deletes the data root. Needs root.
 
@@ -72,6 +74,7 @@ class Engine:
         self.live_restore = live_restore
         self.config = config
         self.proc: subprocess.Popen | None = None
+        self.netns = f"hm-engine-{n}"
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -81,8 +84,13 @@ class Engine:
             self.data_root.mkdir(parents=True, exist_ok=True)
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DATA_ROOT_SIZE}", "tmpfs", str(self.data_root)],
                            check=True, timeout=30)
+        if not Path(f"/run/netns/{self.netns}").exists():
+            subprocess.run(["ip", "netns", "add", self.netns], check=True, timeout=30)
+            subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True, timeout=30)
         args = [
-            "dockerd", "--host", self.host, "--data-root", str(self.data_root),
+            # nsenter, not `ip netns exec`: that would also give dockerd a mount namespace
+            # of its own, and the tests bind host paths (workspaces, tmpfs) into tasks.
+            "nsenter", f"--net=/run/netns/{self.netns}", "--", "dockerd", "--host", self.host, "--data-root", str(self.data_root),
             "--exec-root", str(self.exec_root), "--pidfile", str(self.pidfile),
             "--iptables=false", "--ip-masq=false", "--bridge=none", "--log-level=info",
         ]
@@ -135,6 +143,7 @@ class Engine:
         except Exception:
             pass
         self._kill_containerd()
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, timeout=30)
         self._unmount_below(self.data_root, self.exec_root)  # the tmpfs data root too
         shutil.rmtree(self.data_root, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
