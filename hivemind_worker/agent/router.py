@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Protocol
 
 from hivemind_worker import __version__
+from hivemind_worker.control.channel import MAX_CLOCK_SKEW_S
 from hivemind_worker.control.messages import (
     Assign,
     Cancel,
@@ -43,7 +44,6 @@ from hivemind_worker.tasks.model import (
 
 logger = logging.getLogger(__name__)
 
-MAX_CLOCK_SKEW_S = 5.0  # task timeouts and log times are compared across hosts
 
 # What the master reads in a Drain message, per cause (the hello carries the cause).
 DRAIN_TEXT = {

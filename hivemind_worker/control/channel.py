@@ -13,6 +13,10 @@ from hivemind_worker.address import MasterAddress
 from hivemind_worker.errors import ConfigError, EnrollmentError, MasterUnreachable
 
 AUTH_HEADER = "authorization"
+# Metadata (initial or trailing) where a master reports its clock, unix milliseconds.
+SERVER_TIME_KEY = "x-server-time-ms"
+# Task timeouts and log times are compared across hosts: beyond this, say so.
+MAX_CLOCK_SKEW_S = 5.0
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:

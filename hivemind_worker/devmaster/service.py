@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import json_format
 
+from hivemind_worker.control.channel import AUTH_HEADER, SERVER_TIME_KEY  # the protocol's metadata keys: one definition
 from hivemind_worker.devmaster import registry, taskdb
 from hivemind_worker.devmaster.hub import VpnHub
 from hivemind_worker.devmaster.layout import StateDir
@@ -44,7 +45,6 @@ logger = logging.getLogger(__name__)
 CHUNK_BYTES = 1024 * 1024
 DEFAULT_MAX_RESULT_BYTES = 2 * 1024 ** 3
 DISK_RESERVE_BYTES = 256 * 1024 * 1024  # what a result upload always leaves free on the master's disk
-SERVER_TIME_KEY = "x-server-time-ms"  # unix milliseconds; read by the doctor's clock check
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class ControlService(pb_grpc.NodeControlServicer):
     def _lookup(self, context) -> sqlite3.Row | None:
         credential = ""
         for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            if key == AUTH_HEADER and isinstance(value, str) and value.startswith("Bearer "):
                 credential = value[len("Bearer "):].strip()
         return registry.node_for_credential(self.conn, credential)
 

@@ -4,21 +4,22 @@ implementation, wg0.conf, the tunnel's handshake, and one authenticated gRPC cal
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from hivemind_worker.address import parse_master_address
+from hivemind_worker.control.channel import MAX_CLOCK_SKEW_S, SERVER_TIME_KEY
+from hivemind_worker.control.probe import probe_master
 from hivemind_worker.doctor.model import Check, CheckResult, DoctorContext, failed, passed, warned
-from hivemind_worker.errors import VpnError, WorkerError
+from hivemind_worker.errors import ConfigError, VpnError, WorkerError
 from hivemind_worker.identity import NodeIdentity, load_ca, load_identity
 from hivemind_worker.vpn import wgtool
 from hivemind_worker.vpn.config import parse_wg_conf
 
-# Metadata (initial or trailing) where a master reports its clock, unix milliseconds.
-SERVER_TIME_KEY = "x-server-time-ms"
-MAX_SKEW_S = 5.0
 REENROLL = "re-enroll: hivemind-worker enroll --master HOST:PORT --token NEW_TOKEN --ca-hash sha256:..."
 
 
@@ -102,16 +103,7 @@ def check_wg_interface(ctx: DoctorContext) -> list[CheckResult]:
                          f"rx {peer.rx_bytes} B, tx {peer.tx_bytes} B")]
 
 
-def _tls_failure(details: str) -> bool:
-    text = details.lower()
-    return any(k in text for k in ("handshake", "certificate", "ssl", "tls"))
-
-
 def check_master(ctx: DoctorContext) -> list[CheckResult]:
-    import grpc
-
-    from hivemind_worker.proto import worker_pb2, worker_pb2_grpc
-
     names = ("master reachable", "credential accepted", "clock skew")
     identity = _identity(ctx)
     if identity is None:
@@ -121,52 +113,37 @@ def check_master(ctx: DoctorContext) -> list[CheckResult]:
         address = parse_master_address(identity.master)
     except WorkerError as exc:
         return [failed(names[0], f"node.json: {exc}", REENROLL)]
+    address = replace(address, tls=identity.tls)
     ca = load_ca(ctx.settings.config_dir)
     if identity.tls and ca is None:
         return [failed(names[0], "no pinned master CA (master-ca.pem missing)", REENROLL)]
-    if identity.tls:
-        channel = grpc.secure_channel(address.target, grpc.ssl_channel_credentials(root_certificates=ca))
-    else:
-        channel = grpc.insecure_channel(address.target)
     scheme = "TLS, pinned CA" if identity.tls else "plain text, loopback"
-    sent = time.time()
     try:
-        stub = worker_pb2_grpc.NodeControlStub(channel)
-        metadata = (("authorization", f"Bearer {identity.credential}"),)
-        try:
-            _, call = stub.ResultOffset.with_call(
-                worker_pb2.ResultOffsetRequest(task_id="doctor-probe"), metadata=metadata, timeout=ctx.timeout_s * 0.8)
-            code, trailers, initial = grpc.StatusCode.OK, call.trailing_metadata(), call.initial_metadata()
-        except grpc.RpcError as exc:
-            code, details = exc.code(), exc.details() or ""
-            trailers, initial = exc.trailing_metadata() or (), exc.initial_metadata() or ()
-            if code == grpc.StatusCode.UNAVAILABLE and identity.tls and _tls_failure(details):
-                return [failed(names[0], f"TLS handshake with {address} failed with the pinned CA ({details[-120:]})",
-                               "the master's CA changed or this is not your master; " + REENROLL),
-                        warned(names[1], "not checked (no connection)"), warned(names[2], "not checked (no connection)")]
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return [failed(names[0], f"no answer from {address}: {code.name} {details[-120:]}",
-                               "check the master is running and reachable (sudo hivemind-worker up for the VPN)"),
-                        warned(names[1], "not checked (no connection)"), warned(names[2], "not checked (no connection)")]
-    finally:
-        channel.close()
-    received = time.time()
+        # Checks run in their own thread (doctor/runner.py), so a private loop is fine here.
+        probe = asyncio.run(probe_master(address, ca, identity.credential, ctx.settings.max_message_bytes,
+                                         ctx.timeout_s * 0.8))
+    except ConfigError as exc:
+        return [failed(names[0], str(exc), REENROLL)]
+    not_checked = [warned(names[1], "not checked (no connection)"), warned(names[2], "not checked (no connection)")]
+    if probe.tls_failed:
+        return [failed(names[0], f"TLS handshake with {address} failed with the pinned CA ({probe.detail})",
+                       "the master's CA changed or this is not your master; " + REENROLL), *not_checked]
+    if not probe.answered:
+        return [failed(names[0], f"no answer from {address}: {probe.status} {probe.detail}",
+                       "check the master is running and reachable (sudo hivemind-worker up for the VPN)"), *not_checked]
     results = [passed(names[0], f"{address} answers ({scheme})")]
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        results.append(failed(names[1], f"the master refused this node's credential ({code.name})", REENROLL))
+    if probe.refused:
+        results.append(failed(names[1], f"the master refused this node's credential ({probe.status})", REENROLL))
     else:
-        results.append(passed(names[1], f"authenticated call answered ({code.name})"))
-    server_ms = next((v for k, v in tuple(initial) + tuple(trailers) if k == SERVER_TIME_KEY), None)
-    if server_ms is None:
+        results.append(passed(names[1], f"authenticated call answered ({probe.status})"))
+    if probe.skew_s is None:
         results.append(warned(names[2], f"the master does not report its time ({SERVER_TIME_KEY} metadata)",
                               "check the host clock: timedatectl status"))
+    elif abs(probe.skew_s) > MAX_CLOCK_SKEW_S:
+        results.append(failed(names[2], f"this host's clock is {-probe.skew_s:+.1f}s off the master's",
+                              "enable time sync: timedatectl set-ntp true"))
     else:
-        skew = int(server_ms) / 1000 - (sent + received) / 2
-        if abs(skew) > MAX_SKEW_S:
-            results.append(failed(names[2], f"this host's clock is {-skew:+.1f}s off the master's",
-                                  "enable time sync: timedatectl set-ntp true"))
-        else:
-            results.append(passed(names[2], f"{-skew:+.2f}s against the master"))
+        results.append(passed(names[2], f"{-probe.skew_s:+.2f}s against the master"))
     return results
 
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from hivemind_worker.control.channel import AUTH_HEADER, SERVER_TIME_KEY
 from hivemind_worker.proto import worker_pb2_grpc
 
 
@@ -64,8 +65,8 @@ class _Servicer(worker_pb2_grpc.NodeControlServicer):
         self.credential, self.clock_offset_s = credential, clock_offset_s
 
     def ResultOffset(self, request, context):
-        auth = dict(context.invocation_metadata()).get("authorization", "")
-        context.set_trailing_metadata((("x-server-time-ms", str(int((time.time() + self.clock_offset_s) * 1000))),))
+        auth = dict(context.invocation_metadata()).get(AUTH_HEADER, "")
+        context.set_trailing_metadata(((SERVER_TIME_KEY, str(int((time.time() + self.clock_offset_s) * 1000))),))
         if auth != f"Bearer {self.credential}":
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked node credential")
         context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id!r} is not assigned to this node")
