@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemind_worker.config import Settings
-from hivemind_worker.errors import WorkerError
+from hivemind_worker.errors import RuntimeUnavailable, WorkerError
 from hivemind_worker.runtime.spec import ContainerSpec
 from hivemind_worker.tasks.journal import TaskRow
 from hivemind_worker.tasks.model import NetworkPolicy
@@ -31,20 +31,37 @@ from hivemind_worker.tasks.workspace import TaskDirs
 
 logger = logging.getLogger(__name__)
 HELPER_TIMEOUT_S = 60.0
+# The engine is away (restarting): keep trying to remove the container this long, so a
+# leftover cannot block the task's next attempt here (same container name).
+REMOVE_WAIT_S = 60.0
 
 
 async def remove_traces(runtime: Any, settings: Settings, node_id: str, row: TaskRow, dirs: TaskDirs) -> None:
     extra = {"task_id": row.task_id, "node_id": node_id}
     if row.container_id:
-        try:
-            await runtime.remove(row.container_id)
-        except WorkerError as exc:
-            logger.warning("task %s: container not removed: %s", row.task_id, exc, extra=extra)
+        await _remove_container(runtime, row.container_id, extra)
     if await asyncio.to_thread(dirs.remove):
         return
     await as_task_user(runtime, settings, node_id, row, dirs, ("find", "/workspace", "-mindepth", "1", "-delete"))
     if not await asyncio.to_thread(dirs.remove):
         logger.warning("task %s: %s could not be removed entirely", row.task_id, dirs.root, extra=extra)
+
+
+async def _remove_container(runtime: Any, container_id: str, extra: dict) -> None:
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + REMOVE_WAIT_S
+    while True:
+        try:
+            await runtime.remove(container_id)
+            return
+        except RuntimeUnavailable as exc:
+            if loop.time() >= give_up:
+                logger.warning("task %s: container not removed: %s", extra["task_id"], exc, extra=extra)
+                return
+        except WorkerError as exc:
+            logger.warning("task %s: container not removed: %s", extra["task_id"], exc, extra=extra)
+            return
+        await asyncio.sleep(1.0)
 
 
 async def free_workspace(runtime: Any, settings: Settings, node_id: str, row: TaskRow, dirs: TaskDirs) -> None:

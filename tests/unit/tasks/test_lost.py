@@ -77,3 +77,25 @@ async def test_a_task_exiting_143_by_itself_is_its_own_exit(settings, runtime: F
     ev = host.final_event("t")
     assert (ev.status, ev.exit_code, ev.reason) == (S.EXITED, 143, "exited with code 143")
     await m.close()
+
+
+async def test_cleanup_waits_for_an_engine_that_is_away(settings, runtime: FakeRuntime, host: LocalTaskHost) -> None:
+    """A lost task's container is removed once the engine is back, before the task is
+    let go: a leftover would block its next attempt here (same container name)."""
+    real_remove = runtime.remove
+    failures = [2]
+
+    async def away_then_back(cid: str) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeUnavailable("remove container: Docker engine not reachable")
+        await real_remove(cid)
+
+    runtime.remove = away_then_back  # type: ignore[method-assign]
+    runtime.scripts["t"] = Script(lines=["x"])
+    m = manager(settings, runtime, host)
+    await m.start()
+    await m.assign(request("t"))
+    await settled(m)
+    assert failures == [0] and not runtime.has("t") and host.final_event("t").status is S.EXITED
+    await m.close()
