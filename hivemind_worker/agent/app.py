@@ -10,6 +10,7 @@ from typing import Any, Callable
 from hivemind_worker.address import parse_master_address
 from hivemind_worker.agent.daemon import Agent, AgentParts
 from hivemind_worker.agent.facts import node_capacity
+from hivemind_worker.agent.history import history_feed
 from hivemind_worker.agent.view import AgentStatus
 from hivemind_worker.config import Settings
 from hivemind_worker.control.channel import open_channel
@@ -68,7 +69,7 @@ async def build_agent(settings: Settings, reload: Callable[[], Settings] | None 
         logger.info("Docker %s, %d GPU(s)", docker["version"], gpus.total, extra=extra)
         tasks = TaskManager(settings, runtime, agent.router, identity.node_id,
                             capacity=node_capacity(settings, gpus.total), gpus=gpus, disk_gate=disk_gate(settings),
-                            drain=agent.drain, on_event=telemetry.on_task_event)
+                            drain=agent.drain, on_event=history_feed(telemetry))
         agent.attach_tasks(tasks)
 
     status = AgentStatus(agent, docker, lambda: telemetry.reports)

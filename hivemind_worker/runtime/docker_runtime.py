@@ -42,7 +42,7 @@ from hivemind_worker.runtime.spec import (
 )
 from hivemind_worker.runtime.stats import StatsReader
 from hivemind_worker.runtime.translate import is_conflict, is_not_found, translate
-from hivemind_worker.tasks.model import LogStream, NetworkPolicy
+from hivemind_worker.vocab import LogStream, NetworkPolicy
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -23,7 +23,7 @@ import time
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from hivemind_worker.errors import WorkerError
-from hivemind_worker.tasks.model import LogStream
+from hivemind_worker.vocab import LogStream
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import docker.types
 
-from hivemind_worker.tasks.model import NetworkPolicy
+from hivemind_worker.vocab import NetworkPolicy
 
 LABEL_TASK = "hivemind.task_id"
 LABEL_NODE = "hivemind.node_id"

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Protocol
 
+# Defined below both the runtime and the tasks; part of the task vocabulary too.
+from hivemind_worker.vocab import LogStream as LogStream
+from hivemind_worker.vocab import NetworkPolicy as NetworkPolicy
+
 
 class TaskStatus(str, enum.Enum):
     ACCEPTED = "accepted"
@@ -50,11 +54,6 @@ _FINISHED = {
     TaskStatus.UPLOADING,
     TaskStatus.DONE,
 }
-
-
-class NetworkPolicy(str, enum.Enum):
-    NONE = "none"
-    BRIDGE = "bridge"
 
 
 @dataclass(frozen=True)
@@ -120,12 +119,6 @@ class TaskEvent:
     # (journaled, resent until acknowledged); 0 = progress only (pull detail, DEFERRED).
     seq: int = 0
     attempt: int = 1
-
-
-class LogStream(str, enum.Enum):
-    STDOUT = "stdout"
-    STDERR = "stderr"
-    SYSTEM = "system"  # lines the worker adds, e.g. "[hivemind] dropped 12 MB of output"
 
 
 @dataclass(frozen=True)

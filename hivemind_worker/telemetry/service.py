@@ -3,8 +3,9 @@
 read-side the monitor's NodeView delegates to.
 
 ``sample()`` has the ``AgentParts.sample`` signature and returns the flat mapping
-``control.messages.report_from_sample`` reads. Task history follows the task events the
-agent routes here with ``on_task_event``. Nothing here steers tasks.
+``control.messages.report_from_sample`` reads. Task history follows what the agent
+tells it (``task_started`` / ``task_ended``, in plain values: agent/history.py
+translates task events). Telemetry knows nothing of tasks/ and steers nothing.
 """
 
 from __future__ import annotations
@@ -15,17 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from hivemind_worker.config import Settings
-from hivemind_worker.tasks.model import TaskEvent, TaskStatus
 from hivemind_worker.telemetry.collector import DEFAULT_DOCKER_ROOT, TelemetryCollector
 from hivemind_worker.telemetry.history import SampleHistory
 from hivemind_worker.telemetry.rewards import DB_FILE, RewardLedger, reward_for
 from hivemind_worker.telemetry.sample import TelemetrySample
-
-# After these the task's outcome is known; UPLOADING / DONE only deliver the result
-# and must not overwrite "failed" or "oom_killed" in the history.
-_OUTCOMES = {TaskStatus.REJECTED, TaskStatus.EXITED, TaskStatus.FAILED, TaskStatus.CANCELLED,
-             TaskStatus.TIMED_OUT, TaskStatus.OOM_KILLED}
-
 
 def flat_report(sample: TelemetrySample, reward: int, earnings: Mapping[str, Any]) -> dict[str, Any]:
     """The flat mapping of control.messages.report_from_sample (unknown figures as 0)."""
@@ -80,15 +74,12 @@ class TelemetryService:
         self.reports += 1
         return flat_report(sample, reward, self.ledger.earnings(sample.time_ms))
 
-    def on_task_event(self, event: TaskEvent) -> None:
+    def task_started(self, task_id: str, time_ms: int) -> None:
         """Keep the task history; cheap (one SQLite upsert), safe on the loop."""
-        if event.status is TaskStatus.RUNNING:
-            self.ledger.record_task(event.task_id, event.status.value, started_ms=event.time_ms)
-        elif event.status in _OUTCOMES:
-            # TaskEvent's exit_code defaults to 0: only trust it where a process ended.
-            known = event.status in (TaskStatus.EXITED, TaskStatus.OOM_KILLED) or event.exit_code != 0
-            self.ledger.record_task(event.task_id, event.status.value, finished_ms=event.time_ms,
-                                    exit_code=event.exit_code if known else None, reason=event.reason)
+        self.ledger.record_task(task_id, "running", started_ms=time_ms)
+
+    def task_ended(self, task_id: str, state: str, time_ms: int, exit_code: int | None, reason: str) -> None:
+        self.ledger.record_task(task_id, state, finished_ms=time_ms, exit_code=exit_code, reason=reason)
 
     # ---- what NodeView delegates to
     def telemetry_series(self) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hivemind_worker.agent.history import history_feed
 from hivemind_worker.config import Settings
 from hivemind_worker.errors import ConfigError
 from hivemind_worker.monitor.live_view import LiveNodeView, monitor_part
@@ -63,8 +64,9 @@ async def test_live_view_served_in_the_loop(tmp_path):
     view, telemetry = make_view(tmp_path, settings)
     assert isinstance(view, NodeView)
     await telemetry.sample()
-    telemetry.on_task_event(TaskEvent("t-old", TaskStatus.RUNNING, time_ms=1_000))
-    telemetry.on_task_event(TaskEvent("t-old", TaskStatus.EXITED, exit_code=0, time_ms=3_000))
+    on_event = history_feed(telemetry)
+    on_event(TaskEvent("t-old", TaskStatus.RUNNING, time_ms=1_000))
+    on_event(TaskEvent("t-old", TaskStatus.EXITED, exit_code=0, time_ms=3_000))
     run = monitor_part(settings, view)
     should_exit = asyncio.Event()
     server = asyncio.create_task(run(should_exit))

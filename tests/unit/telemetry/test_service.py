@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hivemind_worker.agent.history import history_feed
 from hivemind_worker.config import Settings
 from hivemind_worker.tasks.model import TaskEvent, TaskStatus
 from hivemind_worker.telemetry.collector import TelemetryCollector
@@ -44,11 +45,12 @@ async def test_sample_reports_and_records(tmp_path):
     report = report_from_sample(second)
     assert report.reward.total == 2 * expected and len(report.gpus) == 4
 
-    svc.on_task_event(TaskEvent("t1", TaskStatus.RUNNING, time_ms=1_000))
-    svc.on_task_event(TaskEvent("t1", TaskStatus.OOM_KILLED, exit_code=137, reason="memory", time_ms=61_000))
-    svc.on_task_event(TaskEvent("t1", TaskStatus.UPLOADING, time_ms=62_000))
-    svc.on_task_event(TaskEvent("t1", TaskStatus.DONE, time_ms=70_000))
-    svc.on_task_event(TaskEvent("t2", TaskStatus.REJECTED, reason="no GPU free", time_ms=5_000))
+    on_event = history_feed(svc)  # how the agent wires task events to the history
+    on_event(TaskEvent("t1", TaskStatus.RUNNING, time_ms=1_000))
+    on_event(TaskEvent("t1", TaskStatus.OOM_KILLED, exit_code=137, reason="memory", time_ms=61_000))
+    on_event(TaskEvent("t1", TaskStatus.UPLOADING, time_ms=62_000))
+    on_event(TaskEvent("t1", TaskStatus.DONE, time_ms=70_000))
+    on_event(TaskEvent("t2", TaskStatus.REJECTED, reason="no GPU free", time_ms=5_000))
     rows = {r["task_id"]: r for r in svc.task_history()}
     assert rows["t1"]["state"] == "oom_killed" and rows["t1"]["exit_code"] == 137 and rows["t1"]["duration_s"] == 60
     assert rows["t1"]["reward"] == 2 * expected
