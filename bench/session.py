@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stack import free_port  # bench/ runs as scripts: bench/stack.py is importable
+
 from hivemind_worker.address import parse_master_address
 from hivemind_worker.agent.facts import gather_facts
 from hivemind_worker.config import load_settings
@@ -37,12 +39,6 @@ from hivemind_worker.control.messages import NodeHello
 from hivemind_worker.tasks.model import Resources
 from hivemind_worker.telemetry.service import TelemetryService
 from hivemind_worker.vpn.keys import generate_keypair
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CountingProxy:

@@ -21,15 +21,10 @@ from hivemind_worker.telemetry.collector import TelemetryCollector
 from hivemind_worker.telemetry.containers import ContainerCounters
 from hivemind_worker.telemetry.replay import ReplayNvml, ReplayPsutil
 from hivemind_worker.telemetry.service import TelemetryService
+from tests.conftest import free_port
 
 FIXTURES = Path(__file__).resolve().parents[2] / "unit" / "telemetry" / "fixtures"
 CID = "d" * 64
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_view(tmp_path, settings):

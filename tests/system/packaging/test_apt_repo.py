@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.system.packaging.conftest import REPO, build_deb
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.timeout(1800)]
@@ -34,12 +35,6 @@ def _version() -> str:
 def _next_version(version: str) -> str:
     parts = version.split(".")
     return ".".join(parts[:-1] + [str(int(parts[-1]) + 1)])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -140,7 +135,7 @@ def test_install_and_upgrade_from_the_signed_repository(release, boot, deb_packa
         host.sh("DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends hivemind-worker", timeout=300)
         assert host.sh("hivemind-worker --version").stdout.split() == ["hivemind-worker", version]
 
-        host.sh(f"echo 'monitor_port = {_free_port()}' > /etc/hivemind-worker/worker.toml && "
+        host.sh(f"echo 'monitor_port = {free_port()}' > /etc/hivemind-worker/worker.toml && "
                 f"hivemind-worker enroll --master {dev_master.address} --ca-hash {dev_master.ca_hash} "
                 "&& systemctl start hivemind-worker", env={"HIVEMIND_ENROLL_TOKEN": dev_master.token()})
         rows = dev_master.wait_connected({name})

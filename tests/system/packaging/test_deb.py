@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 
 import pytest
 
+from tests.conftest import free_port
+
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.timeout(900)]
 
 DEB = "/var/tmp/hivemind-worker.deb"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_requirements_lock_covers_pyproject():

@@ -7,10 +7,11 @@ One boot for all of it: booting is the slow part."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
+
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.timeout(900)]
 
@@ -24,12 +25,6 @@ FINGERPRINT = (
     "-printf '%p %s %T@ %m %u:%g\\n' 2>/dev/null | sort | sha256sum; "
     "systemctl show -P MainPID hivemind-worker; systemctl show -P NRestarts hivemind-worker"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_install_sh_enrolls_and_is_idempotent(release, boot, wheelhouse, dev_master):
