@@ -1,5 +1,8 @@
 """Fixtures of the packaging tests: booted Debian hosts (systemd-nspawn), a dev-master
-on the host's loopback, the offline wheelhouse and the built .deb.
+on the host's loopback, the offline wheelhouse and the built .deb - each per release:
+every test that uses them runs on Debian 12 (bookworm) and on Debian 13 (trixie).
+The trixie .deb and wheelhouse are made in a trixie build root (BuildRoot), since the
+package is bound to the release's Python.
 
 Hosts are booted with the shared harness (tests/support/nspawn.py). Everything slow is
 cached under /var/cache/hivemind-worker-tests/ and keyed on what it is built from: the
@@ -75,7 +78,7 @@ def _git_files() -> list[str]:
 
 RELEASES = ("bookworm", "trixie")  # Debian 12 (Python 3.11) and 13 (Python 3.13)
 # What scripts/build-deb.sh needs, in the root file system a release's .deb is built in.
-BUILD_EXTRA = "dh-virtualenv,dh-python,debhelper,dpkg-dev,python3-pip,lintian,perl-openssl-defaults"
+BUILD_EXTRA = "build-essential,dh-virtualenv,dh-python,debhelper,dpkg-dev,python3-pip,lintian,perl-openssl-defaults"
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"  # the TLS-inspecting proxy's trust
 
 
