@@ -204,12 +204,22 @@ class DockerRuntime:
             try:
                 container = self._docker().containers.create(**kwargs)
             except docker.errors.APIError as exc:
-                if is_conflict(exc):
+                if not is_conflict(exc):
+                    raise
+                # An earlier attempt's container, left by an engine that was away when
+                # the node cleaned up: ours (same task, same node) and stopped, so it goes.
+                old = self._docker().api.inspect_container(kwargs["name"])
+                labels = old.get("Config", {}).get("Labels") or {}
+                ours = labels.get(LABEL_TASK) == spec.task_id and labels.get(LABEL_NODE) == spec.node_id
+                if not ours or old.get("State", {}).get("Running"):
                     raise TaskError(
                         f"a container for task {spec.task_id} already exists ({kwargs['name']}); "
                         "remove it before creating another"
                     ) from exc
-                raise
+                logger.warning("removing the stopped container of an earlier attempt of task %s", spec.task_id,
+                               extra={"task_id": spec.task_id, "node_id": spec.node_id})
+                self._docker().api.remove_container(old["Id"], force=True)
+                container = self._docker().containers.create(**kwargs)
             return container.id
 
         container_id = await self._call(f"create container for task {spec.task_id}", run)

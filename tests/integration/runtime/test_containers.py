@@ -3,7 +3,9 @@ pids limit, GPU requests, logs, lifecycle calls."""
 
 from __future__ import annotations
 
+
 import asyncio
+import dataclasses
 import threading
 import time
 
@@ -236,9 +238,25 @@ async def test_created_but_never_started_has_no_exit_code(runtime, make_spec):
     cid = await runtime.create(spec)
     info = await runtime.inspect(cid)
     assert info.running is False and info.exit_code is None and info.started_at_ms == 0
-    with pytest.raises(TaskError, match="already exists"):
-        await runtime.create(spec)
     await runtime.remove(cid)
+
+
+async def test_a_stopped_container_of_an_earlier_attempt_is_replaced_a_running_one_is_not(runtime, make_spec):
+    spec = make_spec(command=sh("sleep 30"))
+    old = await runtime.create(spec)  # left behind, never started (an engine that was away)
+    cid = await runtime.create(spec)
+    try:
+        assert cid != old and await runtime.inspect(old) is None
+        await runtime.start(cid)
+        with pytest.raises(TaskError, match="already exists"):
+            await runtime.create(spec)
+        assert (await runtime.inspect(cid)).running
+        other_node = dataclasses.replace(spec, node_id="node-someone-else")
+        await runtime.kill(cid)
+        with pytest.raises(TaskError, match="already exists"):
+            await runtime.create(other_node)
+    finally:
+        await runtime.remove(cid)
 
 
 async def test_bridge_network_when_the_policy_allows(runtime, make_spec):
