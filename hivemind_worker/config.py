@@ -169,6 +169,8 @@ def _validate(s: Settings) -> None:
     if not _is_loopback(s.monitor_host) and not (s.monitor_tls_cert and s.monitor_tls_key):
         raise bad("monitor_host", f"{s.monitor_host} is off loopback: the monitor then speaks only TLS; "
                   "set monitor_tls_cert and monitor_tls_key (PEM files), or keep monitor_host = 127.0.0.1")
+    if bool(s.monitor_tls_cert) != bool(s.monitor_tls_key):
+        raise bad("monitor_tls_key", "give both monitor_tls_cert and monitor_tls_key (PEM files), or neither")
     if s.max_message_bytes < 64 * 1024:
         raise bad("max_message_bytes", "must be at least 65536")
     if s.max_concurrent_tasks < 1:

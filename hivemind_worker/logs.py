@@ -55,8 +55,8 @@ def use_json(log_format: str, stream=None) -> bool:
 def setup_logging(level: str = "INFO", log_format: str = "auto", log_file: Path | None = None) -> None:
     """Configure the root logger once for a process (CLI entry points only)."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if log_file is not None:
         handler = logging.FileHandler(log_file)

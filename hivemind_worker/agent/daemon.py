@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine
 
 from hivemind_worker.agent.router import Router, TaskService
 from hivemind_worker.config import Settings
@@ -43,7 +43,7 @@ class AgentParts:
     notifier: Notifier
     sample: Sampler
     tasks: TaskService | None = None  # None: no Docker here; assignments are refused
-    monitor: Callable[[asyncio.Event], Awaitable[None]] | None = None
+    monitor: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None
     on_report: Callable[[dict[str, Any]], None] | None = None
     reload_settings: Callable[[], Settings] | None = None
     on_close: Callable[[], None] | None = None
@@ -263,10 +263,10 @@ class Agent:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.should_exit.wait(), timeout=timeout_s)
 
-    def _spawn(self, name: str, coro: Awaitable[None]) -> None:
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         self._background[name] = asyncio.create_task(coro, name=name)
 
-    def spawn_once(self, name: str, coro: Awaitable[None]) -> None:
+    def spawn_once(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         """Run a short chore unless the last one of that name is still running."""
         previous = self._chores.get(name)
         if previous is not None and not previous.done():

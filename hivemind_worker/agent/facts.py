@@ -54,7 +54,8 @@ def node_capacity(settings: Settings, gpu_count: int) -> Resources:
 async def gather_facts(runtime=None) -> NodeFacts:
     """NodeFacts for enrollment. Docker and GPU facts come from the runtime adapter
     when given; a node without Docker can still enroll (it will refuse tasks)."""
-    docker_version, nvidia, gpus = "", False, ()
+    docker_version, nvidia = "", False
+    gpus: tuple[GpuFact, ...] = ()
     if runtime is not None:
         try:
             docker_version = await runtime.version()

@@ -194,7 +194,8 @@ class Router:
         try:
             await task
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # we are being cancelled ourselves
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # we are being cancelled ourselves
                 raise
             raise MasterUnreachable("the session ended during the transfer") from None
         finally:

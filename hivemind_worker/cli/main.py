@@ -60,10 +60,11 @@ _PANELS = {
     "dev-master": "Reference control plane", "submit": "Reference control plane",
 }
 for info in app.registered_commands:
-    name = info.name or info.callback.__name__.removesuffix("_cmd").replace("_", "-")
+    name = info.name or getattr(info.callback, "__name__", "").removesuffix("_cmd").replace("_", "-")
     info.rich_help_panel = _PANELS.get(name, "Commands")
 for group in app.registered_groups:
-    group.rich_help_panel = _PANELS.get(group.name or group.typer_instance.info.name, "Commands")
+    group_name = group.name or (group.typer_instance.info.name if group.typer_instance else None)
+    group.rich_help_panel = _PANELS.get(str(group_name), "Commands")
 
 
 def main() -> None:

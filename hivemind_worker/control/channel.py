@@ -93,5 +93,7 @@ def _unverified_chain(tls: ssl.SSLSocket) -> list[bytes]:
     public = getattr(tls, "get_unverified_chain", None)
     if public is not None:
         return list(public() or [])
-    return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in tls._sslobj.get_unverified_chain() or []]
+    # Private in typeshed (undeclared), present in CPython 3.11-3.12, the only versions that take this path.
+    sslobj = tls._sslobj  # type: ignore[attr-defined]
+    return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in sslobj.get_unverified_chain() or []]  # type: ignore[attr-defined]
 

@@ -13,7 +13,7 @@ from hivemind_worker.errors import (
 )
 
 
-def translate(exc: grpc.RpcError, what: str, target: str = "", enrolling: bool = False) -> ControlError:
+def translate(exc: grpc.RpcError, what: str, target: str = "", enrolling: bool = False) -> ControlError | EnrollmentError:
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else "") or str(code)
     where = f" at {target}" if target else ""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Iterable
 
 import grpc
 
 from hivemind_worker.address import MasterAddress
 from hivemind_worker.control.channel import SERVER_TIME_KEY, auth_metadata, open_channel
 from hivemind_worker.control.errors import translate
-from hivemind_worker.errors import ControlError, CredentialRevoked, MasterUnreachable
+from hivemind_worker.errors import CredentialRevoked, MasterUnreachable
 from hivemind_worker.proto import worker_pb2 as pb
 from hivemind_worker.proto import worker_pb2_grpc as rpc
 
@@ -38,8 +39,8 @@ def _tls_failure(details: str) -> bool:
     return any(k in text for k in ("handshake", "certificate", "ssl", "tls"))
 
 
-def _server_time_ms(metadata: object) -> int | None:
-    for key, value in tuple(metadata or ()):  # type: ignore[arg-type]  # grpc's Metadata is an iterable of pairs
+def _server_time_ms(metadata: Iterable[tuple[str, str | bytes]] | None) -> int | None:
+    for key, value in metadata or ():
         if key == SERVER_TIME_KEY:
             return int(value)
     return None
@@ -59,7 +60,7 @@ async def probe_master(address: MasterAddress, ca_pem: bytes | None, credential:
             code, details = grpc.StatusCode.OK, ""
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
-            error: ControlError = translate(exc, "doctor probe", address.target)
+            error = translate(exc, "doctor probe", address.target)
             refused = isinstance(error, CredentialRevoked) or code == grpc.StatusCode.PERMISSION_DENIED
             if isinstance(error, MasterUnreachable):
                 return ProbeResult(False, tls_failed=address.tls and _tls_failure(details),

@@ -86,11 +86,11 @@ class Attempts:
         if state == "deferred":
             self._defer(node_id, task_id, reason or "no reason given")
         elif state == "lost":
-            row = taskdb.get_task(self.conn, task_id)
+            row = taskdb.known_task(self.conn, task_id)
             if row["outcome"] == "lost":
                 taskdb.set_retry_pending(self.conn, task_id, self._may_retry(row))
         elif state == "done":
-            row = taskdb.get_task(self.conn, task_id)
+            row = taskdb.known_task(self.conn, task_id)
             if row["outcome"] == "lost" and row["retry_pending"]:
                 if self._may_retry(row):  # (a cancellation may have come in meanwhile)
                     self._retry(row)  # the old attempt is settled on its node
@@ -102,13 +102,13 @@ class Attempts:
     # ------------------------------------------------------------ not now
 
     def _defer(self, node_id: str, task_id: str, reason: str) -> None:
-        row = taskdb.get_task(self.conn, task_id)
+        row = taskdb.known_task(self.conn, task_id)
         p = self.policy
         backoff = min(p.defer_backoff_max_s, p.defer_backoff_s * 2 ** min(row["defer_count"], 30))
         taskdb.defer(self.conn, task_id, node_id, reason, backoff)
         logger.info("task deferred (%s); offered to this node again in %.0f s at the earliest", reason, backoff,
                     extra={"node_id": node_id, "task_id": task_id})
-        if not self._end_deferred(taskdb.get_task(self.conn, task_id)):
+        if not self._end_deferred(taskdb.known_task(self.conn, task_id)):
             asyncio.get_running_loop().call_later(backoff, self.wake.set)
 
     def _end_deferred(self, row: sqlite3.Row) -> bool:
@@ -135,7 +135,7 @@ class Attempts:
         logger.warning("task lost: %s%s", reason, "" if retry else " (not run again)",
                        extra={"node_id": row["node_id"], "task_id": row["task_id"]})
         if retry:
-            self._retry(taskdb.get_task(self.conn, row["task_id"]))
+            self._retry(taskdb.known_task(self.conn, row["task_id"]))
         self.wake.set()
 
     def _retry(self, row: sqlite3.Row) -> None:
@@ -184,10 +184,10 @@ class Attempts:
             else:
                 self.lose(row, f"node {node_id} came back without this task")
         for task_id, h in held.items():
-            row = taskdb.get_task(self.conn, task_id)
-            ours = row is not None and row["node_id"] == node_id and (h.attempt or 1) == row["attempt"]
-            if ours:  # settled here already (done/lost/rejected): only a result ack may be missing
-                if h.result_pending and row["result_complete"]:
+            held_row = taskdb.get_task(self.conn, task_id)
+            if held_row is not None and held_row["node_id"] == node_id and (h.attempt or 1) == held_row["attempt"]:
+                # Settled here already (done/lost/rejected): only a result ack may be missing.
+                if h.result_pending and held_row["result_complete"]:
                     self.send(node_id, pb.MasterMessage(result_ack=pb.ResultAck(task_id=task_id, attempt=h.attempt)))
                 continue
             stale[task_id] = h.attempt

@@ -14,7 +14,10 @@ from typing import Protocol
 
 class VpnHub(Protocol):
     public_key: str  # the hub's WireGuard public key, base64
-    endpoint: str  # host:port where nodes reach the hub (UDP)
+
+    @property
+    def endpoint(self) -> str:
+        """host:port where nodes reach the hub (UDP)."""
 
     def add_peer(self, public_key: str, address: str) -> None:
         """Allow a node's key, routed to ``address`` (with prefix, e.g. 10.88.0.2/32)."""

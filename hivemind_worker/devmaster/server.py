@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -88,7 +89,7 @@ class DevMaster:
         self.ca_hash = ""
         self._wake = asyncio.Event()
         self._server: grpc.aio.Server | None = None
-        self.conn = None
+        self.conn: sqlite3.Connection | None = None  # open between startup and shutdown
         self.sessions: SessionHub | None = None
         self._hub_removed: set[str] = set()
         self._lock_fd: int | None = None
@@ -100,9 +101,9 @@ class DevMaster:
         self._lock()
         ca.ensure_ca(self.state)
         self.ca_hash = ca.ca_hash(self.state)
-        self.conn = open_db(self.state.db)
-        registry.reset_sessions(self.conn)
-        self.sessions = SessionHub(self.conn, self._wake, self.state, self.config.retry, self.config.log_limits)
+        self.conn = conn = open_db(self.state.db)
+        registry.reset_sessions(conn)
+        self.sessions = SessionHub(conn, self._wake, self.state, self.config.retry, self.config.log_limits)
         hub_ip = registry.hub_address(self.config.vpn_subnet).split("/")[0] if self.hub else ""
         limit = self.config.max_message_bytes
         self._server = grpc.aio.server(options=[
@@ -116,7 +117,7 @@ class DevMaster:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ])
         service = ControlService(
-            self.state, self.conn, self.sessions, heartbeat_s=self.config.heartbeat_s, hub=self.hub,
+            self.state, conn, self.sessions, heartbeat_s=self.config.heartbeat_s, hub=self.hub,
             vpn=VpnSettings(subnet=self.config.vpn_subnet), max_message_bytes=limit,
             max_result_bytes=self.config.max_result_bytes,
         )
@@ -138,9 +139,9 @@ class DevMaster:
         await self._server.start()
         self.address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
         if self.hub is not None:
-            self._hub_removed = registry.revoked_keys(self.conn)  # a fresh hub never had them
-            for key, address in registry.active_peers(self.conn):
-                await asyncio.to_thread(self.hub.add_peer, key, address)
+            self._hub_removed = registry.revoked_keys(conn)  # a fresh hub never had them
+            for peer_key, address in registry.active_peers(conn):
+                await asyncio.to_thread(self.hub.add_peer, peer_key, address)
         self.state.write_master_info({
             "listen": self.address, "tls": not self.config.insecure, "ca_hash": self.ca_hash,
             "pid": os.getpid(), "max_message_bytes": limit,
@@ -161,8 +162,9 @@ class DevMaster:
         self._lock_fd = fd
 
     async def main_loop(self) -> None:
-        watch = ChangeWatch(self.conn)
-        self.sessions.dispatch()
+        conn, sessions = self._running()
+        watch = ChangeWatch(conn)
+        sessions.dispatch()
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + SWEEP_INTERVAL_S
         while not self.should_exit:
@@ -185,8 +187,9 @@ class DevMaster:
         if self.hub is None:
             return
         # A key back in use by a re-enrolled node stays.
-        active = {key for key, _ in registry.active_peers(self.conn)}
-        for key in registry.revoked_keys(self.conn) - active - self._hub_removed:
+        conn, _ = self._running()
+        active = {key for key, _ in registry.active_peers(conn)}
+        for key in registry.revoked_keys(conn) - active - self._hub_removed:
             try:
                 await asyncio.to_thread(self.hub.remove_peer, key)
             except Exception:  # the hub's error names the problem; the master keeps serving
@@ -195,15 +198,20 @@ class DevMaster:
 
     def _sweep(self) -> None:
         try:
-            self.sessions.sweep()
+            self._running()[1].sweep()
         except Exception:  # as for _dispatch: logged, tried again next time
             logger.exception("sweep for absent nodes and long-deferred tasks failed")
 
     def _dispatch(self) -> None:
         try:
-            self.sessions.dispatch()
+            self._running()[1].dispatch()
         except Exception:  # one bad row must not stop the master; it is logged and retried
             logger.exception("assignment pass failed")
+
+    def _running(self) -> tuple[sqlite3.Connection, SessionHub]:
+        if self.conn is None or self.sessions is None:
+            raise ConfigError("the dev-master is not started; call startup() first")
+        return self.conn, self.sessions
 
     async def shutdown(self) -> None:
         if self.sessions is not None:

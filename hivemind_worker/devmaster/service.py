@@ -26,6 +26,7 @@ import os
 import shutil
 import sqlite3
 import time
+from typing import NoReturn
 from dataclasses import dataclass
 
 import grpc
@@ -46,6 +47,11 @@ CHUNK_BYTES = 1024 * 1024
 DEFAULT_MAX_RESULT_BYTES = 2 * 1024 ** 3
 DISK_RESERVE_BYTES = 256 * 1024 * 1024  # what a result upload always leaves free on the master's disk
 
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("grpc's abort raises")  # never reached: says so to the type checker
 
 @dataclass(frozen=True)
 class VpnSettings:
@@ -123,10 +129,10 @@ class ControlService(pb_grpc.NodeControlServicer):
     async def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:
         key = request.wireguard_public_key
         if key and not _valid_wg_key(key):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                                 "wireguard_public_key is not a base64 WireGuard key (32 bytes)")
         if self.hub is not None and not key:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                                 "this master runs a WireGuard hub; send the node's WireGuard public key")
         facts = json_format.MessageToDict(request.facts, preserving_proto_field_name=True)
         hostname = request.facts.hostname or "unknown"
@@ -134,7 +140,7 @@ class ControlService(pb_grpc.NodeControlServicer):
             node = registry.enroll(self.conn, request.token, hostname, facts, key, self.vpn.subnet)
         except EnrollmentError as exc:
             logger.info("enrollment of %s refused: %s", hostname, exc)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         vpn = pb.VpnAssignment(
             address=node.vpn_address,
             allowed_ips=[self.vpn.subnet],
@@ -146,7 +152,7 @@ class ControlService(pb_grpc.NodeControlServicer):
             except Exception as exc:  # the hub's own error (VpnError, OSError) tells the operator why
                 logger.error("WireGuard hub refused %s: %s", node.node_id, exc, extra={"node_id": node.node_id})
                 registry.revoke(self.conn, node.node_id)
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                await _abort(context, grpc.StatusCode.UNAVAILABLE,
                                     "the master's WireGuard hub could not add this node; ask its operator to check "
                                     "the dev-master log, then enroll again with a new token")
             vpn.server_public_key = self.hub.public_key
@@ -170,13 +176,13 @@ class ControlService(pb_grpc.NodeControlServicer):
     async def _node(self, context) -> sqlite3.Row:
         node = self._lookup(context)
         if node is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED_MESSAGE)
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, REVOKED_MESSAGE)
         return node
 
     async def _own_task(self, context, node: sqlite3.Row, task_id: str) -> sqlite3.Row:
         row = taskdb.get_task(self.conn, task_id)
         if row is None or row["node_id"] != node["node_id"]:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id!r} is not assigned to node {node['node_id']}")
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"task {task_id!r} is not assigned to node {node['node_id']}")
         return row
 
     async def Connect(self, request_iterator, context) -> None:
@@ -189,7 +195,7 @@ class ControlService(pb_grpc.NodeControlServicer):
                 await asyncio.wait_for(request_iterator.__aiter__().__anext__(), 5.0)
             except (StopAsyncIteration, asyncio.TimeoutError):
                 pass
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED_MESSAGE)
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, REVOKED_MESSAGE)
         await self.sessions.connect(node["node_id"], request_iterator, context)
 
     async def FetchBundle(self, request: pb.FetchBundleRequest, context):
@@ -197,10 +203,10 @@ class ControlService(pb_grpc.NodeControlServicer):
         row = await self._own_task(context, node, request.task_id)
         path = self.state.bundle(request.task_id)
         if not row["bundle_size"] or not path.exists():
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} has no bundle")
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"task {request.task_id} has no bundle")
         total, digest = row["bundle_size"], row["bundle_sha256"]
         if request.offset > total:
-            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+            await _abort(context, grpc.StatusCode.OUT_OF_RANGE,
                                 f"offset {request.offset} is past the bundle's end ({total} bytes)")
         with open(path, "rb") as fh:
             fh.seek(request.offset)
@@ -241,7 +247,7 @@ class ControlService(pb_grpc.NodeControlServicer):
             # overtakes a grpc.aio client's pending write reaches it as INTERNAL,
             # and the node must see the real reason (e.g. the offset to resume from).
             await _drain(request_iterator)
-            await context.abort(refusal.code, refusal.message)
+            await _abort(context, refusal.code, refusal.message)
 
     async def _upload(self, request_iterator, context) -> pb.UploadResultResponse:
         node = self._lookup(context)
@@ -258,7 +264,7 @@ class ControlService(pb_grpc.NodeControlServicer):
                         raise _Refusal(grpc.StatusCode.NOT_FOUND, f"task {task_id!r} is not assigned to node {node_id}")
                     if role == "stale":
                         return await self._drop_stale(node_id, task_id, attempt, chunk, request_iterator)
-                    attempt = taskdb.get_task(self.conn, task_id)["attempt"]
+                    attempt = taskdb.known_task(self.conn, task_id)["attempt"]
                     self._check_room(task_id, chunk.total_bytes)
                     size, complete = self._held(task_id)
                     if not complete:
@@ -276,6 +282,7 @@ class ControlService(pb_grpc.NodeControlServicer):
                 if size + len(chunk.data) > min(chunk.total_bytes, self.max_result_bytes):
                     raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"result of {task_id}: more bytes than total_bytes={chunk.total_bytes}")
+                assert fh is not None, "opened with the first chunk of an incomplete result"
                 fh.write(chunk.data)
                 size += len(chunk.data)
                 if size == chunk.total_bytes:

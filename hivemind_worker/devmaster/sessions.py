@@ -257,9 +257,9 @@ class SessionHub:
                 session.send(pb.MasterMessage(drain=pb.Drain(
                     draining=draining, reason="drained by the operator" if draining else "resumed by the operator")))
         for row in taskdb.pending_cancels(self.conn):
-            session = self.sessions.get(row["node_id"])
-            if session is not None and not session.ending:
-                session.send(pb.MasterMessage(cancel=pb.CancelTask(task_id=row["task_id"], reason="cancelled by the operator")))
+            holder = self.sessions.get(row["node_id"])
+            if holder is not None and not holder.ending:
+                holder.send(pb.MasterMessage(cancel=pb.CancelTask(task_id=row["task_id"], reason="cancelled by the operator")))
                 taskdb.mark_cancel_sent(self.conn, row["task_id"])
         candidates = [s for s in self.sessions.values() if not s.draining and not s.ending]
         if not candidates:

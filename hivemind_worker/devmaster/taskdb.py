@@ -22,8 +22,10 @@ import json
 import secrets
 import sqlite3
 from dataclasses import dataclass
+from typing import AbstractSet
 
 from hivemind_worker.devmaster.db import Tx, now
+from hivemind_worker.errors import TaskError
 
 OUTCOMES = {"rejected", "exited", "failed", "cancelled", "timed_out", "oom_killed", "lost"}
 
@@ -42,6 +44,15 @@ def create_task(conn: sqlite3.Connection, spec: dict, priority: int = 0, bundle_
 
 def get_task(conn: sqlite3.Connection, task_id: str) -> sqlite3.Row | None:
     return conn.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+
+
+def known_task(conn: sqlite3.Connection, task_id: str) -> sqlite3.Row:
+    """A task the caller knows exists (tasks are never deleted)."""
+    row = get_task(conn, task_id)
+    if row is None:
+        raise TaskError(f"task {task_id} is missing from the dev-master's database; "
+                        "was the state directory replaced while it ran? restart `dev-master serve`")
+    return row
 
 
 def list_tasks(conn: sqlite3.Connection) -> list[dict]:
@@ -175,7 +186,7 @@ def mark_lost(conn: sqlite3.Connection, task_id: str, reason: str, *, retry: boo
     the master gives up on the node's copy (the node is gone or came back without it),
     so whatever that node still sends about this attempt is stale."""
     with Tx(conn):
-        row = get_task(conn, task_id)
+        row = known_task(conn, task_id)
         _history(conn, task_id, row["node_id"], "lost", reason, detail="decided by the master" if detach else "")
         conn.execute(
             "UPDATE tasks SET state='lost', outcome=COALESCE(outcome, 'lost'),"
@@ -199,7 +210,7 @@ def new_attempt(conn: sqlite3.Connection, task_id: str, reason: str) -> int:
         )
         conn.execute("DELETE FROM logs WHERE task_id=?", (task_id,))
         conn.execute("DELETE FROM log_marks WHERE task_id=?", (task_id,))
-        return get_task(conn, task_id)["attempt"]
+        return known_task(conn, task_id)["attempt"]
 
 
 def set_retry_pending(conn: sqlite3.Connection, task_id: str, pending: bool) -> None:
@@ -291,7 +302,7 @@ def _mark(conn: sqlite3.Connection, task_id: str) -> int:
     return row[0] if row else 0
 
 
-def _advance_mark(conn: sqlite3.Connection, task_id: str, dropped: set[int] = frozenset()) -> int:
+def _advance_mark(conn: sqlite3.Connection, task_id: str, dropped: AbstractSet[int] = frozenset()) -> int:
     mark = seq = _mark(conn, task_id)
     # Only the lines after the mark are read, lazily up to the first gap: O(batch).
     stored = (s for (s,) in conn.execute("SELECT seq FROM logs WHERE task_id=? AND seq>? ORDER BY seq",

@@ -13,7 +13,7 @@ import asyncio
 import socket
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Callable, Coroutine, Iterable
 
 import psutil
 from cryptography import x509
@@ -31,7 +31,7 @@ def _record(rec: Any) -> dict[str, Any]:
     """A tasks.model.LogRecord (or a dict) as JSON."""
     if isinstance(rec, dict):
         return rec
-    d = asdict(rec) if is_dataclass(rec) else dict(vars(rec))
+    d = asdict(rec) if is_dataclass(rec) and not isinstance(rec, type) else dict(vars(rec))
     stream = d.get("stream")
     d["stream"] = getattr(stream, "value", stream)
     return d
@@ -97,7 +97,7 @@ class LiveNodeView:
         return counters
 
 
-def monitor_part(settings: Settings, view: NodeView) -> Callable[[asyncio.Event], Awaitable[None]] | None:
+def monitor_part(settings: Settings, view: NodeView) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None:
     """The monitor as ``AgentParts.monitor``; None when disabled. Binds the port now,
     so a taken port fails the daemon's start with a ConfigError naming the setting."""
     if not settings.monitor_enabled:
@@ -106,7 +106,8 @@ def monitor_part(settings: Settings, view: NodeView) -> Callable[[asyncio.Event]
     app = create_app(view, allowed_hosts=allowed_hosts(settings.monitor_host, settings.monitor_tls_cert))
 
     async def run(should_exit: asyncio.Event) -> None:
-        tls = (settings.monitor_tls_cert, settings.monitor_tls_key) if settings.monitor_tls_cert else None
+        cert, key = settings.monitor_tls_cert, settings.monitor_tls_key
+        tls = (cert, key) if cert and key else None  # load_settings refuses one without the other
         await serve(app, settings.monitor_host, settings.monitor_port, should_exit, sock=sock, tls=tls)
 
     return run

@@ -171,8 +171,10 @@ class NodeMetricsCollector(Collector):
             procs.add_metric(lv, len(g.get("processes") or ()))
             for name, _, key, conv in specs:
                 value = g.get(key)
+                if value is not None and conv:
+                    value = conv(value)
                 if value is not None:
-                    fams[name].add_metric(lv, conv(value) if conv else value)
+                    fams[name].add_metric(lv, value)
         yield info
         yield procs
         yield from (f for f in fams.values() if f.samples)
@@ -198,8 +200,11 @@ class NodeMetricsCollector(Collector):
         for name, kind, doc, key, conv in specs:
             fam = kind(name, doc, labels=["task_id"])
             for t in tasks:
-                if t.get(key) is not None:
-                    fam.add_metric([t["task_id"]], conv(t[key]) if conv else t[key])
+                value = t.get(key)
+                if value is not None and conv:
+                    value = conv(value)
+                if value is not None:
+                    fam.add_metric([t["task_id"]], value)
             if fam.samples:
                 yield fam
 

@@ -27,7 +27,9 @@ def _text(value: Any) -> str:
 class GpuCollector:
     def __init__(self, nvml: Any = None, retry_s: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
         if nvml is None:
-            import pynvml as nvml
+            import pynvml
+
+            nvml = pynvml
         self._nvml = nvml
         self._retry_s = retry_s
         self._clock = clock

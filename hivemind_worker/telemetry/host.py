@@ -42,7 +42,9 @@ def _busy_percent(before: Any, after: Any) -> float:
 class HostCollector:
     def __init__(self, psutil_module: Any = None, disk_paths: Mapping[str, Path] | None = None) -> None:
         if psutil_module is None:
-            import psutil as psutil_module
+            import psutil
+
+            psutil_module = psutil
         self._ps = psutil_module
         self._disk_paths = dict(disk_paths or {})
         self._warn = WarnOnce(logger)

@@ -134,7 +134,7 @@ def parse_wg_conf(text: str, path: str | Path = "wg0.conf") -> WgConfig:
         if section is None:
             raise err(lineno, f"{key}: outside any section (add [Interface] above it)")
         allowed = _INTERFACE_KEYS if section == "interface" else _PEER_KEYS
-        if canon not in allowed:
+        if canon is None or canon not in allowed:
             raise err(lineno, f"{key}: not a valid key in [{section.capitalize()}]")
         try:
             _check_value(canon, value)

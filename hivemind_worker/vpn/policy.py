@@ -202,7 +202,7 @@ def check_routes(addresses: tuple[IpInterface, ...], allowed: tuple[IpNetwork, .
     subnets = vpn_subnets(addresses, allowed, policy)
     where = ", ".join(map(str, subnets)) or "none"
     for net in allowed:
-        if not any(net.version == s.version and net.subnet_of(s) for s in subnets):
+        if not any(net.network_address in s and net.broadcast_address in s for s in subnets):  # subnet_of, any version
             what = "takes all of the host's traffic" if net in _DEFAULT_ROUTES else "reaches beyond the VPN subnet"
             raise VpnError(f"{field}: {net} {what} (VPN subnet: {where}); set vpn_allow_full_tunnel = true in worker.toml "
                            f"only if this node should route it through the master"
