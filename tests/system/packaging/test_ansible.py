@@ -35,6 +35,13 @@ def test_ansible_lint_production(ansible_venv):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def _docker_group(host) -> None:
+    """A docker group with the bound host socket's gid, as docker.io makes it on a real
+    host: the health gate's doctor checks that the service user reaches the engine."""
+    gid = Path("/var/run/docker.sock").stat().st_gid
+    host.sh(f"getent group docker || groupadd --system --gid {gid} docker")
+
+
 def _recap(output: str) -> dict[str, dict[str, int]]:
     recap = {}
     for host, stats in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.M):
@@ -42,9 +49,9 @@ def _recap(output: str) -> dict[str, dict[str, int]]:
     return recap
 
 
-def test_playbook_enrolls_two_hosts_and_is_idempotent(boot, ansible_venv, ssh_key, dev_master, deb_package,
+def test_playbook_enrolls_two_hosts_and_is_idempotent(release, boot, ansible_venv, ssh_key, dev_master, deb_package,
                                                       wheelhouse, source_archive, tmp_path):
-    names = [f"pk-ans-a-{os.getpid()}", f"pk-ans-b-{os.getpid()}"]
+    names = [f"pk-ans-a-{release[:4]}-{os.getpid()}", f"pk-ans-b-{release[:4]}-{os.getpid()}"]
     ports = [_free_port(), _free_port()]
     pubkey = ssh_key.with_suffix(".pub").read_text()
     with boot(names[0], ssh_port=ports[0], authorized_key=pubkey, binds={str(wheelhouse): WHEELHOUSE}) as a, \
@@ -52,6 +59,7 @@ def test_playbook_enrolls_two_hosts_and_is_idempotent(boot, ansible_venv, ssh_ke
         timings = {"boot_a_s": a.timings["boot_s"], "boot_b_s": b.timings["boot_s"]}
         for host in (a, b):  # sshd up on its port
             host.sh(f"for i in $(seq 50); do ss -ltn | grep -q ':{host.ssh_port} ' && exit 0; sleep 0.2; done; exit 1")
+            _docker_group(host)
 
         common = (f"ansible_host=127.0.0.1 ansible_user=root ansible_become=false "
                   f"ansible_python_interpreter=/usr/bin/python3 ansible_ssh_private_key_file={ssh_key} "
@@ -107,3 +115,70 @@ def test_playbook_enrolls_two_hosts_and_is_idempotent(boot, ansible_venv, ssh_ke
         assert [h.sh("systemctl show -P MainPID hivemind-worker").stdout for h in (a, b)] == pids
         assert {r["node_id"] for r in dev_master.nodes() if r["hostname"] in names} == {r["node_id"] for r in rows}
     print(f"ansible timings: { {k: round(v, 1) for k, v in timings.items()} }")
+
+
+def test_playbook_rolls_two_hosts_to_the_next_version(release, boot, ansible_venv, ssh_key, dev_master, deb_package,
+                                                      wheelhouse, build_roots, tmp_path):
+    """site.yml upgrades one host at a time (serial 1): drained, upgraded, connected
+    and healthy before the next is touched; a second run changes nothing."""
+    from tests.system.packaging.conftest import build_deb
+
+    version = next(line.split('"')[1] for line in (REPO / "pyproject.toml").read_text().splitlines()
+                   if line.startswith("version"))
+    following = ".".join(version.split(".")[:-1] + [str(int(version.split(".")[-1]) + 1)])
+    next_deb = build_deb(release, wheelhouse, build_roots, version=following)
+    names = [f"pk-roll-a-{release[:4]}-{os.getpid()}", f"pk-roll-b-{release[:4]}-{os.getpid()}"]
+    ports = [_free_port(), _free_port()]
+    pubkey = ssh_key.with_suffix(".pub").read_text()
+    with boot(names[0], ssh_port=ports[0], authorized_key=pubkey) as a, \
+            boot(names[1], ssh_port=ports[1], authorized_key=pubkey) as b:
+        for host in (a, b):
+            host.sh(f"for i in $(seq 50); do ss -ltn | grep -q ':{host.ssh_port} ' && exit 0; sleep 0.2; done; exit 1")
+            _docker_group(host)
+        common = (f"ansible_host=127.0.0.1 ansible_user=root ansible_become=false "
+                  f"ansible_python_interpreter=/usr/bin/python3 ansible_ssh_private_key_file={ssh_key} "
+                  f"hivemind_worker_master={dev_master.address} hivemind_worker_ca_hash={dev_master.ca_hash} "
+                  "hivemind_worker_install_method=package hivemind_worker_drain_wait_s=120 ")
+        inventory = tmp_path / "inventory.ini"
+        inventory.write_text("[hivemind_workers]\n" + "".join(
+            f"{h.name} ansible_port={h.ssh_port} {common} hivemind_worker_monitor_port={_free_port()}\n" for h in (a, b)))
+        token = dev_master.token(uses=2)
+        bin_dir = ansible_venv / "bin"
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
+               "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_PIPELINING": "True", "ANSIBLE_NOCOLOR": "1",
+               "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=/dev/null",
+               "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp_path / "cp")}
+
+        def play(deb, ver) -> subprocess.CompletedProcess:
+            done = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(inventory), "site.yml",
+                                   "-e", f"hivemind_worker_enroll_token={token}", "-e", f"hivemind_worker_package_file={deb}",
+                                   "-e", f"hivemind_worker_version={ver}"],
+                                  cwd=ANSIBLE, capture_output=True, text=True, env=env, timeout=900)
+            assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-3000:]
+            return done
+
+        play(deb_package, version)
+        assert {r["agent_version"] for r in dev_master.wait_connected(set(names))} == {version}
+
+        started = time.monotonic()
+        rollout = play(next_deb, following).stdout
+        took = time.monotonic() - started
+        # One batch after the other: a drained, upgraded and checked before b is drained.
+        batches = rollout.split("PLAY [HiveMind workers]")[1:]
+        assert len(batches) == 2, rollout[-6000:]
+        for batch, host in zip(batches, (a, b)):
+            for step in ("Stop taking new tasks", "Install the package from the copied file",
+                         "Wait until the node is connected", "Check the host (hivemind-worker doctor)"):
+                assert re.search(rf"TASK \[[^\]]*{re.escape(step)}[^\]]*\][^\n]*\n(changed|ok): \[{host.name}\]",
+                                 batch), f"{step} for {host.name}:\n{batch[-4000:]}"
+            assert "drained by the operator" in host.journal(lines=300), "the node was drained before the upgrade"
+        rows = dev_master.wait_connected(set(names))
+        assert {r["agent_version"] for r in rows} == {following}, rows
+        for host in (a, b):
+            assert host.sh("hivemind-worker --version").stdout.split()[-1] == following
+
+        again = play(next_deb, following)
+        recap = _recap(again.stdout)
+        assert set(recap) == set(names) and all(s["changed"] == 0 and s["failed"] == 0 for s in recap.values()), \
+            again.stdout[-6000:]
+    print(f"rollout of 2 hosts ({release}): {took:.1f} s")
