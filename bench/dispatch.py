@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hivemind_worker.config import Settings  # noqa: E402
 from hivemind_worker.runtime import DockerRuntime  # noqa: E402
-from hivemind_worker.tasks.localhost import LocalTaskHost  # noqa: E402
+from tests.support.localhost import LocalTaskHost  # noqa: E402
 from hivemind_worker.tasks.manager import TaskManager  # noqa: E402
 from hivemind_worker.tasks.model import Resources, TaskRequest, TaskStatus  # noqa: E402
 from stack import IMAGE, DevStack  # noqa: E402

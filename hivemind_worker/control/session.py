@@ -25,6 +25,7 @@ from hivemind_worker.control.channel import auth_metadata
 from hivemind_worker.control.errors import translate
 from hivemind_worker.control.messages import MasterCommand, NodeHello, Welcome
 from hivemind_worker.errors import CredentialRevoked, MasterUnreachable
+from hivemind_worker.fsutil import sha256_file
 from hivemind_worker.proto import worker_pb2 as pb
 from hivemind_worker.tasks.model import LogRecord, Resources, TaskEvent
 from hivemind_worker.proto import worker_pb2_grpc as rpc
@@ -137,7 +138,7 @@ class ControlSession:
     async def upload_result(self, task_id: str, attempt: int, archive: Path) -> None:
         """Upload a result from where the master left off; returns once it holds all."""
         channel = self._live_channel()
-        digest = await asyncio.to_thread(transfer.file_sha256, archive)
+        digest = await asyncio.to_thread(sha256_file, archive)
         await transfer.upload_result(channel, self._credential, task_id, attempt, archive, digest)
 
     def update_settings(self, initial_s: float, max_s: float) -> None:

@@ -66,14 +66,6 @@ async def _chunks(task_id: str, attempt: int, path: Path, offset: int, total: in
                 return
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 async def upload_result(
     channel: grpc.aio.Channel, credential: str, task_id: str, attempt: int, archive: Path, sha256: str
 ) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import logging
 import os
 import shutil
@@ -38,6 +37,7 @@ from hivemind_worker.devmaster.hub import VpnHub
 from hivemind_worker.devmaster.layout import StateDir
 from hivemind_worker.devmaster.sessions import REVOKED_MESSAGE, SessionHub
 from hivemind_worker.errors import EnrollmentError
+from hivemind_worker.fsutil import sha256_file
 from hivemind_worker.proto import worker_pb2 as pb
 from hivemind_worker.proto import worker_pb2_grpc as pb_grpc
 
@@ -67,14 +67,6 @@ def tunnel_master_address(listen_host: str, port: int, subnet: str) -> str:
     if listen_host in ("0.0.0.0", "::", hub_ip):
         return f"[{hub_ip}]:{port}" if ":" in hub_ip else f"{hub_ip}:{port}"
     return ""
-
-
-def _sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _valid_wg_key(key: str) -> bool:
@@ -324,7 +316,7 @@ class ControlService(pb_grpc.NodeControlServicer):
 
     async def _finish(self, node_id: str, task_id: str, attempt: int, size: int, expected: str) -> bool:
         part = self.state.result_part(task_id)
-        actual = await asyncio.to_thread(_sha256_file, part)
+        actual = await asyncio.to_thread(sha256_file, part)
         if actual != expected.lower():
             part.unlink(missing_ok=True)
             taskdb.set_result(self.conn, task_id, 0, "", False)

@@ -28,15 +28,15 @@ CHECKS: tuple[Check, ...] = (
 
 async def _bounded(check: Check, ctx: DoctorContext) -> list[CheckResult]:
     loop = asyncio.get_running_loop()
-    done: asyncio.Future = loop.create_future()
+    done: asyncio.Future[list[CheckResult] | Exception] = loop.create_future()
 
-    def deliver(value: object) -> None:
+    def deliver(value: list[CheckResult] | Exception) -> None:
         if not done.done():
             done.set_result(value)
 
     def work() -> None:
         try:
-            value: object = check.run(ctx)
+            value: list[CheckResult] | Exception = check.run(ctx)
         except Exception as exc:  # a bug in a check must not hide the others
             logger.debug("doctor check %s crashed", check.names[0], exc_info=True)
             value = exc
@@ -52,7 +52,7 @@ async def _bounded(check: Check, ctx: DoctorContext) -> list[CheckResult]:
         return [failed(name, f"no answer within {ctx.timeout_s:g}s", check.timeout_fix) for name in check.names]
     if isinstance(value, Exception):
         return [failed(check.names[0], f"the check itself failed: {value!r}", "run with --debug and report it")]
-    return value  # type: ignore[return-value]
+    return value
 
 
 async def run_doctor(

@@ -20,10 +20,10 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from hivemind_worker.config import Settings
 from hivemind_worker.errors import RuntimeUnavailable, WorkerError
+from hivemind_worker.runtime.api import ContainerRuntime
 from hivemind_worker.runtime.spec import ContainerSpec
 from hivemind_worker.tasks.journal import TaskRow
 from hivemind_worker.tasks.model import NetworkPolicy
@@ -36,7 +36,7 @@ HELPER_TIMEOUT_S = 60.0
 REMOVE_WAIT_S = 60.0
 
 
-async def remove_traces(runtime: Any, settings: Settings, node_id: str, row: TaskRow, dirs: TaskDirs) -> None:
+async def remove_traces(runtime: ContainerRuntime, settings: Settings, node_id: str, row: TaskRow, dirs: TaskDirs) -> None:
     extra = {"task_id": row.task_id, "node_id": node_id}
     if row.container_id:
         await _remove_container(runtime, row.container_id, extra)
@@ -47,7 +47,7 @@ async def remove_traces(runtime: Any, settings: Settings, node_id: str, row: Tas
         logger.warning("task %s: %s could not be removed entirely", row.task_id, dirs.root, extra=extra)
 
 
-async def _remove_container(runtime: Any, container_id: str, extra: dict) -> None:
+async def _remove_container(runtime: ContainerRuntime, container_id: str, extra: dict) -> None:
     loop = asyncio.get_running_loop()
     give_up = loop.time() + REMOVE_WAIT_S
     while True:
@@ -64,7 +64,7 @@ async def _remove_container(runtime: Any, container_id: str, extra: dict) -> Non
         await asyncio.sleep(1.0)
 
 
-async def free_workspace(runtime: Any, settings: Settings, node_id: str, row: TaskRow, dirs: TaskDirs) -> None:
+async def free_workspace(runtime: ContainerRuntime, settings: Settings, node_id: str, row: TaskRow, dirs: TaskDirs) -> None:
     """A full disk: delete the task's workspace now (its spool and result stay), through
     the helper when the task made what a non-root agent cannot delete."""
     await asyncio.to_thread(dirs.free_workspace)
@@ -94,7 +94,7 @@ def unreadable(root: Path) -> bool:
     return False
 
 
-async def open_output(runtime: Any, settings: Settings, node_id: str, row: TaskRow, dirs: TaskDirs) -> None:
+async def open_output(runtime: ContainerRuntime, settings: Settings, node_id: str, row: TaskRow, dirs: TaskDirs) -> None:
     """Before archiving: make the task's output readable to a non-root agent."""
     if os.geteuid() == 0 or not dirs.output.is_dir() or not await asyncio.to_thread(unreadable, dirs.output):
         return
@@ -103,7 +103,7 @@ async def open_output(runtime: Any, settings: Settings, node_id: str, row: TaskR
     await as_task_user(runtime, settings, node_id, row, dirs, ("chmod", "-R", "a+rX", "/workspace/output"))
 
 
-async def as_task_user(runtime: Any, settings: Settings, node_id: str, row: TaskRow, dirs: TaskDirs,
+async def as_task_user(runtime: ContainerRuntime, settings: Settings, node_id: str, row: TaskRow, dirs: TaskDirs,
                        command: tuple[str, ...]) -> None:
     extra = {"task_id": row.task_id, "node_id": node_id}
     spec = ContainerSpec(

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Callable
 
+from hivemind_worker.runtime.api import ContainerRuntime
 from hivemind_worker.tasks.logspool import LogSpool
+from hivemind_worker.tasks.model import TaskHost
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ SEND_MAX_BYTES = 1024 * 1024  # well under the session's message limit (4 MiB by
 class LogSender:
     """Sends a task's spooled lines to the host in seq order; resends after resync."""
 
-    def __init__(self, task_id: str, spool: LogSpool, host: Any, acked_seq: int) -> None:
+    def __init__(self, task_id: str, spool: LogSpool, host: TaskHost, acked_seq: int) -> None:
         self.task_id = task_id
         self.spool = spool
         self.host = host
@@ -125,7 +127,7 @@ async def _tick(spool: LogSpool, sender: LogSender) -> None:
             sender.wake()
 
 
-async def pump(runtime: Any, container_id: str, spool: LogSpool, sender: LogSender) -> None:
+async def pump(runtime: ContainerRuntime, container_id: str, spool: LogSpool, sender: LogSender) -> None:
     """Follow the container's logs into the spool until the container exits."""
     last_ms, skip = spool.resume_point()
     since = last_ms / 1000 if last_ms else None

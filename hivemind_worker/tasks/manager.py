@@ -5,15 +5,14 @@ The agent drives it (assign / cancel / acks from the master, resync after a
 reconnect, drain on shutdown) and reads it (held_tasks for the hello, snapshot and
 log_tail for the monitor). It talks to the outside only through the TaskHost it
 was given and to Docker only through the runtime; it never imports the control
-session. A task's life is in runner.py, the journal in journal.py, events in
-outbox.py, logs in logspool.py / logpump.py, admission in admission.py, pressure in
-pressure.py, results in result.py, workspaces in workspace.py / cleanup.py.
+session. Where things live: runner.py (a task's life), journal.py, outbox.py (events),
+logspool.py + logpump.py, admission.py, pressure.py, result.py, workspace.py + cleanup.py.
 
 API::
 
-    TaskManager(settings, runtime, host: TaskHost, node_id, *, capacity: Resources,
-                journal_path=None (state_dir/journal.db), clock=time.time,
-                gpus: GpuAllocator | None = None, sampler=psutil_sampler (None: never
+    TaskManager(settings, runtime: ContainerRuntime, host: TaskHost, node_id, *, capacity: Resources,
+                journal_path=None (state_dir/journal.db), clock: Clock = time.time,
+                gpus: GpuPool | None = None, sampler=psutil_sampler (None: never
                 under pressure), pressure_interval_s=5.0, drain: DrainState | None,
                 disk_gate=lambda: "" (a low-disk reason defers every assignment))
     await start()      open the journal, reconcile with Docker (re-attach / deliver)
@@ -26,8 +25,8 @@ API::
     await drain(deadline_s); draining (the shared DrainState)
     await check_pressure()   one pressure sample, less the node's own tasks' load
     held_tasks() -> [HeldTask]; capacity(); free() (zero while slots are full,
-    draining or under pressure); snapshot() -> [dict] (held tasks, monitor shape);
-    history() -> [dict] (recently delivered); log_tail(task_id, n) -> [LogRecord]
+    draining or under pressure); snapshot() -> [dict] (held tasks, monitor shape); history()
+    -> [dict] (recently delivered); log_tail(task_id, n) -> [LogRecord]
     await close()      stop watching; containers keep running for the next agent
 """
 
@@ -42,10 +41,11 @@ from typing import Any, Callable
 
 from hivemind_worker.config import Settings
 from hivemind_worker.errors import TaskDeferred, TaskRejected, WorkerError
+from hivemind_worker.runtime.api import ContainerRuntime, GpuPool
 from hivemind_worker.tasks import admission, policy
 from hivemind_worker.tasks.journal import Journal, TaskRow
 from hivemind_worker.tasks.model import DrainCause, DrainState, HeldTask, LogRecord, Resources, TaskEvent, TaskRequest
-from hivemind_worker.tasks.model import TaskStatus
+from hivemind_worker.tasks.model import Clock, TaskHost, TaskStatus
 from hivemind_worker.tasks.outbox import EventOutbox
 from hivemind_worker.tasks.pressure import (
     HostSize, PressureGauge, Sampler, foreign_load, host_size, plan_shares, psutil_sampler,
@@ -65,14 +65,14 @@ class TaskManager:
     def __init__(
         self,
         settings: Settings,
-        runtime: Any,
-        host: Any,
+        runtime: ContainerRuntime,
+        host: TaskHost,
         node_id: str,
         *,
         capacity: Resources,
         journal_path: Path | None = None,
-        clock: Callable[[], float] = time.time,
-        gpus: Any = None,  # runtime.GpuAllocator; None = no GPUs
+        clock: Clock = time.time,
+        gpus: GpuPool | None = None,  # None = no GPUs
         sampler: Sampler | None = psutil_sampler,  # None = never under pressure
         pressure_interval_s: float = 5.0,
         drain: DrainState | None = None,  # the agent's; its own when run alone
@@ -120,11 +120,11 @@ class TaskManager:
         for row in rows:
             if row.status is TaskStatus.DONE:
                 self._remember_done(row)
-        for task_id, c in containers.items():
-            if task_id not in live and c.node_id == self.node_id:
+        for task_id, found in containers.items():
+            if task_id not in live and found.node_id == self.node_id:
                 # Delivered already (or never journaled): nothing may run unaccounted for.
                 logger.info("removing container of finished task %s", task_id, extra=self._extra)
-                await self.runtime.remove(c.container_id)
+                await self.runtime.remove(found.container_id)
         for row in rows:
             if row.status is TaskStatus.DONE:
                 continue

@@ -183,6 +183,12 @@ class DrainState:
         return cause.value if cause else ""
 
 
+class Clock(Protocol):
+    """Seconds since the epoch, as time.time; tests give a settable one."""
+
+    def __call__(self) -> float: ...
+
+
 class TaskHost(Protocol):
     """What the task manager needs from the outside world; the agent implements it
     over the control session. Tests give a hand-written fake."""

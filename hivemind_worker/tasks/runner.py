@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from hivemind_worker.config import Settings
 from hivemind_worker.errors import MasterUnreachable, RuntimeUnavailable, WorkerError
+from hivemind_worker.runtime.api import ContainerRuntime
 from hivemind_worker.runtime.spec import ContainerInfo, ContainerSpec
 from hivemind_worker.tasks import supervise
 from hivemind_worker.tasks.cleanup import free_workspace, open_output, remove_traces
@@ -30,7 +31,8 @@ from hivemind_worker.tasks.journal import Journal, TaskRow
 from hivemind_worker.tasks.logpump import LogSender
 from hivemind_worker.tasks.logspool import LogSpool
 from hivemind_worker.tasks.result import build_result, exit_record
-from hivemind_worker.tasks.model import Resources, TaskEvent, TaskStatus
+from hivemind_worker.tasks.model import Clock, Resources, TaskEvent, TaskHost, TaskStatus
+from hivemind_worker.tasks.outbox import EventOutbox
 from hivemind_worker.tasks.workspace import TaskDirs
 
 logger = logging.getLogger(__name__)
@@ -46,18 +48,18 @@ class RunContext:
     """What every TaskRun shares (the manager hands it over)."""
 
     settings: Settings
-    runtime: Any
-    host: Any
+    runtime: ContainerRuntime
+    host: TaskHost
     journal: Journal
     node_id: str
-    clock: Callable[[], float]
+    clock: Clock
     release: Callable[[str], None]  # free a task's reserved resources (and GPUs)
     on_done: Callable[["TaskRun"], None]
+    events: EventOutbox  # journaled events, sent until acknowledged
     disk_usage: DiskUsage = field(default_factory=DiskUsage)  # every running task's, for the hard mark
-    events: Any = None  # tasks.outbox.EventOutbox: journaled events, sent until acknowledged
 
 
-def _ms(clock: Callable[[], float]) -> int:
+def _ms(clock: Clock) -> int:
     return int(clock() * 1000)
 
 

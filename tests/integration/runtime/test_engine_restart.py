@@ -21,7 +21,7 @@ import pytest
 from hivemind_worker.config import Settings
 from hivemind_worker.doctor.engine import check_live_restore
 from hivemind_worker.doctor.model import DoctorContext, Outcome
-from hivemind_worker.tasks.localhost import LocalTaskHost
+from tests.support.localhost import LocalTaskHost
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import Resources, TaskRequest, TaskStatus
 from tests.support.engine import Engine

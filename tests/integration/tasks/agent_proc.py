@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hivemind_worker.config import Settings
 from hivemind_worker.runtime import DockerRuntime
-from hivemind_worker.tasks.localhost import LocalTaskHost
+from tests.support.localhost import LocalTaskHost
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import Resources, TaskRequest
 

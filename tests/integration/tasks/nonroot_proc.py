@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hivemind_worker.config import Settings
 from hivemind_worker.runtime import DockerRuntime
-from hivemind_worker.tasks.localhost import LocalTaskHost, sha256_file
+from tests.support.localhost import LocalTaskHost, sha256_file
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import Resources, TaskRequest
 

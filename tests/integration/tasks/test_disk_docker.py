@@ -24,7 +24,7 @@ import pytest
 
 from hivemind_worker.config import Settings
 from hivemind_worker.tasks.disk import disk_gate, free_bytes
-from hivemind_worker.tasks.localhost import LocalTaskHost, sha256_file
+from tests.support.localhost import LocalTaskHost, sha256_file
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import Resources, TaskRequest, TaskStatus
 

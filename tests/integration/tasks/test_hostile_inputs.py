@@ -13,7 +13,7 @@ import tracemalloc
 
 import pytest
 
-from hivemind_worker.tasks.localhost import LocalTaskHost, sha256_file
+from tests.support.localhost import LocalTaskHost, sha256_file
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import Resources, TaskRequest, TaskStatus
 from tests.unit.tasks.test_bundle_limits import craft

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_worker.tasks.localhost import LocalTaskHost, sha256_file
+from tests.support.localhost import LocalTaskHost, sha256_file
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import Resources, TaskRequest, TaskStatus
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hivemind_worker.config import Settings
-from hivemind_worker.tasks.localhost import LocalTaskHost
+from tests.support.localhost import LocalTaskHost
 from tests.unit.tasks.fakes import FakeRuntime
 
 

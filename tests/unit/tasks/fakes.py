@@ -10,11 +10,13 @@ import itertools
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hivemind_worker.errors import RuntimeUnavailable
+from hivemind_worker.fsutil import sha256_file
+from hivemind_worker.runtime.api import ContainerRuntime
 from hivemind_worker.runtime.spec import ContainerInfo, ContainerSpec, ContainerStats, ExitInfo
-from hivemind_worker.tasks.localhost import sha256_file
-from hivemind_worker.tasks.model import LogStream, Resources, TaskRequest
+from hivemind_worker.tasks.model import Clock, LogStream, Resources, TaskRequest
 
 
 @dataclass
@@ -182,3 +184,8 @@ CAPACITY = Resources(cpu_millicores=4000, memory_bytes=8 * 1024**3, gpu_count=0)
 def request(task_id: str, **kw) -> TaskRequest:
     kw.setdefault("resources", Resources(1000, 256 * 1024**2))
     return TaskRequest(task_id=task_id, **kw)
+
+
+if TYPE_CHECKING:  # mypy (tests/unit/core/test_types.py) holds the fakes to the seams they stand in for
+    _runtime: ContainerRuntime = FakeRuntime()
+    _clock: Clock = FakeClock()

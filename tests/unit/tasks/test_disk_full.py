@@ -100,7 +100,7 @@ async def test_a_node_disk_full_mid_task_settles_the_task_once_there_is_room(tmp
     FAILED "node disk full" once there is room, with the logs that fit; the next task runs."""
     from hivemind_worker.config import Settings
     from hivemind_worker.tasks import disk, runner
-    from hivemind_worker.tasks.localhost import LocalTaskHost
+    from tests.support.localhost import LocalTaskHost
     from hivemind_worker.tasks.manager import TaskManager
     from hivemind_worker.tasks.model import TaskStatus
     from tests.unit.tasks.fakes import CAPACITY, FakeRuntime, Script, request
@@ -161,7 +161,7 @@ async def test_no_room_for_a_new_tasks_files_ends_it_and_the_next_task_runs(tmp_
     delivered once there is room, and the node takes the next task."""
     from hivemind_worker.config import Settings
     from hivemind_worker.tasks import runner
-    from hivemind_worker.tasks.localhost import LocalTaskHost
+    from tests.support.localhost import LocalTaskHost
     from hivemind_worker.tasks.manager import TaskManager
     from hivemind_worker.tasks.model import TaskStatus
     from tests.unit.tasks.fakes import CAPACITY, FakeRuntime, Script, request

@@ -6,7 +6,7 @@ not the node's own."""
 from __future__ import annotations
 
 from hivemind_worker.runtime.spec import ContainerStats
-from hivemind_worker.tasks.localhost import LocalTaskHost
+from tests.support.localhost import LocalTaskHost
 from hivemind_worker.tasks.model import DrainCause, DrainState, Resources, TaskStatus
 from hivemind_worker.tasks.pressure import HostSize
 from tests.unit.tasks.fakes import Script, request

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from hivemind_worker.errors import RuntimeUnavailable
-from hivemind_worker.tasks.localhost import LocalTaskHost
+from tests.support.localhost import LocalTaskHost
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import TaskStatus
 from tests.unit.tasks.fakes import CAPACITY, FakeRuntime, Script, request

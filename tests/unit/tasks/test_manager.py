@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hivemind_worker.config import Settings
-from hivemind_worker.tasks.localhost import LocalTaskHost
+from tests.support.localhost import LocalTaskHost
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import Resources, TaskStatus
 from hivemind_worker.tasks.pressure import LOW_SHARES, NORMAL_SHARES

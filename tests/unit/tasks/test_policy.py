@@ -14,7 +14,7 @@ import pytest
 from hivemind_worker.config import Settings, load_settings
 from hivemind_worker.errors import ConfigError, TaskRejected
 from hivemind_worker.tasks import policy
-from hivemind_worker.tasks.localhost import LocalTaskHost
+from tests.support.localhost import LocalTaskHost
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import NetworkPolicy, Resources, TaskRequest, TaskStatus
 from tests.unit.tasks.fakes import CAPACITY, FakeRuntime, Script
