@@ -149,12 +149,12 @@ def test_playbook_rolls_two_hosts_to_the_next_version(release, boot, ansible_ven
                "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=/dev/null",
                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp_path / "cp")}
 
-        def play(deb, ver) -> subprocess.CompletedProcess:
+        def play(deb, ver, ok: bool = True) -> subprocess.CompletedProcess:
             done = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(inventory), "site.yml",
                                    "-e", f"hivemind_worker_enroll_token={token}", "-e", f"hivemind_worker_package_file={deb}",
                                    "-e", f"hivemind_worker_version={ver}"],
                                   cwd=ANSIBLE, capture_output=True, text=True, env=env, timeout=900)
-            assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-3000:]
+            assert (done.returncode == 0) == ok, done.stdout[-8000:] + done.stderr[-3000:]
             return done
 
         play(deb_package, version)
@@ -181,4 +181,11 @@ def test_playbook_rolls_two_hosts_to_the_next_version(release, boot, ansible_ven
         recap = _recap(again.stdout)
         assert set(recap) == set(names) and all(s["changed"] == 0 and s["failed"] == 0 for s in recap.values()), \
             again.stdout[-6000:]
+
+        # A host that fails its health check stops the rollout: the first batch's host
+        # does not come up on the wanted version, the second host is never touched.
+        failed = play(next_deb, "9.9.9", ok=False).stdout
+        assert "runs " + following + ", not 9.9.9" in failed, failed[-6000:]
+        assert b.name not in failed.split("PLAY RECAP")[0], f"the rollout went on to {b.name}:\n{failed[-6000:]}"
+        assert b.sh("hivemind-worker --version").stdout.split()[-1] == following
     print(f"rollout of 2 hosts ({release}): {took:.1f} s")
