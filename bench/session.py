@@ -110,12 +110,13 @@ async def run_case(master_port: int, state: Path, nodes: int, seconds: float, in
         identities.append((reply.node_id, reply.node_credential))
 
     should_exit = asyncio.Event()
-    sessions = []
+    sessions, handlers = [], []
     for node_id, credential in identities:
         session = ControlSession(lambda: open_channel(address, ca_pem, settings.max_message_bytes), node_id, credential,
-                                 BenchHandler(node_id), reconnect_initial_s=1, reconnect_max_s=5, target=address.target)
+                                 reconnect_initial_s=1, reconnect_max_s=5, target=address.target)
         sessions.append(session)
-    runners = [asyncio.create_task(s.run(should_exit)) for s in sessions]
+        handlers.append(BenchHandler(node_id))
+    runners = [asyncio.create_task(s.run(should_exit, h)) for s, h in zip(sessions, handlers)]
     while not all(s.connected for s in sessions):
         await asyncio.sleep(0.1)
     await asyncio.sleep(1)

@@ -217,8 +217,10 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     config_file: Path | None = None,
+    read_file: bool = True,
 ) -> Settings:
-    """Build settings from the file, then the environment, then ``overrides`` (flags)."""
+    """Build settings from the file, then the environment, then ``overrides`` (flags).
+    ``read_file=False``: without the file (the doctor, when the file is what is broken)."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     source: dict[str, str] = {}
@@ -234,7 +236,7 @@ def load_settings(
         put("state_dir", state_dir, "HIVEMIND_STATE_DIR")
 
     path = config_file or config_dir / "worker.toml"
-    if config_file is not None or path.exists():
+    if read_file and (config_file is not None or path.exists()):
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError as exc:
@@ -270,3 +272,8 @@ def replace(settings: Settings, **changes: Any) -> Settings:
     new = dataclasses.replace(settings, **changes)
     _validate(new)
     return new
+
+
+def changed_keys(old: Settings, new: Settings) -> set[str]:
+    """The keys whose values differ (a reload says which of them took effect)."""
+    return {key for key in _FIELDS if getattr(old, key) != getattr(new, key)}

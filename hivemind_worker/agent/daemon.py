@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine
 
 from hivemind_worker.agent.router import Router, TaskService
-from hivemind_worker.config import Settings
+from hivemind_worker.config import Settings, changed_keys, replace
 from hivemind_worker.control.session import ControlSession
 from hivemind_worker.errors import CredentialRevoked, WorkerError
 from hivemind_worker.fsutil import atomic_write
@@ -34,17 +34,27 @@ logger = logging.getLogger(__name__)
 
 Sampler = Callable[[], Awaitable[dict[str, Any]]]
 
+# What the agent itself reads again after a SIGHUP. Every other key was built into a
+# part (task manager, telemetry, monitor, channel) when the agent started: a change
+# to it is reported as needing a restart and not applied, so nothing half-applies.
+RELOADABLE = frozenset({"report_interval_s", "reconnect_initial_s", "reconnect_max_s", "log_level",
+                        "drain_timeout_s", "stop_mode"})
 
-@dataclass
+
+@dataclass(frozen=True)
 class AgentParts:
-    """Everything the agent drives, injected so tests can replace any seam."""
+    """Everything the agent drives, built before it in dependency order (agent/app.py:
+    session -> host -> task manager -> router), so tests can replace any seam and
+    nothing is attached after construction."""
 
-    channel_factory: Callable[[], Any]
+    session: ControlSession
+    router: Router  # the session's handler; holds the one DrainState
     notifier: Notifier
     sample: Sampler
-    tasks: TaskService | None = None  # None: no Docker here; assignments are refused
+    tasks: TaskService | None = None  # None: no Docker here; assignments are deferred
     monitor: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None
-    on_report: Callable[[dict[str, Any]], None] | None = None
+    # After each report: a short chore (e.g. read the tunnel's state), skipped while the last one runs.
+    on_report: Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None = None
     reload_settings: Callable[[], Settings] | None = None
     on_close: Callable[[], None] | None = None
 
@@ -62,30 +72,14 @@ class Agent:
         self.reload_requested = False
         # The one drain state: the router (hello, drain messages), the task manager
         # (admission, free capacity for telemetry) and the monitor all read it.
-        self.drain = DrainState()
-        self.router = Router(identity.node_id, settings.max_message_bytes, settings.max_concurrent_tasks, self.drain)
-        self.router.tasks = parts.tasks
-        self.session = ControlSession(
-            parts.channel_factory,
-            identity.node_id,
-            identity.credential,
-            self.router,
-            reconnect_initial_s=settings.reconnect_initial_s,
-            reconnect_max_s=settings.reconnect_max_s,
-            target=identity.master,
-            max_message_bytes=settings.max_message_bytes,
-        )
-        self.router.session = self.session
+        self.drain: DrainState = parts.router.drain
+        self.router = parts.router
+        self.session = parts.session
         self.started_at = time.time()
         self.fatal: BaseException | None = None
         self._background: dict[str, asyncio.Task] = {}  # long-lived; one ending is unhealthy
         self._chores: dict[str, asyncio.Task] = {}  # short, periodic (e.g. reading the tunnel)
         self._log_extra = {"node_id": identity.node_id}
-
-    def attach_tasks(self, tasks: TaskService) -> None:
-        """The task manager needs the router as its TaskHost, so it comes after us."""
-        self.parts.tasks = tasks
-        self.router.tasks = tasks
 
     # ------------------------------------------------------------------ lifecycle
     async def serve(self) -> None:
@@ -162,7 +156,7 @@ class Agent:
     # ------------------------------------------------------------------ loops
     async def _run_session(self) -> None:
         try:
-            await self.session.run(self.should_exit)
+            await self.session.run(self.should_exit, self.router)
         except CredentialRevoked as exc:
             logger.error("%s", exc, extra=self._log_extra)
             self.fatal = exc
@@ -174,7 +168,7 @@ class Agent:
             try:
                 sample = await self.parts.sample()
                 if self.parts.on_report is not None:
-                    self.parts.on_report(sample)
+                    self.spawn_once("on-report", self.parts.on_report(sample))
                 free = self.parts.tasks.free() if self.parts.tasks is not None else None
                 sent = self.session.send_report(sample, free)
                 logger.debug("telemetry report %s (cpu %.0f%%, memory %.0f%%)", "sent" if sent else "not sent: no session",
@@ -252,10 +246,14 @@ class Agent:
         except WorkerError as exc:
             logger.error("reload refused, keeping the old settings: %s", exc)
         else:
-            self.settings = new
-            self.session.update_settings(new.reconnect_initial_s, new.reconnect_max_s)
-            logging.getLogger().setLevel(new.log_level)
-            logger.info("settings reloaded (report interval %.0f s, log level %s)", new.report_interval_s, new.log_level)
+            changed = changed_keys(self.settings, new)
+            applied, pending = sorted(changed & RELOADABLE), sorted(changed - RELOADABLE)
+            self.settings = replace(self.settings, **{key: getattr(new, key) for key in applied})
+            self.session.update_settings(self.settings.reconnect_initial_s, self.settings.reconnect_max_s)
+            logging.getLogger().setLevel(self.settings.log_level)
+            logger.info("settings reloaded: %s took effect; %s", ", ".join(applied) or "nothing changed",
+                        f"{', '.join(pending)} need a restart (systemctl restart hivemind-worker)" if pending
+                        else "nothing needs a restart", extra=self._log_extra)
         self.parts.notifier.ready(self.status_line())
 
     async def _wait_exit(self, timeout_s: float) -> None:

@@ -9,29 +9,42 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Any
+import time
+from typing import Any, Callable
 
 from hivemind_worker import __version__
-from hivemind_worker.agent.daemon import Agent
+from hivemind_worker.agent.host import SessionHost
+from hivemind_worker.agent.router import TaskService
+from hivemind_worker.config import Settings
+from hivemind_worker.control.session import ControlSession
 from hivemind_worker.errors import VpnError
+from hivemind_worker.identity import NodeIdentity
+from hivemind_worker.tasks.model import DrainState
 from hivemind_worker.vpn import tunnel
 
 logger = logging.getLogger(__name__)
 
 
 class AgentStatus:
-    def __init__(self, agent: Agent, docker: dict[str, Any], telemetry_reports=lambda: 0) -> None:
-        self._agent = agent
+    """Reads the parts the agent is built from (not the agent: the monitor that shows
+    this is itself one of the agent's parts)."""
+
+    def __init__(self, settings: Settings, identity: NodeIdentity, session: ControlSession, drain: DrainState,
+                 host: SessionHost, tasks: TaskService | None, docker: dict[str, Any],
+                 telemetry_reports: Callable[[], int] = lambda: 0) -> None:
+        self._settings, self._identity, self._session, self._drain = settings, identity, session, drain
+        self._host, self._tasks = host, tasks
         self._docker = docker
         self._reports = telemetry_reports
+        self._started_at = time.time()
         self._hostname = socket.gethostname()
-        self._vpn: dict[str, Any] = {"interface": agent.settings.wireguard_interface, "up": False,
-                                     "address": agent.identity.vpn.address, "latest_handshake_ms": None}
+        self._vpn: dict[str, Any] = {"interface": settings.wireguard_interface, "up": False,
+                                     "address": identity.vpn.address, "latest_handshake_ms": None}
         self._vpn_warned = False
 
     async def refresh_vpn(self) -> None:
         try:
-            state = await tunnel.tunnel_status(self._agent.settings.wireguard_interface)
+            state = await tunnel.tunnel_status(self._settings.wireguard_interface)
         except VpnError as exc:  # e.g. not allowed to ask wireguard-go as the service user
             if not self._vpn_warned:
                 logger.warning("cannot read the tunnel's state: %s", exc)
@@ -41,19 +54,18 @@ class AgentStatus:
         self._vpn.update(up=state.up, latest_handshake_ms=handshake * 1000 if handshake else None)
 
     def status(self) -> dict[str, Any]:
-        agent = self._agent
-        session = agent.session
-        tasks = agent.parts.tasks
+        session, identity = self._session, self._identity
+        tasks = self._tasks
         capacity = tasks.capacity() if tasks else None
         return {
-            "node_id": agent.identity.node_id,
+            "node_id": identity.node_id,
             "enrolled": True,
             "version": __version__,
             "hostname": self._hostname,
-            "master": agent.identity.master,
-            "started_ms": int(agent.started_at * 1000),
-            "draining": agent.drain.draining,
-            "drain_reason": agent.drain.reason,
+            "master": identity.master,
+            "started_ms": int(self._started_at * 1000),
+            "draining": self._drain.draining,
+            "drain_reason": self._drain.reason,
             "session": {
                 "state": session.state.value,
                 "connected": session.connected,
@@ -71,13 +83,12 @@ class AgentStatus:
         }
 
     def counters(self) -> dict[str, Any]:
-        router = self._agent.router
-        tasks = self._agent.parts.tasks
-        held = tasks.held_tasks() if tasks else []
+        counters = self._host.counters
+        held = self._tasks.held_tasks() if self._tasks else []
         return {
-            "reconnects_total": self._agent.session.reconnects,
-            "log_lines_sent_total": router.counters["log_lines_sent"],
-            "log_bytes_sent_total": router.counters["log_bytes_sent"],
+            "reconnects_total": self._session.reconnects,
+            "log_lines_sent_total": counters["log_lines_sent"],
+            "log_bytes_sent_total": counters["log_bytes_sent"],
             "results_spooled": sum(1 for h in held if h.result_pending),
             "telemetry_reports_total": self._reports(),
         }

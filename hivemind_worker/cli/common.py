@@ -52,12 +52,9 @@ class GlobalOptions:
     log_format: str | None = None
 
 
-def settings_from(ctx: typer.Context, daemon: bool = False, **overrides: Any) -> Settings:
-    """Settings for this invocation; sets up logging as a side effect (CLI only).
-
-    One-shot commands log only warnings (their output is their answer) unless
-    --debug; long-running ones (``daemon=True``) log at the configured level."""
-    opts: GlobalOptions = ctx.find_root().obj or GlobalOptions()
+def build_settings(opts: GlobalOptions, read_file: bool = True, **overrides: Any) -> Settings:
+    """The one way a command (and a SIGHUP reload) gets its Settings: the config file,
+    then the environment, then the global flags. Raises ConfigError."""
     flags = {
         "log_level": "DEBUG" if opts.debug else None,
         "log_file": opts.log_file,
@@ -65,7 +62,16 @@ def settings_from(ctx: typer.Context, daemon: bool = False, **overrides: Any) ->
         "log_format": opts.log_format,
         **overrides,
     }
-    settings = guard(lambda: load_settings(flags, config_file=opts.config))
+    return load_settings(flags, config_file=opts.config, read_file=read_file)
+
+
+def settings_from(ctx: typer.Context, daemon: bool = False, **overrides: Any) -> Settings:
+    """Settings for this invocation; sets up logging as a side effect (CLI only).
+
+    One-shot commands log only warnings (their output is their answer) unless
+    --debug; long-running ones (``daemon=True``) log at the configured level."""
+    opts: GlobalOptions = ctx.find_root().obj or GlobalOptions()
+    settings = guard(lambda: build_settings(opts, **overrides))
     level = settings.log_level
     if not daemon and not opts.debug and level in ("DEBUG", "INFO"):
         level = "WARNING"

@@ -8,7 +8,7 @@ import json
 
 import typer
 
-from hivemind_worker.cli.common import GlobalOptions, guard, settings_from
+from hivemind_worker.cli.common import GlobalOptions, build_settings, guard, settings_from
 from hivemind_worker.systemd.unit import DEFAULT_USER
 
 
@@ -70,7 +70,7 @@ def doctor_cmd(
     user: str = typer.Option(DEFAULT_USER, "--user", help="The service user to check."),
 ) -> None:
     """Check this host: config, enrollment, Docker, GPU, WireGuard, master, unit, port."""
-    from hivemind_worker.config import Settings, load_settings
+    from hivemind_worker.config import Settings
     from hivemind_worker.doctor import Outcome, run_doctor
     from hivemind_worker.errors import ConfigError
     from hivemind_worker.logs import setup_logging
@@ -79,13 +79,16 @@ def doctor_cmd(
     opts = ctx.find_root().obj or GlobalOptions()
     config_error = None
     try:
-        load_settings({"master_url": opts.master_url}, config_file=opts.config)
+        build_settings(opts)
     except ConfigError as exc:
         config_error = str(exc)
     if config_error is None:
         settings = settings_from(ctx)
-    else:
-        settings = Settings()
+    else:  # what the environment and flags still say, without the broken file
+        try:
+            settings = build_settings(opts, read_file=False)
+        except ConfigError:  # the environment is broken too: the first error says so
+            settings = Settings()
         setup_logging("DEBUG" if opts.debug else "INFO", "text", opts.log_file)
     results = guard(lambda: asyncio.run(
         run_doctor(settings, timeout_s=timeout, user=user, config_error=config_error)))

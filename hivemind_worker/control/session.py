@@ -69,7 +69,6 @@ class ControlSession:
         channel_factory: Callable[[], grpc.aio.Channel],
         node_id: str,
         credential: str,
-        handler: SessionHandler,
         *,
         reconnect_initial_s: float,
         reconnect_max_s: float,
@@ -80,7 +79,6 @@ class ControlSession:
         self._channel_factory = channel_factory
         self._node_id = node_id
         self._credential = credential
-        self._handler = handler
         self._initial = reconnect_initial_s
         self._max = reconnect_max_s
         self._target = target
@@ -149,14 +147,16 @@ class ControlSession:
         if self._outbox is not None:
             self._outbox.put_nowait(_CLOSE)
 
-    async def run(self, should_exit: asyncio.Event) -> None:
-        """Keep a session up until ``should_exit`` is set. Raises CredentialRevoked."""
+    async def run(self, should_exit: asyncio.Event, handler: SessionHandler) -> None:
+        """Keep a session up until ``should_exit`` is set, ``handler`` hearing what the
+        master says (given here, not at construction: the handler is built on top of
+        the session). Raises CredentialRevoked."""
         attempt = 0
         while not should_exit.is_set():
             self.state = SessionState.CONNECTING
             started = time.monotonic()
             try:
-                await self._one_session(should_exit)
+                await self._one_session(should_exit, handler)
             except CredentialRevoked as exc:
                 self.state = SessionState.REVOKED
                 self.last_error = str(exc)
@@ -165,7 +165,7 @@ class ControlSession:
                 self.last_error = str(exc)
                 logger.warning("session to the master ended: %s", exc)
             finally:
-                await self._teardown()
+                await self._teardown(handler)
             if should_exit.is_set():
                 break
             if time.monotonic() - started > STABLE_AFTER_S:
@@ -179,10 +179,10 @@ class ControlSession:
                 await asyncio.wait_for(should_exit.wait(), timeout=delay)
         self.state = SessionState.CLOSED
 
-    async def _one_session(self, should_exit: asyncio.Event) -> None:
+    async def _one_session(self, should_exit: asyncio.Event, handler: SessionHandler) -> None:
         self.channel = self._channel_factory()
         outbox: asyncio.Queue = asyncio.Queue()
-        outbox.put_nowait(pb.WorkerMessage(hello=messages.hello_to_pb(self._handler.hello())))
+        outbox.put_nowait(pb.WorkerMessage(hello=messages.hello_to_pb(handler.hello())))
 
         async def outgoing():
             while True:
@@ -203,7 +203,7 @@ class ControlSession:
             self.connected_since = time.time()
             self.last_error = ""
             logger.info("session %s open with the master at %s", self.session_id, self._target)
-            await self._handler.on_connected(messages.welcome_from_pb(first.welcome))
+            await handler.on_connected(messages.welcome_from_pb(first.welcome))
             while True:
                 message = await call.read()
                 if message is grpc.aio.EOF:
@@ -214,20 +214,20 @@ class ControlSession:
                 if command is None:
                     logger.debug("ignoring a master message of a kind this node does not know")
                     continue
-                await self._handler.on_message(command)
+                await handler.on_message(command)
         except grpc.RpcError as exc:
             raise translate(exc, "session", self._target) from exc
         finally:
             call.cancel()
 
-    async def _teardown(self) -> None:
+    async def _teardown(self, handler: SessionHandler) -> None:
         was_connected = self.connected
         self._outbox = None
         self.connected_since = None
         if self.state is not SessionState.REVOKED:
             self.state = SessionState.BACKOFF
         if was_connected:
-            await self._handler.on_disconnected()
+            await handler.on_disconnected()
         if self.channel is not None:
             await self.channel.close()
             self.channel = None

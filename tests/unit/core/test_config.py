@@ -73,3 +73,29 @@ def test_master_addresses(text, host, port, tls):
 def test_bad_master_addresses(text):
     with pytest.raises(ConfigError):
         parse_master_address(text)
+
+
+def test_one_builder_for_every_command_and_the_reload(tmp_path, monkeypatch):
+    """cli.common.build_settings: file, then environment, then the global flags; the
+    SIGHUP reload calls it again, so --debug survives a reload."""
+    from hivemind_worker.cli.common import GlobalOptions, build_settings
+
+    (tmp_path / "worker.toml").write_text("report_interval_s = 7\nlog_level = \"WARNING\"\n")
+    monkeypatch.setenv("HIVEMIND_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("HIVEMIND_MAX_CONCURRENT_TASKS", "3")
+    opts = GlobalOptions(debug=True, log_format="json")
+    first, again = build_settings(opts), build_settings(opts)
+    assert (first.report_interval_s, first.max_concurrent_tasks, first.log_level, first.log_format) == (7, 3, "DEBUG", "json")
+    assert again == first
+
+    # The doctor, when the file is what is broken: still the environment and the flags.
+    (tmp_path / "worker.toml").write_text("report_interval_s = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        build_settings(opts)
+    rescued = build_settings(opts, read_file=False)
+    assert (rescued.max_concurrent_tasks, rescued.log_level, rescued.report_interval_s) == (3, "DEBUG", 30.0)
+
+
+def test_a_tls_certificate_needs_its_key(tmp_path):
+    with pytest.raises(ConfigError, match="monitor_tls_key"):
+        load_settings({"monitor_tls_cert": str(tmp_path / "cert.pem")}, environ={"HIVEMIND_CONFIG_DIR": str(tmp_path)})

@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 
 from hivemind_worker.agent.daemon import Agent, AgentParts
+from hivemind_worker.agent.host import SessionHost
 from hivemind_worker.agent.router import Router
 from hivemind_worker.config import Settings
 from hivemind_worker.control.messages import Assign, Cancel, DrainRequest, EventAck, LogAck, ResultAck, Welcome
@@ -17,7 +18,7 @@ from hivemind_worker.errors import MasterUnreachable
 from hivemind_worker.identity import NodeIdentity
 from hivemind_worker.systemd.notify import FakeNotifier
 from hivemind_worker.tasks.manager import TaskManager
-from hivemind_worker.tasks.model import DrainCause, Resources, TaskEvent, TaskStatus
+from hivemind_worker.tasks.model import DrainCause, DrainState, Resources, TaskEvent, TaskStatus
 from tests.unit.tasks.fakes import CAPACITY, FakeRuntime, Script, request
 
 S = TaskStatus
@@ -27,8 +28,8 @@ class FakeMasterSession:
     """The ControlSession's surface, as a master that applies each (task, attempt, seq)
     once, in order, and acknowledges the highest contiguous one."""
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self) -> None:
+        self.router: Router | None = None  # the handler, as ControlSession.run(should_exit, handler) is given
         self.connected = True
         self.received: list[TaskEvent] = []  # every event that crossed the wire
         self.applied: dict[tuple[str, int], list[TaskEvent]] = {}
@@ -92,12 +93,14 @@ async def until(predicate, timeout: float = 15.0) -> None:
 
 
 def make(tmp_path: Path, runtime: FakeRuntime) -> tuple[Router, FakeMasterSession, TaskManager]:
+    """Assembled as agent/app.py does: session -> host -> manager -> router."""
     settings = Settings(state_dir=tmp_path / "state", config_dir=tmp_path / "etc", task_timeout_s=60, task_images="*")
-    router = Router("node-1", 4 * 1024 * 1024, 4)
-    session = FakeMasterSession(router)
-    router.session = session  # type: ignore[assignment]
-    manager = TaskManager(settings, runtime, router, "node-1", capacity=CAPACITY, sampler=None, drain=router.drain)
-    router.tasks = manager
+    drain = DrainState()
+    session = FakeMasterSession()
+    host = SessionHost(session)  # type: ignore[arg-type]  # the fake has the surface the host uses
+    manager = TaskManager(settings, runtime, host, "node-1", capacity=CAPACITY, sampler=None, drain=drain)
+    router = Router("node-1", 4 * 1024 * 1024, 4, drain, session, host, manager)  # type: ignore[arg-type]
+    session.router = router
     return router, session, manager
 
 
@@ -175,10 +178,14 @@ async def test_one_drain_state_for_operator_master_and_shutdown(tmp_path) -> Non
     async def sample() -> dict:
         return {}
 
-    agent = Agent(settings, identity, AgentParts(channel_factory=lambda: None, notifier=FakeNotifier(), sample=sample))
-    manager = TaskManager(settings, FakeRuntime(), agent.router, "node-1", capacity=CAPACITY, sampler=None,
-                          drain=agent.drain)
-    agent.attach_tasks(manager)
+    drain = DrainState()
+    session = FakeMasterSession()
+    host = SessionHost(session)  # type: ignore[arg-type]
+    manager = TaskManager(settings, FakeRuntime(), host, "node-1", capacity=CAPACITY, sampler=None, drain=drain)
+    router = Router("node-1", 4 * 1024 * 1024, 4, drain, session, host, manager)  # type: ignore[arg-type]
+    session.router = router
+    agent = Agent(settings, identity, AgentParts(session=session, router=router, notifier=FakeNotifier(),  # type: ignore[arg-type]
+                                                 sample=sample, tasks=manager))
     agent.set_draining(True)  # SIGUSR1
     hello = agent.router.hello()
     assert (hello.draining, hello.drain_reason) == (True, "operator") and manager.free() == Resources()
