@@ -30,11 +30,14 @@ from hivemind_worker.runtime.spec import EXIT_DEPS_FAILED, EXIT_NO_ENTRYPOINT, C
 from hivemind_worker.tasks.cleanup import free_workspace
 from hivemind_worker.tasks.disk import DiskWatch
 from hivemind_worker.tasks.logpump import pump
-from hivemind_worker.tasks.model import TaskStatus
+from hivemind_worker.tasks.model import LogStream, TaskStatus
 
 logger = logging.getLogger(__name__)
 
-LOG_DRAIN_S = 30.0  # how long to wait for the last log lines after the container exited
+# After the exit, the log reader gets as long as it keeps bringing lines: a task that
+# printed a lot on a busy host can take minutes to read back, and every line counts.
+# A reader that brought nothing for this long is stalled.
+LOG_IDLE_S = 30.0
 ENGINE_POLL_S = 1.0  # while the engine is away: ask again after this (doubling, up to 5 s)
 ENGINE_STOP_CODES = (143, 137)  # what a container stopped by a shutting-down engine exits with
 DISK_KILLS = ("disk limit", "node disk full")
@@ -113,11 +116,16 @@ async def _follow(run: Any) -> Any:
     try:
         exit_info = await supervise(run, waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(follower), LOG_DRAIN_S)
-        except asyncio.TimeoutError:
-            logger.warning("task %s: log stream did not end after exit", run.task_id, extra=run._extra)
+            if await _while_progress(run, follower):
+                return exit_info
+            logger.warning("task %s: log stream stalled after exit; reading the rest again", run.task_id,
+                           extra=run._extra)
         except WorkerError as exc:
-            logger.warning("task %s: log stream failed: %s", run.task_id, exc, extra=run._extra)
+            logger.warning("task %s: log stream failed after exit (%s); reading the rest again", run.task_id, exc,
+                           extra=run._extra)
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        await _collect_logs(run)  # from where the spool ends, as after a restart
         return exit_info
     finally:
         for t in (waiter, follower, watcher):
@@ -138,11 +146,34 @@ async def _engine_back(run: Any) -> ContainerInfo | None:
         delay = min(delay * 2, 5.0)
 
 
+async def _while_progress(run: Any, reader: asyncio.Task) -> bool:
+    """Wait for ``reader`` while it spools lines: True when it ended (its error is
+    raised), False when it brought nothing for LOG_IDLE_S."""
+    while True:
+        before = run.spool.last_seq
+        done, _ = await asyncio.wait({reader}, timeout=LOG_IDLE_S)
+        if done:
+            reader.result()
+            return True
+        if run.spool.last_seq == before:
+            return False
+
+
 async def _collect_logs(run: Any) -> None:
+    """Read what Docker holds of a stopped container's output into the spool; say so
+    in the log itself when Docker stops giving it."""
+    reader = asyncio.create_task(pump(run.ctx.runtime, run.row.container_id, run.spool, run.sender))
     try:
-        await asyncio.wait_for(pump(run.ctx.runtime, run.row.container_id, run.spool, run.sender), LOG_DRAIN_S)
+        if await _while_progress(run, reader):
+            return
+        why = f"Docker gave no more of the task's output for {LOG_IDLE_S:.0f} s"
     except Exception as exc:
-        logger.warning("task %s: could not read the last log lines: %s", run.task_id, exc, extra=run._extra)
+        why = f"reading the task's output back from Docker failed: {exc}"
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    logger.warning("task %s: %s", run.task_id, why, extra=run._extra)
+    run.spool.add(LogStream.SYSTEM, f"[hivemind] {why}; lines after this point may be missing", int(run.ctx.clock() * 1000))
 
 
 async def kill_for(run: Any, reason: str) -> None:
