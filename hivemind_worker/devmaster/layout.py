@@ -94,16 +94,6 @@ class StateDir:
     def write_master_info(self, info: dict) -> None:
         atomic_write(self.master_json, json.dumps(info, indent=2) + "\n", mode=0o600)
 
-    def read_master_info(self) -> dict:
-        try:
-            return json.loads(self.master_json.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(
-                f"{self.master_json}: not found; is `hivemind-worker dev-master serve --state-dir {self.root}` running?"
-            ) from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{self.master_json}: not valid JSON ({exc}); restart `dev-master serve`") from exc
-
 
 def default_state_dir(environ: dict | None = None) -> Path:
     env = os.environ if environ is None else environ

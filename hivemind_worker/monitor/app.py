@@ -28,7 +28,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from hivemind_worker.monitor.metrics import build_registry
-from hivemind_worker.monitor.view import NodeView
+from hivemind_worker.monitor.view import NodeView, tasks_by_state
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,7 @@ def status_summary(view: NodeView) -> dict[str, Any]:
     """/api/status: the node's status plus the headline figures the CLI prints."""
     status = dict(view.status())
     tasks = view.tasks()
-    by_state: dict[str, int] = {}
-    for t in tasks:
-        by_state[str(t.get("status"))] = by_state.get(str(t.get("status")), 0) + 1
+    by_state = tasks_by_state(tasks)
     sample = view.latest_sample()
     gpus = (sample or {}).get("gpus") or []
     utils = [g["utilization_percent"] for g in gpus if g.get("utilization_percent") is not None]

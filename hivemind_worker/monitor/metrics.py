@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hivemind_worker.monitor.view import SESSION_STATES, NodeView
+from hivemind_worker.monitor.view import SESSION_STATES, NodeView, tasks_by_state
 from hivemind_worker.tasks.model import TaskStatus
 from hivemind_worker.telemetry.degrade import WarnOnce
 
@@ -87,9 +87,7 @@ class NodeMetricsCollector(Collector):
                        counters.get("telemetry_reports_total"))
         yield _gauge("hivemind_agent_results_spooled", "Result archives kept until the master acknowledges them.",
                      counters.get("results_spooled"))
-        by_state = {s.value: 0 for s in TaskStatus}
-        for task in v.tasks():
-            by_state[str(task.get("status"))] = by_state.get(str(task.get("status")), 0) + 1
+        by_state = {**{s.value: 0 for s in TaskStatus}, **tasks_by_state(v.tasks())}  # every state, 0 included
         tasks = GaugeMetricFamily("hivemind_agent_tasks", "Tasks held by the node, by state.", labels=["state"])
         for s, n in by_state.items():
             tasks.add_metric([s], n)

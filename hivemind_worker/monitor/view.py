@@ -40,7 +40,8 @@ agent_counters() -> {"reconnects_total": int, "log_lines_sent_total": int, "log_
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import collections
+from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 
 # The control session's states (control.session.SessionState values), listed here so the
 # monitor does not import the control layer.
@@ -64,3 +65,8 @@ class NodeView(Protocol):
     def earnings(self) -> dict[str, Any]: ...
 
     def agent_counters(self) -> dict[str, Any]: ...
+
+
+def tasks_by_state(tasks: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many of ``tasks`` (NodeView.tasks() rows) are in each state; /api/status and /metrics."""
+    return dict(collections.Counter(str(t.get("status")) for t in tasks))

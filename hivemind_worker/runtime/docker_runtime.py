@@ -10,7 +10,6 @@ know task states, the journal or the master, and it never runs a task on the hos
 from __future__ import annotations
 
 import asyncio
-import calendar
 import dataclasses
 import logging
 import os
@@ -365,13 +364,10 @@ def _prepare_workspace(workspace: Path, user: str) -> None:
 def _ms(stamp: str | None) -> int:
     if not stamp or stamp.startswith("0001-"):
         return 0
-    head, _, rest = stamp.partition(".")
     try:
-        seconds = calendar.timegm(time.strptime(head.rstrip("Z"), "%Y-%m-%dT%H:%M:%S"))
+        return logstream.docker_time_ms(stamp)
     except ValueError:
         return 0
-    digits = "".join(c for c in rest[:3] if c.isdigit())
-    return seconds * 1000 + (int(digits.ljust(3, "0")) if digits else 0)
 
 
 def _info(attrs: dict[str, Any]) -> ContainerInfo:

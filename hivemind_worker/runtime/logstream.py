@@ -36,6 +36,16 @@ _END = object()
 Line = tuple[LogStream, str, int]
 
 
+def docker_time_ms(stamp: str) -> int:
+    """Docker's RFC 3339 time (UTC, up to nanoseconds) -> epoch milliseconds; the one
+    parser of it (log lines here, container start times in docker_runtime.py).
+    ValueError when it is not one."""
+    head, _, rest = stamp.partition(".")
+    seconds = calendar.timegm(time.strptime(head.rstrip("Z"), "%Y-%m-%dT%H:%M:%S"))
+    digits = "".join(c for c in rest[:3] if c.isdigit())
+    return seconds * 1000 + (int(digits.ljust(3, "0")) if digits else 0)
+
+
 class _Clock:
     """RFC 3339 (Docker's fixed nanosecond form, UTC) -> epoch milliseconds, with
     the seconds part cached: consecutive lines almost always share it."""
@@ -48,7 +58,7 @@ class _Clock:
         head = stamp[:19]
         if head != self._head:
             try:
-                self._epoch_ms = calendar.timegm(time.strptime(head.decode(), "%Y-%m-%dT%H:%M:%S")) * 1000
+                self._epoch_ms = docker_time_ms(head.decode())
             except ValueError:
                 return int(time.time() * 1000)
             self._head = head

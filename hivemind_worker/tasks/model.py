@@ -62,13 +62,6 @@ class Resources:
     memory_bytes: int = 0
     gpu_count: int = 0
 
-    def fits_in(self, other: "Resources") -> bool:
-        return (
-            self.cpu_millicores <= other.cpu_millicores
-            and self.memory_bytes <= other.memory_bytes
-            and self.gpu_count <= other.gpu_count
-        )
-
     def __add__(self, other: "Resources") -> "Resources":
         return Resources(
             self.cpu_millicores + other.cpu_millicores,

@@ -6,13 +6,11 @@ with a listen port, adds each enrolled node as a peer (``add_peer(public_key,
 dev-master allocates the addresses and puts ``public_key``/``endpoint`` into the
 node's VpnAssignment (``subnet`` as AllowedIPs, ``hub_ip`` for master_address).
 Call ``up()`` before handing it to the dev-master. Needs root. The
-methods block (subprocess): call them through ``asyncio.to_thread`` from a loop,
-or use the ``a*`` variants.
+methods block (subprocess): call them through ``asyncio.to_thread`` from a loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import tempfile
@@ -115,16 +113,3 @@ class WireGuardHub:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp, self._conf = None, None
-
-    # Event-loop variants.
-    async def aup(self) -> None:
-        await asyncio.to_thread(self.up)
-
-    async def aadd_peer(self, public_key: str, address: str) -> None:
-        await asyncio.to_thread(self.add_peer, public_key, address)
-
-    async def aremove_peer(self, public_key: str) -> None:
-        await asyncio.to_thread(self.remove_peer, public_key)
-
-    async def adown(self) -> None:
-        await asyncio.to_thread(self.down)

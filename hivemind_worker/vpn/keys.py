@@ -51,14 +51,6 @@ def decode_key(text: str) -> bytes:
     return raw
 
 
-def is_valid_key(text: str) -> bool:
-    try:
-        decode_key(text)
-    except VpnError:
-        return False
-    return True
-
-
 def _public_of(private: X25519PrivateKey) -> str:
     raw = private.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
