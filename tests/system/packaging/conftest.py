@@ -331,7 +331,8 @@ def copy_source(dest: Path) -> None:
 @contextlib.contextmanager
 def booted_host(tarball: Path, name: str, binds: dict[str, str] | None = None,
                 ssh_port: int | None = None, authorized_key: str | None = None,
-                source: str | None = None, files: dict[str, Path] | None = None):
+                source: str | None = None, files: dict[str, Path] | None = None,
+                rw_binds: dict[str, str] | None = None):
     """Unpack the cached root file system, boot it with systemd and yield a Host;
     power it off and delete the copy afterwards."""
     work = Path(tempfile.mkdtemp(prefix="pk-hosts.", dir="/var/tmp"))
@@ -356,7 +357,8 @@ def booted_host(tarball: Path, name: str, binds: dict[str, str] | None = None,
             wants.unlink(missing_ok=True)
             (root / "etc/systemd/system/sshd.service").unlink(missing_ok=True)
         copied = time.monotonic() - started
-        machine.boot(binds=[(Path("/var/run/docker.sock"), "/run/docker.sock")],
+        machine.boot(binds=[(Path("/var/run/docker.sock"), "/run/docker.sock"),
+                            *((Path(src), dst) for src, dst in (rw_binds or {}).items())],
                      ro_binds=[(Path(src), dst) for src, dst in (binds or {}).items()])
         host = Host(machine, ssh_port=ssh_port,
                     timings={"copy_s": copied, "boot_s": time.monotonic() - started - copied})
