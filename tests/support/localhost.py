@@ -46,10 +46,12 @@ class LocalTaskHost:
         self.results: dict[str, Path] = {}
         self.uploads: dict[str, int] = {}  # task -> how many times uploaded
         self.online = True  # False: every call fails, as with a dropped session
+        self.refused = 0  # calls that failed because it was offline
         self._changed = asyncio.Condition()
 
     def _check_online(self) -> None:
         if not self.online:
+            self.refused += 1
             raise ConnectionError("no session (LocalTaskHost offline)")
 
     async def _notify(self) -> None:

@@ -22,6 +22,7 @@ from hivemind_worker.identity import NodeIdentity
 from hivemind_worker.systemd.notify import FakeNotifier
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import DrainState, Resources
+from tests.support.wait import until
 from tests.unit.tasks.fakes import CAPACITY, FakeRuntime
 
 
@@ -118,13 +119,6 @@ class Rig:
         self.agent.should_exit.set()
         await asyncio.wait_for(self.loop, 5)
         await self.agent.shutdown()
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_operator_drain_reaches_hello_master_and_telemetry(tmp_path) -> None:

@@ -19,6 +19,7 @@ from hivemind_worker.identity import NodeIdentity
 from hivemind_worker.systemd.notify import FakeNotifier
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import DrainCause, DrainState, Resources, TaskEvent, TaskStatus
+from tests.support.wait import until
 from tests.unit.tasks.fakes import CAPACITY, FakeRuntime, Script, request
 
 S = TaskStatus
@@ -83,13 +84,6 @@ class FakeMasterSession:
     def outcome(self, task_id: str, attempt: int = 1) -> TaskEvent | None:
         ends = [e for e in self.applied.get((task_id, attempt), []) if e.status.finished and e.status not in (S.UPLOADING, S.DONE)]
         return ends[-1] if ends else None
-
-
-async def until(predicate, timeout: float = 15.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def make(tmp_path: Path, runtime: FakeRuntime) -> tuple[Router, FakeMasterSession, TaskManager]:

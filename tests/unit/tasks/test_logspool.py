@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hivemind_worker.tasks.logspool import LogSpool
 from hivemind_worker.tasks.model import LogStream
+from tests.support.wait import until
 
 OUT = LogStream.STDOUT
 
@@ -98,13 +99,15 @@ async def test_sender_keeps_at_most_a_window_unacknowledged(tmp_path: Path) -> N
     sender = LogSender("t", spool, master, acked_seq=0)
     sender.window = 1200
     sender.start()
-    await asyncio.sleep(0.05)
+    # SlowMaster never suspends, so the sender parks on its window in the same step
+    # that sends the window's last line: what the test sees then is all it sends.
+    await until(lambda: len(master.got) >= 1200)
     assert master.got == list(range(1, 1201))  # nothing acknowledged: the window is full
     sender.ack(1000)
-    await asyncio.sleep(0.05)
+    await until(lambda: len(master.got) >= 2200)
     assert master.got == list(range(1, 2201))
     sender.ack(2200)
-    await asyncio.sleep(0.05)
+    await until(lambda: len(master.got) >= 3400)
     assert master.got == list(range(1, 3401))
     await sender.stop()
     spool.close()

@@ -16,6 +16,7 @@ from tests.support.localhost import LocalTaskHost
 from hivemind_worker.tasks.manager import TaskManager
 from hivemind_worker.tasks.model import Resources, TaskStatus
 from hivemind_worker.tasks.pressure import LOW_SHARES, NORMAL_SHARES
+from tests.support.wait import until
 from tests.unit.tasks.fakes import CAPACITY, FakeRuntime, Script, make_bundle, request
 
 S = TaskStatus
@@ -26,14 +27,6 @@ def manager(settings: Settings, runtime: FakeRuntime, host: LocalTaskHost, **kw)
     m = TaskManager(settings, runtime, host, "node-1", capacity=kw.pop("capacity", CAPACITY), **kw)
     host.manager = m
     return m
-
-
-async def until(predicate, timeout: float = 15.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def read_result(path: Path) -> dict[str, bytes]:
@@ -205,7 +198,7 @@ async def test_logs_resent_after_reconnect_and_result_reuploaded(settings, runti
     host.online = False  # the session is down from the start
     await m.assign(request("t"))
     await until(lambda: runtime.has("t") and len(runtime.by_task("t").log) == 3000)
-    await asyncio.sleep(0.2)
+    await until(lambda: host.refused > 0, what="the log sender trying the offline host")
     assert host.lines == {}
     host.online = True
     await m.resync()
@@ -469,7 +462,7 @@ async def test_done_waits_until_the_master_has_every_log_line(settings, runtime,
     await m.start()
     await m.assign(request("t"))
     await until(lambda: host.uploads.get("t") == 1)
-    await asyncio.sleep(0.2)
+    await until(lambda: m._runs["t"].result_acked.is_set(), what="the result acknowledged")
     assert [h.task_id for h in m.held_tasks()] == ["t"]  # result acknowledged, logs not yet
     await m.ack_logs("t", 700)
     await until(lambda: not m.held_tasks())
