@@ -120,6 +120,8 @@ async def _follow(run: Any) -> Any:
                 return exit_info
             logger.warning("task %s: log stream stalled after exit; reading the rest again", run.task_id,
                            extra=run._extra)
+        except RuntimeUnavailable:
+            raise  # the engine went away: _watch waits for it, then reads the rest
         except WorkerError as exc:
             logger.warning("task %s: log stream failed after exit (%s); reading the rest again", run.task_id, exc,
                            extra=run._extra)
@@ -160,20 +162,39 @@ async def _while_progress(run: Any, reader: asyncio.Task) -> bool:
 
 
 async def _collect_logs(run: Any) -> None:
-    """Read what Docker holds of a stopped container's output into the spool; say so
-    in the log itself when Docker stops giving it."""
+    """Read what Docker holds of a stopped container's output into the spool (waiting
+    for an engine that is restarting); say so in the log itself when Docker stops
+    giving it."""
+    while True:
+        why = await _read_rest(run)
+        if why != "engine away":
+            break
+        logger.info("task %s: the Docker engine is away; reading the last lines once it is back", run.task_id,
+                    extra=run._extra)
+        if await _engine_back(run) is None:
+            why = "the task's container vanished before its output was read back"
+            break
+    if why:
+        logger.warning("task %s: %s", run.task_id, why, extra=run._extra)
+        run.spool.add(LogStream.SYSTEM, f"[hivemind] {why}; lines after this point may be missing",
+                      int(run.ctx.clock() * 1000))
+
+
+async def _read_rest(run: Any) -> str:
+    """One read of the container's output from where the spool ends: "" when it
+    reached the end, "engine away", or why it stopped."""
     reader = asyncio.create_task(pump(run.ctx.runtime, run.row.container_id, run.spool, run.sender))
     try:
         if await _while_progress(run, reader):
-            return
-        why = f"Docker gave no more of the task's output for {LOG_IDLE_S:.0f} s"
+            return ""
+        return f"Docker gave no more of the task's output for {LOG_IDLE_S:.0f} s"
+    except RuntimeUnavailable:
+        return "engine away"
     except Exception as exc:
-        why = f"reading the task's output back from Docker failed: {exc}"
+        return f"reading the task's output back from Docker failed: {exc}"
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
-    logger.warning("task %s: %s", run.task_id, why, extra=run._extra)
-    run.spool.add(LogStream.SYSTEM, f"[hivemind] {why}; lines after this point may be missing", int(run.ctx.clock() * 1000))
 
 
 async def kill_for(run: Any, reason: str) -> None:
