@@ -62,8 +62,10 @@ def test_daemon_under_systemd(worker_machine, dev_master):
     m.exec("chown", "root:hivemind-worker", "/etc/hivemind-worker/worker.toml")
     token = cli("dev-master", "token", "create", "-s", str(state), check=True).stdout.strip()
     m.exec(HW, "enroll", "--master", address, "--token", token, "--ca-hash", ca_hash, timeout=60)
-    owners = m.exec("stat", "-c", "%n %U %a", "/etc/hivemind-worker/node.json").stdout
-    assert "hivemind-worker 600" in owners, owners
+    # Root's, readable by the service group: the daemon reads it, a compromised service
+    # user cannot rewrite what root-run commands trust (SECURITY.md).
+    owners = m.exec("stat", "-c", "%n %U:%G %a", "/etc/hivemind-worker/node.json").stdout
+    assert "root:hivemind-worker 640" in owners, owners
     m.write("/etc/systemd/system/hivemind-worker.service.d/test.conf", "[Service]\nWatchdogSec=4\n")
     m.exec("systemctl", "daemon-reload")
 
@@ -100,7 +102,8 @@ def test_daemon_under_systemd(worker_machine, dev_master):
     text_log = m.exec("journalctl", "-u", "hivemind-worker", "--no-pager", check=False).stdout
     assert "Watchdog timeout" in text_log, text_log
 
-    # `systemctl stop`: SIGTERM -> STOPPING=1, drain, clean exit.
+    # `systemctl stop`: SIGTERM -> STOPPING=1, hand running tasks over (stop_mode
+    # handoff, the default), clean exit.
     stop_started = time.monotonic()
     m.exec("systemctl", "stop", "hivemind-worker", timeout=90)
     assert time.monotonic() - stop_started < 40
@@ -114,4 +117,5 @@ def test_daemon_under_systemd(worker_machine, dev_master):
     assert daemon_lines, "no JSON lines from the daemon in the journal"
     assert all("level" in line and "logger" in line for line in daemon_lines)
     assert any(line.get("node_id") for line in daemon_lines), daemon_lines[:5]
-    assert any("draining" in line.get("message", "") for line in daemon_lines), [l.get("message") for l in daemon_lines]
+    assert any("keep running for the next agent" in line.get("message", "") for line in daemon_lines), \
+        [l.get("message") for l in daemon_lines]
