@@ -27,6 +27,34 @@ def port() -> int:
     return free_port()
 
 
+@pytest.fixture
+def devmaster(tmp_path):
+    """A real `dev-master serve` on a free loopback port, its own state directory."""
+    from tests.support.stack import DevMaster
+
+    master = DevMaster(tmp_path / "master", free_port(), tmp_path / "master.log")
+    master.start()
+    yield master
+    master.stop()
+
+
+@pytest.fixture
+def make_node(tmp_path):
+    """make(name, **settings) -> a worker Node (own directories), stopped afterwards."""
+    from tests.support.stack import Node
+
+    nodes: list = []
+
+    def make(name: str = "node", **settings):
+        node = Node(tmp_path / name, **settings)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
 def cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     """Run `hivemind-worker ARGS` as a real subprocess of the installed package."""
     full_env = {**os.environ, **(env or {})}

@@ -9,9 +9,8 @@ import os
 
 import pytest
 
-from tests.conftest import free_port
 from tests.faults.drill import Waiter, connect
-from tests.support.stack import DevMaster, Node
+from tests.support.stack import Node
 
 # How long the master stays away in the outage drills. The reported case was 150 s;
 # CI keeps it as short as still proves the point: several times the node's backoff cap.
@@ -26,25 +25,9 @@ def _needs_root():
 
 
 @pytest.fixture
-def master(tmp_path):
-    m = DevMaster(tmp_path / "master", free_port(), tmp_path / "master.log")
-    m.start()
-    yield m
-    m.stop()
-
-
-@pytest.fixture
-def make_node(tmp_path):
-    nodes: list[Node] = []
-
-    def make(name: str = "node", **settings) -> Node:
-        node = Node(tmp_path / name, **settings)
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        node.stop()
+def master(devmaster):
+    """Each drill's own dev-master (tests/conftest.py)."""
+    return devmaster
 
 
 @pytest.fixture

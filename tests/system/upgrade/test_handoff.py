@@ -20,7 +20,6 @@ import time
 import pytest
 
 from hivemind_worker import __version__
-from tests.conftest import free_port
 from tests.faults.drill import (
     assert_lines_once, bundle, describe, log_lines, result_archive, task_events, task_row, wait_connected, wait_final,
 )
@@ -30,11 +29,8 @@ pytestmark = [pytest.mark.system, pytest.mark.docker, pytest.mark.root, pytest.m
 
 
 @pytest.fixture
-def master(tmp_path):
-    m = DevMaster(tmp_path / "master", free_port(), tmp_path / "master.log")
-    m.start()
-    yield m
-    m.stop()
+def master(devmaster):
+    return devmaster
 
 
 @pytest.fixture
