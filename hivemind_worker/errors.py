@@ -13,6 +13,7 @@ so each message says what went wrong *and* what to do.
     │   ├── MasterUnreachable  network / TLS handshake problem; retried by the daemon
     │   ├── CredentialRevoked  the master no longer accepts this node; not retried
     │   └── ProtocolError      the peer sent something we cannot accept
+    │       └── UsageRecordError  a usage record is unsigned, altered or malformed
     ├── TaskError              a task could not be admitted or run
     │   ├── TaskRejected       admission refused for good: the task can never run here
     │   ├── TaskDeferred       "not now": draining, full, host pressure, low disk
@@ -57,6 +58,10 @@ class CredentialRevoked(ControlError):
 
 
 class ProtocolError(ControlError):
+    pass
+
+
+class UsageRecordError(ProtocolError):
     pass
 
 

@@ -93,14 +93,16 @@ class NodeFacts(_message.Message):
     def __init__(self, hostname: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., docker_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., nvidia_runtime: _Optional[bool] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("token", "facts", "wireguard_public_key")
+    __slots__ = ("token", "facts", "wireguard_public_key", "usage_public_key")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     FACTS_FIELD_NUMBER: _ClassVar[int]
     WIREGUARD_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    USAGE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     token: str
     facts: NodeFacts
     wireguard_public_key: str
-    def __init__(self, token: _Optional[str] = ..., facts: _Optional[_Union[NodeFacts, _Mapping]] = ..., wireguard_public_key: _Optional[str] = ...) -> None: ...
+    usage_public_key: bytes
+    def __init__(self, token: _Optional[str] = ..., facts: _Optional[_Union[NodeFacts, _Mapping]] = ..., wireguard_public_key: _Optional[str] = ..., usage_public_key: _Optional[bytes] = ...) -> None: ...
 
 class VpnAssignment(_message.Message):
     __slots__ = ("address", "server_public_key", "endpoint", "allowed_ips", "dns", "persistent_keepalive_s", "master_address")
@@ -159,7 +161,7 @@ class HeldTask(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., last_log_seq: _Optional[int] = ..., result_pending: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "agent_version", "capacity", "free", "tasks", "draining", "max_message_bytes", "task_slots", "drain_reason")
+    __slots__ = ("node_id", "agent_version", "capacity", "free", "tasks", "draining", "max_message_bytes", "task_slots", "drain_reason", "usage_public_key")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +171,7 @@ class Hello(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     TASK_SLOTS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_REASON_FIELD_NUMBER: _ClassVar[int]
+    USAGE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     agent_version: str
     capacity: Resources
@@ -178,7 +181,8 @@ class Hello(_message.Message):
     max_message_bytes: int
     task_slots: int
     drain_reason: str
-    def __init__(self, node_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ..., draining: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., task_slots: _Optional[int] = ..., drain_reason: _Optional[str] = ...) -> None: ...
+    usage_public_key: bytes
+    def __init__(self, node_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ..., draining: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., task_slots: _Optional[int] = ..., drain_reason: _Optional[str] = ..., usage_public_key: _Optional[bytes] = ...) -> None: ...
 
 class GpuSample(_message.Message):
     __slots__ = ("index", "uuid", "name", "utilization_percent", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w")
@@ -456,20 +460,30 @@ class ResultOffsetResponse(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., complete: _Optional[bool] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
-    __slots__ = ("task_id", "offset", "data", "total_bytes", "sha256", "attempt")
+    __slots__ = ("task_id", "offset", "data", "total_bytes", "sha256", "attempt", "usage")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     offset: int
     data: bytes
     total_bytes: int
     sha256: str
     attempt: int
-    def __init__(self, task_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+    usage: SignedUsage
+    def __init__(self, task_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., attempt: _Optional[int] = ..., usage: _Optional[_Union[SignedUsage, _Mapping]] = ...) -> None: ...
+
+class SignedUsage(_message.Message):
+    __slots__ = ("record", "signature")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    record: bytes
+    signature: bytes
+    def __init__(self, record: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class UploadResultResponse(_message.Message):
     __slots__ = ("offset", "complete")

@@ -8,8 +8,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[3] / "hivemind_worker"
 
 # Shared by everything: configuration, the error tree, logging, addresses, the node's
-# identity files, file helpers and the words the runtime and tasks share.
-BASE = {"config", "errors", "logs", "address", "identity", "fsutil", "vocab", "__version__"}
+# identity files, file helpers, the words the runtime and tasks share, and the signed
+# usage record (the node signs it, a master verifies it).
+BASE = {"config", "errors", "logs", "address", "identity", "fsutil", "vocab", "usage", "__version__"}
 
 # DESIGN.md section 4's arrows (importer -> what it may import beyond BASE and itself).
 # "tasks.model" is the task vocabulary: readable without depending on the task layer.
