@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from hivemind_worker.errors import HostError
 from hivemind_worker.tasks.model import NetworkPolicy, Resources, TaskEvent, TaskRequest, TaskStatus
+from hivemind_worker.tasks.usage import MeteredUsage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -46,7 +47,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     result_sha256 TEXT NOT NULL DEFAULT '',
     updated_ms    INTEGER NOT NULL DEFAULT 0,
     attempt       INTEGER NOT NULL DEFAULT 1,
-    event_seq     INTEGER NOT NULL DEFAULT 0
+    event_seq     INTEGER NOT NULL DEFAULT 0,
+    usage         TEXT NOT NULL DEFAULT '',
+    image_digest  TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS events (
     task_id   TEXT NOT NULL,
@@ -60,13 +63,14 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 # Columns added after the first release: a journal from an older agent gets them.
-_ADDED = {"attempt": "INTEGER NOT NULL DEFAULT 1", "event_seq": "INTEGER NOT NULL DEFAULT 0"}
+_ADDED = {"attempt": "INTEGER NOT NULL DEFAULT 1", "event_seq": "INTEGER NOT NULL DEFAULT 0",
+          "usage": "TEXT NOT NULL DEFAULT ''", "image_digest": "TEXT NOT NULL DEFAULT ''"}
 _EVENT_COLUMNS = "task_id, attempt, seq, status, reason, exit_code, time_ms"
 
 _COLUMNS = (
     "task_id", "request", "status", "reason", "exit_code", "container_id", "gpu_ids",
     "kill_reason", "created_ms", "started_ms", "ended_ms", "acked_seq", "result_path",
-    "result_size", "result_sha256", "updated_ms", "attempt", "event_seq",
+    "result_size", "result_sha256", "updated_ms", "attempt", "event_seq", "usage", "image_digest",
 )
 
 
@@ -107,6 +111,8 @@ class TaskRow:
     result_sha256: str = ""
     updated_ms: int = field(default=0, compare=False)
     event_seq: int = 0  # seq of the last event journaled for this attempt
+    usage: MeteredUsage | None = None  # what the meter measured (usage.py); None before any sample
+    image_digest: str = ""  # the image id ("sha256:...") the container ran, from the engine
 
     @property
     def attempt(self) -> int:
@@ -121,7 +127,7 @@ class TaskRow:
             self.exit_code, self.container_id, ",".join(self.gpu_ids), self.kill_reason,
             self.created_ms, self.started_ms, self.ended_ms, self.acked_seq,
             self.result_path, self.result_size, self.result_sha256, self.updated_ms,
-            self.request.attempt, self.event_seq,
+            self.request.attempt, self.event_seq, _usage_to_text(self.usage), self.image_digest,
         )
 
     @classmethod
@@ -136,7 +142,16 @@ class TaskRow:
             started_ms=v["started_ms"], ended_ms=v["ended_ms"], acked_seq=v["acked_seq"],
             result_path=v["result_path"], result_size=v["result_size"],
             result_sha256=v["result_sha256"], updated_ms=v["updated_ms"], event_seq=v["event_seq"],
+            usage=_usage_from_text(v["usage"]), image_digest=v["image_digest"],
         )
+
+
+def _usage_to_text(usage: MeteredUsage | None) -> str:
+    return json.dumps(usage.to_json(), sort_keys=True) if usage is not None else ""
+
+
+def _usage_from_text(text: str) -> MeteredUsage | None:
+    return MeteredUsage.from_json(json.loads(text)) if text else None
 
 
 class Journal:
@@ -263,6 +278,12 @@ class Journal:
         await self._call(
             self._exec, "UPDATE tasks SET acked_seq=? WHERE task_id=? AND acked_seq<?", (seq, task_id, seq)
         )
+
+    async def set_usage(self, task_id: str, usage: MeteredUsage | None, image_digest: str) -> None:
+        """Only the meter's columns: a whole-row put() racing with it cannot lose the
+        other columns, and a put() carries the latest usage of the in-memory row."""
+        await self._call(self._exec, "UPDATE tasks SET usage=?, image_digest=? WHERE task_id=?",
+                         (_usage_to_text(usage), image_digest, task_id))
 
     async def get(self, task_id: str) -> TaskRow | None:
         rows = await self._call(self._exec, f"SELECT {','.join(_COLUMNS)} FROM tasks WHERE task_id=?", (task_id,))
