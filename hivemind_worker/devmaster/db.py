@@ -114,6 +114,13 @@ ADDED_COLUMNS = (
     ("tasks", "log_bytes", "INTEGER NOT NULL DEFAULT 0"),
     ("task_events", "attempt", "INTEGER NOT NULL DEFAULT 1"),
     ("task_events", "seq", "INTEGER NOT NULL DEFAULT 0"),
+    # Signed usage records: the node's raw Ed25519 key (NULL: none on file, records not
+    # required), and per task the record's signed bytes, signature and reward (NULL:
+    # taken without a record, from a node with no key).
+    ("nodes", "usage_public_key", "BLOB"),
+    ("tasks", "usage_record", "BLOB"),
+    ("tasks", "usage_signature", "BLOB"),
+    ("tasks", "reward", "REAL"),
 )
 
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import logging
 import secrets
 import sqlite3
 from dataclasses import dataclass
 
+from hivemind_worker import usage
 from hivemind_worker.devmaster.db import Tx, now
-from hivemind_worker.errors import EnrollmentError
+from hivemind_worker.errors import EnrollmentError, UsageRecordError
+
+logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "hmt_"
 CREDENTIAL_PREFIX = "hmc_"
@@ -78,8 +82,9 @@ def hub_address(subnet: str = DEFAULT_SUBNET) -> str:
 
 
 def enroll(conn: sqlite3.Connection, token: str, hostname: str, facts: dict, wg_public_key: str,
-           subnet: str = DEFAULT_SUBNET) -> Enrolled:
-    """Spend one use of ``token`` and record a new node (atomically)."""
+           subnet: str = DEFAULT_SUBNET, usage_key: bytes = b"") -> Enrolled:
+    """Spend one use of ``token`` and record a new node (atomically). ``usage_key``: the
+    node's raw Ed25519 key for usage records (checked by the caller; b"" = none)."""
     if not token:
         raise EnrollmentError(f"no enrollment token given; {TOKEN_CREATE_HINT}")
     with Tx(conn):
@@ -89,9 +94,9 @@ def enroll(conn: sqlite3.Connection, token: str, hostname: str, facts: dict, wg_
         credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
         conn.execute(
             "INSERT INTO nodes (node_id, hostname, facts_json, wg_public_key, vpn_address, credential_hash,"
-            " enrolled_at, agent_version) VALUES (?,?,?,?,?,?,?,?)",
+            " enrolled_at, agent_version, usage_public_key) VALUES (?,?,?,?,?,?,?,?,?)",
             (node_id, hostname, json.dumps(facts), wg_public_key, address, secret_hash(credential), now(),
-             str(facts.get("agent_version", ""))),
+             str(facts.get("agent_version", "")), usage_key or None),
         )
     return Enrolled(node_id=node_id, credential=credential, vpn_address=address)
 
@@ -130,11 +135,12 @@ def active_peers(conn: sqlite3.Connection) -> list[tuple[str, str]]:
 def list_nodes(conn: sqlite3.Connection) -> list[dict]:
     rows = conn.execute(
         "SELECT node_id, hostname, vpn_address, enrolled_at, revoked_at, draining, drain_reason, session_state, agent_version,"
-        " capacity_json, last_seen_at, last_report_at, last_telemetry FROM nodes ORDER BY enrolled_at"
+        " capacity_json, last_seen_at, last_report_at, last_telemetry, usage_public_key FROM nodes ORDER BY enrolled_at"
     ).fetchall()
     out = []
     for r in rows:
         d = dict(r)
+        d["usage_public_key"] = d["usage_public_key"].hex() if d["usage_public_key"] else None
         d["capacity"] = json.loads(d.pop("capacity_json") or "{}")
         d["last_telemetry"] = json.loads(d["last_telemetry"]) if d["last_telemetry"] else None
         d["draining"] = bool(d["draining"])
@@ -159,11 +165,34 @@ def mark_session(conn: sqlite3.Connection, node_id: str, session_id: str, connec
 
 
 def record_hello(conn: sqlite3.Connection, node_id: str, agent_version: str, capacity: dict, draining: bool,
-                 drain_reason: str = "") -> None:
+                 drain_reason: str = "", usage_key: bytes = b"") -> None:
     conn.execute(
         "UPDATE nodes SET agent_version=?, capacity_json=?, draining=?, drain_reason=?, last_seen_at=? WHERE node_id=?",
         (agent_version, json.dumps(capacity), int(draining), drain_reason if draining else "", now(), node_id),
     )
+    if usage_key:
+        learn_usage_key(conn, node_id, usage_key)
+
+
+def learn_usage_key(conn: sqlite3.Connection, node_id: str, key: bytes) -> None:
+    """A hello's usage key: kept when the node has none on file (trust on first use, for
+    nodes enrolled before usage records); never replaces the key on file."""
+    where = {"node_id": node_id}
+    try:
+        usage.check_public_key(key)
+    except UsageRecordError as exc:
+        logger.warning("hello's usage key ignored: %s", exc, extra=where)
+        return
+    if conn.execute("UPDATE nodes SET usage_public_key=? WHERE node_id=? AND usage_public_key IS NULL",
+                    (key, node_id)).rowcount:
+        logger.info("usage key %s learned from the node's hello (trust on first use): its results now need "
+                    "a usage record signed with it", key.hex()[:16], extra=where)
+        return
+    row = conn.execute("SELECT usage_public_key FROM nodes WHERE node_id=?", (node_id,)).fetchone()
+    if row is not None and row[0] != key:
+        logger.warning("hello brings usage key %s but %s is on file; the key on file is kept, so the node's "
+                       "records will not verify: if its key was re-made, revoke the node and enroll it again",
+                       key.hex()[:16], row[0].hex()[:16], extra=where)
 
 
 def record_telemetry(conn: sqlite3.Connection, node_id: str, telemetry_json: str) -> None:

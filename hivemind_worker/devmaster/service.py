@@ -13,6 +13,9 @@ than ``max_result_bytes``, or one that would leave less than ``DISK_RESERVE_BYTE
 free on the master's disk, is refused (RESOURCE_EXHAUSTED). A result of an attempt
 that is no longer wanted (the task was lost there and runs again) is read, dropped
 and answered complete, so that the node frees its spool.
+A result whose usage record fails a check (usagecheck.py) is refused with
+INVALID_ARGUMENT "usage record refused: <why>", its partial upload discarded; a
+verified record is stored with the result and the reward computed from it.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import json_format
 
+from hivemind_worker import usage
 from hivemind_worker.control.channel import AUTH_HEADER, SERVER_TIME_KEY  # the protocol's metadata keys: one definition
-from hivemind_worker.devmaster import registry, taskdb
+from hivemind_worker.devmaster import registry, taskdb, usagecheck
 from hivemind_worker.devmaster.hub import VpnHub
 from hivemind_worker.devmaster.layout import StateDir
 from hivemind_worker.devmaster.sessions import REVOKED_MESSAGE, SessionHub
-from hivemind_worker.errors import EnrollmentError
+from hivemind_worker.errors import EnrollmentError, UsageRecordError
 from hivemind_worker.fsutil import sha256_file
 from hivemind_worker.proto import worker_pb2 as pb
 from hivemind_worker.proto import worker_pb2_grpc as pb_grpc
@@ -128,8 +132,14 @@ class ControlService(pb_grpc.NodeControlServicer):
                                 "this master runs a WireGuard hub; send the node's WireGuard public key")
         facts = json_format.MessageToDict(request.facts, preserving_proto_field_name=True)
         hostname = request.facts.hostname or "unknown"
+        if request.usage_public_key:  # before the token is spent: a refused node may try again with it
+            try:
+                usage.check_public_key(request.usage_public_key)
+            except UsageRecordError as exc:
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"enrollment refused: {exc}")
         try:
-            node = registry.enroll(self.conn, request.token, hostname, facts, key, self.vpn.subnet)
+            node = registry.enroll(self.conn, request.token, hostname, facts, key, self.vpn.subnet,
+                                   usage_key=request.usage_public_key)
         except EnrollmentError as exc:
             logger.info("enrollment of %s refused: %s", hostname, exc)
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
@@ -247,6 +257,7 @@ class ControlService(pb_grpc.NodeControlServicer):
             raise _Refusal(grpc.StatusCode.UNAUTHENTICATED, REVOKED_MESSAGE)
         node_id = node["node_id"]
         task_id, fh, size, complete, attempt = None, None, 0, False, 0
+        checked: usagecheck.Checked | None = None
         try:
             async for chunk in request_iterator:
                 if task_id is None:
@@ -260,6 +271,10 @@ class ControlService(pb_grpc.NodeControlServicer):
                     self._check_room(task_id, chunk.total_bytes)
                     size, complete = self._held(task_id)
                     if not complete:
+                        try:
+                            checked = usagecheck.first_chunk(node, task_id, attempt, chunk)
+                        except UsageRecordError as exc:
+                            self._refuse_usage(task_id, exc)
                         fh = open(self.state.result_part(task_id), "ab")
                 elif chunk.task_id != task_id:
                     raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "one UploadResult call carries one task's result")
@@ -279,7 +294,7 @@ class ControlService(pb_grpc.NodeControlServicer):
                 size += len(chunk.data)
                 if size == chunk.total_bytes:
                     fh.close()
-                    complete = await self._finish(node_id, task_id, attempt, size, chunk.sha256)
+                    complete = await self._finish(node_id, task_id, attempt, size, chunk.sha256, checked)
         finally:
             if fh is not None and not fh.closed:
                 fh.close()
@@ -314,9 +329,24 @@ class ControlService(pb_grpc.NodeControlServicer):
         self.sessions.attempts.drop_stale_result(node_id, task_id, attempt)
         return pb.UploadResultResponse(offset=first.total_bytes, complete=True)
 
-    async def _finish(self, node_id: str, task_id: str, attempt: int, size: int, expected: str) -> bool:
+    def _refuse_usage(self, task_id: str, reason: UsageRecordError) -> NoReturn:
+        """Nothing of this result is kept: the node uploads it again from offset 0."""
+        self.state.result_part(task_id).unlink(missing_ok=True)
+        taskdb.set_result(self.conn, task_id, 0, "", False)
+        logger.warning("result refused, usage record: %s", reason, extra={"task_id": task_id})
+        raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"usage record refused: {reason}; "
+                       "the partial upload was discarded, upload again from offset 0")
+
+    async def _finish(self, node_id: str, task_id: str, attempt: int, size: int, expected: str,
+                      checked: usagecheck.Checked | None) -> bool:
         part = self.state.result_part(task_id)
         actual = await asyncio.to_thread(sha256_file, part)
+        stored = None
+        if checked is not None:  # first: the signed record, not the unsigned announcement, names the archive
+            try:
+                stored = usagecheck.completed(checked, actual, size)
+            except UsageRecordError as exc:
+                self._refuse_usage(task_id, exc)
         if actual != expected.lower():
             part.unlink(missing_ok=True)
             taskdb.set_result(self.conn, task_id, 0, "", False)
@@ -326,7 +356,8 @@ class ControlService(pb_grpc.NodeControlServicer):
                 "the partial upload was discarded, upload again from offset 0",
             )
         os.replace(part, self.state.result(task_id))
-        taskdb.set_result(self.conn, task_id, size, actual, True)
-        logger.info("result stored (%d bytes)", size, extra={"node_id": node_id, "task_id": task_id})
+        taskdb.set_result(self.conn, task_id, size, actual, True, stored)
+        logger.info("result stored (%d bytes, reward %s)", size, stored[2] if stored else None,
+                    extra={"node_id": node_id, "task_id": task_id})
         self.sessions.result_stored(node_id, task_id, attempt)
         return True

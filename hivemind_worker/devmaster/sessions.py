@@ -146,7 +146,8 @@ class SessionHub:
         self.sessions[node_id] = session
         registry.mark_session(self.conn, node_id, session.session_id, connected=True)
         capacity = json_format.MessageToDict(hello.capacity, preserving_proto_field_name=True)
-        registry.record_hello(self.conn, node_id, hello.agent_version, capacity, hello.draining, hello.drain_reason)
+        registry.record_hello(self.conn, node_id, hello.agent_version, capacity, hello.draining, hello.drain_reason,
+                              usage_key=hello.usage_public_key)
         logger.info("node connected (session %s)", session.session_id, extra={"node_id": node_id})
         end_reason = "stream closed by the node"
         reader = None

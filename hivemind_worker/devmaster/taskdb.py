@@ -56,11 +56,16 @@ def known_task(conn: sqlite3.Connection, task_id: str) -> sqlite3.Row:
 
 
 def list_tasks(conn: sqlite3.Connection) -> list[dict]:
+    """Every task as plain JSON-ready values; ``usage`` is the verified record (parsed
+    from the signed bytes), ``usage_signature`` its signature in hex."""
     out = []
     for r in conn.execute("SELECT * FROM tasks ORDER BY created_at"):
         d = dict(r)
         d["spec"] = json.loads(d.pop("spec_json"))
         d["result_complete"] = bool(d["result_complete"])
+        record, signature = d.pop("usage_record"), d.pop("usage_signature")
+        d["usage"] = json.loads(record) if record else None
+        d["usage_signature"] = signature.hex() if signature else None
         out.append(d)
     return out
 
@@ -204,6 +209,7 @@ def new_attempt(conn: sqlite3.Connection, task_id: str, reason: str) -> int:
         conn.execute(
             "UPDATE tasks SET attempt=attempt+1, state='queued', node_id=NULL, assigned_at=NULL, outcome=NULL,"
             " exit_code=NULL, reason=?, cancel_sent=0, result_size=NULL, result_sha256=NULL, result_complete=0,"
+            " usage_record=NULL, usage_signature=NULL, reward=NULL,"
             " event_seq=0, retry_pending=0, defer_count=0, deferred_by=NULL, deferred_until=NULL,"
             " first_deferred_at=NULL, log_lines=0, log_bytes=0, updated_at=? WHERE task_id=?",
             (reason, now(), task_id),
@@ -359,8 +365,13 @@ def mark_cancel_sent(conn: sqlite3.Connection, task_id: str) -> None:
     conn.execute("UPDATE tasks SET cancel_sent=1 WHERE task_id=?", (task_id,))
 
 
-def set_result(conn: sqlite3.Connection, task_id: str, size: int, sha256: str, complete: bool) -> None:
+def set_result(conn: sqlite3.Connection, task_id: str, size: int, sha256: str, complete: bool,
+               usage: tuple[bytes, bytes, float] | None = None) -> None:
+    """The result's bookkeeping and, in the same statement, its verified usage record
+    (signed bytes, signature, reward); None stores no record."""
+    record, signature, reward = usage or (None, None, None)
     conn.execute(
-        "UPDATE tasks SET result_size=?, result_sha256=?, result_complete=?, updated_at=? WHERE task_id=?",
-        (size, sha256, int(complete), now(), task_id),
+        "UPDATE tasks SET result_size=?, result_sha256=?, result_complete=?, usage_record=?, usage_signature=?,"
+        " reward=?, updated_at=? WHERE task_id=?",
+        (size, sha256, int(complete), record, signature, reward, now(), task_id),
     )

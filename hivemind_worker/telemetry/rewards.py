@@ -22,25 +22,11 @@ from typing import Any, Iterable
 
 from hivemind_worker.errors import HostError
 from hivemind_worker.telemetry.sample import TelemetrySample
+from hivemind_worker.usage import BASE_REWARD, compute_reward, multiplier
 
-BASE_REWARD = 10
 DB_FILE = "telemetry.sqlite3"
-
-
-def multiplier(avg_usage: float) -> float:
-    if avg_usage > 80:
-        return 1.5
-    if avg_usage > 50:
-        return 1.2
-    if avg_usage > 20:
-        return 1.0
-    return 0.8
-
-
-def compute_reward(cpu_usage: float, memory_usage: float, gpu_usage: float = 0.0) -> int:
-    avg_usage = (cpu_usage + memory_usage) / 2
-    gpu_bonus = gpu_usage * 0.01
-    return int(BASE_REWARD * multiplier(avg_usage) + gpu_bonus)
+# The formula is shared with the dev-master's per-task reward (hivemind_worker/usage.py): one copy.
+__all__ = ["BASE_REWARD", "DB_FILE", "RewardLedger", "compute_reward", "multiplier", "reward_for", "utc_day"]
 
 
 def reward_for(sample: TelemetrySample) -> int:

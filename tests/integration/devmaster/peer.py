@@ -100,8 +100,9 @@ def channel(master: MasterThread, max_message_bytes: int = 16 * 1024 * 1024) -> 
 class FakeNode:
     """One scripted node: enroll, open a session, read what the master sends."""
 
-    def __init__(self, master: MasterThread, hostname: str = "fake-node") -> None:
+    def __init__(self, master: MasterThread, hostname: str = "fake-node", usage_key: bytes = b"") -> None:
         self.master = master
+        self.usage_key = usage_key  # raw Ed25519 public key sent at enrollment (b"": none, an older node)
         self.hostname = hostname
         self.channel = channel(master)
         self.stub = pb_grpc.NodeControlStub(self.channel)
@@ -116,7 +117,7 @@ class FakeNode:
 
     async def enroll(self, token: str) -> pb.EnrollResponse:
         reply = await self.stub.Enroll(pb.EnrollRequest(
-            token=token, wireguard_public_key=wg_key(),
+            token=token, wireguard_public_key=wg_key(), usage_public_key=self.usage_key,
             facts=pb.NodeFacts(hostname=self.hostname, cpu_cores=4, memory_bytes=8 << 30, agent_version="test"),
         ))
         self.node_id, self.credential = reply.node_id, reply.node_credential
@@ -124,7 +125,7 @@ class FakeNode:
 
     async def connect(self, cpus: int = 4000, memory: int = 8 << 30, gpus: int = 0,
                       held: tuple[pb.HeldTask, ...] = (), draining: bool = False, task_slots: int = 0,
-                      drain_reason: str = "") -> pb.Welcome:
+                      drain_reason: str = "", usage_key: bytes = b"") -> pb.Welcome:
         # A request iterator, as the real client uses: the master's status then
         # arrives on read() even when it ends the call before reading anything.
         self.outbox: asyncio.Queue = asyncio.Queue()
@@ -140,7 +141,8 @@ class FakeNode:
         capacity = pb.Resources(cpu_millicores=cpus, memory_bytes=memory, gpu_count=gpus)
         outbox.put_nowait(pb.WorkerMessage(hello=pb.Hello(
             node_id=self.node_id, agent_version="test", capacity=capacity, free=capacity,
-            tasks=list(held), draining=draining, task_slots=task_slots, drain_reason=drain_reason)))
+            tasks=list(held), draining=draining, task_slots=task_slots, drain_reason=drain_reason,
+            usage_public_key=usage_key)))
         self.call = self.stub.Connect(outgoing(), metadata=self.meta)
         first = await asyncio.wait_for(self.call.read(), 10)
         assert first.WhichOneof("kind") == "welcome", first
@@ -185,14 +187,16 @@ class FakeNode:
             pb.LogLine(seq=seq, stream=stream, text=text) for seq, stream, text in lines]))
 
     async def upload(self, task_id: str, data: bytes, sha256: str, offset: int = 0, end: int | None = None,
-                     chunk: int = 64 * 1024, attempt: int = 0, total: int | None = None) -> pb.UploadResultResponse:
+                     chunk: int = 64 * 1024, attempt: int = 0, total: int | None = None,
+                     usage: pb.SignedUsage | None = None) -> pb.UploadResultResponse:
+        """``usage``: the signed record, sent on the first chunk of the call (as a node does)."""
         end = len(data) if end is None else end
 
         async def chunks():
             for start in range(offset, max(end, offset + 1), chunk):
                 yield pb.ResultChunk(task_id=task_id, offset=start, data=data[start:min(end, start + chunk)],
                                      total_bytes=len(data) if total is None else total, sha256=sha256,
-                                     attempt=attempt)
+                                     attempt=attempt, usage=usage if start == offset else None)
 
         return await self.stub.UploadResult(chunks(), metadata=self.meta)
 
