@@ -204,7 +204,8 @@ def nodes_drain(node_id: str = typer.Argument(..., help="The node id (see `dev-m
     typer.echo(f"{node_id}: {'resumed' if resume else 'draining'} (told at once if connected, else when it connects)")
 
 
-@dev_master.command("tasks", help="List tasks: id, attempt, state, node, outcome, exit code, result, reason.")
+@dev_master.command("tasks", help="List tasks: id, attempt, state, node, outcome, exit code, result, reward, reason "
+                                   "(--json: also the verified usage record).")
 def tasks(state_dir: Optional[Path] = StateDirOpt,
           as_json: bool = typer.Option(False, "--json", help="One JSON array, for scripts.")) -> None:
     from hivemind_worker.devmaster import taskdb
@@ -214,11 +215,12 @@ def tasks(state_dir: Optional[Path] = StateDirOpt,
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'TASK':14} {'TRY':3} {'STATE':11} {'NODE':14} {'OUTCOME':11} {'EXIT':5} RESULT  REASON")
+    typer.echo(f"{'TASK':14} {'TRY':3} {'STATE':11} {'NODE':14} {'OUTCOME':11} {'EXIT':5} RESULT  {'REWARD':8} REASON")
     for r in rows:
         exit_code = "-" if r["exit_code"] is None else str(r["exit_code"])
+        reward = "-" if r["reward"] is None else f"{r['reward']:.2f}"  # "-": no verified usage record
         echo_safe(f"{r['task_id']:14} {r['attempt']:<3} {r['state']:11} {r['node_id'] or '-':14} {r['outcome'] or '-':11} "
-                   f"{exit_code:5} {'yes' if r['result_complete'] else 'no':7} {r['reason']}")
+                   f"{exit_code:5} {'yes' if r['result_complete'] else 'no':7} {reward:8} {r['reason']}")
 
 
 @dev_master.command("cancel", help="Cancel a task (queued: at once; running: its node is told).")

@@ -119,6 +119,8 @@ async def test_signed_record_is_stored_with_its_reward(master, token, db):
     shown = next(t for t in listed if t["task_id"] == task_id)
     assert shown["usage"] == record and shown["reward"] == EXPECTED_REWARD
     assert shown["usage_signature"] == proof.signature.hex()
+    table = (await asyncio.to_thread(cli, "dev-master", "tasks", "--state-dir", state)).stdout.splitlines()
+    assert table[0].split()[7] == "REWARD" and table[-1].split()[7] == "20.00"
     await node.close()
 
 
