@@ -274,7 +274,7 @@ class ControlService(pb_grpc.NodeControlServicer):
                         try:
                             checked = usagecheck.first_chunk(node, task_id, attempt, chunk)
                         except UsageRecordError as exc:
-                            self._refuse_usage(task_id, exc)
+                            self._refuse_usage(node_id, task_id, exc)
                         fh = open(self.state.result_part(task_id), "ab")
                 elif chunk.task_id != task_id:
                     raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "one UploadResult call carries one task's result")
@@ -329,11 +329,11 @@ class ControlService(pb_grpc.NodeControlServicer):
         self.sessions.attempts.drop_stale_result(node_id, task_id, attempt)
         return pb.UploadResultResponse(offset=first.total_bytes, complete=True)
 
-    def _refuse_usage(self, task_id: str, reason: UsageRecordError) -> NoReturn:
+    def _refuse_usage(self, node_id: str, task_id: str, reason: UsageRecordError) -> NoReturn:
         """Nothing of this result is kept: the node uploads it again from offset 0."""
         self.state.result_part(task_id).unlink(missing_ok=True)
         taskdb.set_result(self.conn, task_id, 0, "", False)
-        logger.warning("result refused, usage record: %s", reason, extra={"task_id": task_id})
+        logger.warning("result refused, usage record: %s", reason, extra={"node_id": node_id, "task_id": task_id})
         raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"usage record refused: {reason}; "
                        "the partial upload was discarded, upload again from offset 0")
 
@@ -346,7 +346,7 @@ class ControlService(pb_grpc.NodeControlServicer):
             try:
                 stored = usagecheck.completed(checked, actual, size)
             except UsageRecordError as exc:
-                self._refuse_usage(task_id, exc)
+                self._refuse_usage(node_id, task_id, exc)
         if actual != expected.lower():
             part.unlink(missing_ok=True)
             taskdb.set_result(self.conn, task_id, 0, "", False)
