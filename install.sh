@@ -80,13 +80,20 @@ esac
 [ -d /run/systemd/system ] || die "systemd is not running as PID 1 here; the worker runs as a systemd service"
 
 # A removal drains whatever stop_mode says (SIGINT): running tasks finish, or are
-# cancelled at drain_timeout_s and reported, before the unit stops. At most 150 s.
+# cancelled at drain_timeout_s and reported, before the unit stops. The wait: the
+# configured drain_timeout_s plus the unit's stop margin (as the .deb's prerm does);
+# 150 s when the settings cannot be read.
 drain_service() {
     systemctl is-active --quiet "$UNIT" 2>/dev/null || return 0
-    say "draining running tasks before the removal"
+    local limit
+    limit=$("$VENV/bin/python" -B -c 'import math
+from hivemind_worker.config import load_settings
+from hivemind_worker.systemd.unit import DRAIN_MARGIN_S
+print(math.ceil(load_settings().drain_timeout_s) + DRAIN_MARGIN_S)' 2>/dev/null) || limit=150
+    say "draining running tasks before the removal (at most ${limit} s)"
     systemctl kill --kill-whom=main --signal=SIGINT "$UNIT" || return 0
     local waited=0   # MainPID, not is-active: a draining agent's unit reads "deactivating"
-    while [ "$(systemctl show -P MainPID "$UNIT")" != 0 ] && [ "$waited" -lt 150 ]; do
+    while [ "$(systemctl show -P MainPID "$UNIT")" != 0 ] && [ "$waited" -lt "$limit" ]; do
         sleep 1; waited=$((waited + 1))
     done
 }

@@ -156,6 +156,12 @@ def build_roots():
 def wheelhouse(release, build_roots) -> Path:
     """The worker's Python dependencies for the release's Python, downloaded once
     (hash-checked) for offline hosts."""
+    return download_wheelhouse(release, build_roots)
+
+
+def download_wheelhouse(release: str, build_roots) -> Path:
+    """The cached download of the release's pinned dependencies (tests/system/host
+    uses it too); `build_roots` gives a release's BuildRoot."""
     reqs = requirements_for(release)
     dest = CACHE / "packaging" / f"pip-download-{release}-{_key(reqs)}"
     with _locked("packaging-pip-download"):

@@ -60,7 +60,8 @@ def test_deb_install_doctor_remove_purge(release, boot, deb_package, dev_master)
 
         # The packaged venv really runs the daemon: enroll, start, connected. (The
         # hosts share the machine's network: the monitor gets a free port.)
-        host.sh(f"echo 'monitor_port = {free_port()}' > /etc/hivemind-worker/worker.toml && "
+        # (A drain longer than the old fixed 150 s wait: prerm must wait for it.)
+        host.sh(f"printf 'monitor_port = {free_port()}\\ndrain_timeout_s = 150\\n' > /etc/hivemind-worker/worker.toml && "
                 f"hivemind-worker enroll --master {dev_master.address} --ca-hash {dev_master.ca_hash} "
                 "&& systemctl start hivemind-worker", env={"HIVEMIND_ENROLL_TOKEN": dev_master.token()})
         try:
@@ -77,8 +78,9 @@ def test_deb_install_doctor_remove_purge(release, boot, deb_package, dev_master)
         dev_master.wait_connected({name})
 
         # Remove: the service stops, the code goes, the identity stays.
-        host.sh("dpkg -r hivemind-worker", timeout=180)
-        assert "draining (deadline" in host.journal(lines=200), "a removal drains (SIGINT)"
+        removed = host.sh("dpkg -r hivemind-worker", timeout=180)
+        assert "draining (deadline 150 s)" in host.journal(lines=200), "a removal drains (SIGINT)"
+        assert "before the removal (at most 180 s)" in removed.stderr, removed.stderr  # drain_timeout_s + margin
         assert host.sh("systemctl is-active hivemind-worker", check=False).stdout.strip() != "active"
         host.sh("test ! -e /opt/hivemind-worker && test ! -e /usr/bin/hivemind-worker "
                 "&& test ! -e /lib/systemd/system/hivemind-worker.service")

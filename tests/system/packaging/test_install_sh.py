@@ -89,8 +89,9 @@ def test_install_sh_enrolls_and_is_idempotent(release, boot, wheelhouse, dev_mas
         assert [r["node_id"] for r in dev_master.nodes() if r["hostname"] == name] == [node_id]
 
         # --uninstall keeps the identity; --purge removes it and the user.
-        host.sh(f"{SRC}/install.sh --uninstall", timeout=180)
+        removed = host.sh(f"{SRC}/install.sh --uninstall", timeout=180)
         assert "draining (deadline" in host.journal(lines=200), "a removal drains (SIGINT)"
+        assert "before the removal (at most 90 s)" in removed.stdout + removed.stderr  # the default 60 s + margin
         assert host.sh("systemctl is-active hivemind-worker", check=False).stdout.strip() != "active"
         host.sh("test ! -e /opt/hivemind-worker && test ! -e /usr/local/bin/hivemind-worker "
                 "&& test -f /etc/hivemind-worker/node.json && getent passwd hivemind-worker")

@@ -3,8 +3,11 @@ read well and exit non-zero, and shellcheck finds nothing."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +62,29 @@ def test_build_apt_repo_refuses_what_it_cannot_place(tmp_path):
     done = subprocess.run(["bash", script, "--out", str(tmp_path / "repo"), "--gnupghome", str(tmp_path / "keys"),
                            "--new-key", str(deb)], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "names no release" in done.stderr, done.stderr
+
+
+def _prerm_drain_wait(python: str, config_dir: Path) -> str:
+    """prerm's drain_wait_s, run on its own against a config directory."""
+    text = (REPO / "packaging" / "debian" / "prerm").read_text()
+    func = re.search(r"^drain_wait_s\(\) \{\n.*?^\}\n", text, re.M | re.S)
+    assert func, "packaging/debian/prerm has no drain_wait_s()"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
+    done = subprocess.run(["sh", "-c", func.group(0) + 'drain_wait_s "$0"', python], capture_output=True,
+                          text=True, timeout=60, env={**env, "HIVEMIND_CONFIG_DIR": str(config_dir)})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_prerm_waits_for_the_configured_drain(tmp_path):
+    """A removal waits drain_timeout_s (worker.toml) plus the unit's stop margin, so a
+    long drain is not cut short; without a readable setting, the old 150 s."""
+    from hivemind_worker.systemd.unit import DRAIN_MARGIN_S
+
+    python = sys.executable  # the worker's own interpreter in the test venv
+    assert _prerm_drain_wait(python, tmp_path) == str(60 + DRAIN_MARGIN_S)  # the default
+    (tmp_path / "worker.toml").write_text("stop_mode = \"drain\"\ndrain_timeout_s = 600.5\n")
+    assert _prerm_drain_wait(python, tmp_path) == str(601 + DRAIN_MARGIN_S)
+    (tmp_path / "worker.toml").write_text("drain_timeout_s = \n")  # broken: not TOML
+    assert _prerm_drain_wait(python, tmp_path) == "150"
+    assert _prerm_drain_wait(str(tmp_path / "no-python"), tmp_path) == "150"
