@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 from hivemind_worker.errors import TaskRejected
 
@@ -53,6 +53,10 @@ class NvmlGpuInventory:
     @staticmethod
     def _query() -> list[GpuDevice]:
         try:
+            import ctypes
+
+            # pynvml (~3 MB resident for the daemon's life) only where the driver's library is.
+            ctypes.CDLL("libnvidia-ml.so.1")
             import pynvml
 
             pynvml.nvmlInit()
@@ -163,3 +167,79 @@ class GpuAllocator:
 
     def release(self, task_id: str) -> None:
         self._held.pop(task_id, None)
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One device's instantaneous figures for the task meter (None: not reported)."""
+
+    index: int
+    uuid: str
+    utilization_percent: float | None  # NVML's busy share over its last sample period
+    energy_mj: int | None  # cumulative since the driver loaded (Volta and newer)
+
+
+class NvmlGpuMeter:
+    """Reads the devices a task holds through NVML (``pynvml``, or an injected module
+    with the same calls); kept initialized while the task runs, ``close()`` after.
+
+    Degrades: without NVML, or for a device NVML does not find, ``read`` gives no
+    reading for it; a figure the device does not support (NVML_ERROR_NOT_SUPPORTED)
+    is None. Blocking calls: use from a worker thread."""
+
+    def __init__(self, nvml: object | None = None) -> None:
+        self._nvml: Any = nvml
+        self._handles: dict[str, tuple[int, str, Any]] | None = None  # device id -> (index, uuid, handle)
+
+    def _open(self) -> dict[str, tuple[int, str, Any]]:
+        if self._handles is None:
+            if self._nvml is None:
+                import pynvml  # only a GPU task's meter loads NVML
+
+                self._nvml = pynvml
+            nv = self._nvml
+            nv.nvmlInit()
+            handles = {}
+            try:
+                for index in range(nv.nvmlDeviceGetCount()):
+                    handle = nv.nvmlDeviceGetHandleByIndex(index)
+                    raw = nv.nvmlDeviceGetUUID(handle)
+                    uuid = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    handles[uuid] = handles[str(index)] = (index, uuid, handle)
+            except Exception:
+                try:
+                    nv.nvmlShutdown()
+                except Exception:
+                    pass
+                raise
+            self._handles = handles
+        return self._handles
+
+    def read(self, device_ids: tuple[str, ...]) -> list[GpuReading]:
+        """Readings of ``device_ids`` (UUIDs or indexes, as GpuDevice.device_id);
+        NVML errors other than per-field ones propagate for the caller to degrade."""
+        handles, nv = self._open(), self._nvml
+        out = []
+        for device_id in device_ids:
+            if device_id not in handles:
+                continue
+            index, uuid, h = handles[device_id]
+            util = _optional(lambda: float(nv.nvmlDeviceGetUtilizationRates(h).gpu))
+            energy = _optional(lambda: int(nv.nvmlDeviceGetTotalEnergyConsumption(h)))
+            out.append(GpuReading(index, uuid, util, energy))
+        return out
+
+    def close(self) -> None:
+        if self._handles is not None and self._nvml is not None:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:
+                pass
+        self._handles = None
+
+
+def _optional(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception:  # NVMLError_NotSupported and kin; AttributeError on an old pynvml
+        return None

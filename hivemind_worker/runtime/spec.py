@@ -88,6 +88,8 @@ class ContainerInfo:
     image: str = ""
     gpu_device_ids: tuple[str, ...] = ()
     started_at_ms: int = 0  # 0 = never started
+    pid: int = 0  # the container's init process on the host (0 when not running): finds its cgroup
+    image_id: str = ""  # "sha256:..." of the image it runs (the usage record's image_digest)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from hivemind_worker.tasks.cleanup import free_workspace
 from hivemind_worker.tasks.disk import DiskWatch
 from hivemind_worker.tasks.logpump import pump
 from hivemind_worker.tasks.model import LogStream, TaskStatus
+from hivemind_worker.tasks import usage
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,14 @@ VANISHED = ("lost: the task's container vanished (removed outside the agent, or 
 
 
 async def watch(run: Any, container: ContainerInfo | None) -> None:
-    """Carry a RUNNING task to its verdict (``run._finish``)."""
+    """Carry a RUNNING task to its verdict (``run._finish``), measuring what it uses
+    (usage.py) until then; the figures are on ``run.row`` when this returns."""
+    measuring = usage.start(run, container)
     try:
         await _watch(run, container)
     finally:
         run.ctx.disk_usage.by_task.pop(run.task_id, None)  # its disk watch's last measurement
+        await usage.settle(run, measuring)
 
 
 async def _watch(run: Any, container: ContainerInfo | None) -> None:
