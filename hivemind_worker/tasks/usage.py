@@ -147,6 +147,8 @@ class Meter:
         """Find the container's cgroup (blocking); False when it is not there."""
         try:
             self._dirs = cgroup.find(pid, container_id, self._src.cgroup_root, self._src.proc)
+            if self._dirs is None and pid > 0 and (self._src.proc / str(pid)).exists():
+                raise FileNotFoundError(f"none found for pid {pid} under {self._src.cgroup_root}")
         except OSError as exc:
             self._warn("the container's cgroup", exc)
         return self._dirs is not None
@@ -231,26 +233,23 @@ async def keep_measuring(run: Any, container: ContainerInfo | None, meter: Meter
     gaps = iter(RAMP_S)
     info, located, persisted = container, False, time.monotonic()
     while not stop.is_set():
-        if not located:
-            if info is None:  # a fresh start: one inspect for the pid and the image id
-                with contextlib.suppress(WorkerError):  # the engine away: try again at the next gap
-                    info = await rt.inspect(cid)
-            if info is not None and info.image_id and info.image_id != run.row.image_digest:
-                run.row = run.row.with_(image_digest=info.image_id)
-            if info is not None and not info.running and info.started_at_ms:
-                return  # it ended before a sample, or while no agent watched: nothing more to read
-            if info is not None and info.running:
-                located = await asyncio.to_thread(meter.locate, info.pid, cid)
-            elif info is not None:
-                info = None  # created, not started yet (a restart between create and start)
+        if not located:  # a fresh start looks under the usual names first: no engine call before the first sample
+            located = await asyncio.to_thread(meter.locate, info.pid if info is not None else 0, cid)
         alive = located and await asyncio.to_thread(meter.sample)
+        if info is None:  # once per task: the image id, and the pid where the usual names missed
+            with contextlib.suppress(WorkerError):  # the engine away: ask again at the next gap
+                info = await rt.inspect(cid)
+            if info is not None and not info.running and not info.started_at_ms:
+                info = None  # created, not started yet (a restart between create and start)
+        if info is not None and info.image_id and info.image_id != run.row.image_digest:
+            run.row = run.row.with_(image_digest=info.image_id)
         if meter.usage is not None and meter.usage != run.row.usage:
             run.row = run.row.with_(usage=meter.usage)
             if time.monotonic() - persisted >= PERSIST_S:
                 persisted = time.monotonic()
                 await _persist(run)
-        if located and not alive:
-            return  # the container exited: its cgroup went with it
+        if (located and not alive) or (not located and info is not None and not info.running):
+            return  # exited (its cgroup went with it), maybe before a sample or while no agent watched
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), next(gaps, SAMPLE_S))
 
