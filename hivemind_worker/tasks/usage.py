@@ -163,6 +163,8 @@ class Meter:
                 cg = cgroup.read(self._dirs)
             except (OSError, ValueError) as exc:
                 self._warn("the container's cgroup", exc)
+            if cg is None:
+                return False  # it exited: its last interval is not counted for any figure
         prev = self.usage
         cpu = cg.cpu_usec / 1e6 if cg else (prev.cpu_seconds if prev else 0.0)
         peak, avg, samples = (prev.memory_peak_bytes, prev.memory_avg_bytes, prev.samples) if prev else (0, 0, 0)
@@ -186,12 +188,12 @@ class Meter:
 
     def _sample_gpus(self, dt: float) -> tuple[GpuUse, ...]:
         if self._nvml is None:
-            return tuple(self._gpus.values())
+            return tuple(sorted(self._gpus.values(), key=lambda g: g.index))
         try:
             readings = self._nvml.read(self._gpu_ids)
         except Exception as exc:  # NVML missing or broken: the GPUs' figures are left out
             self._warn("the GPUs through NVML", exc)
-            return tuple(self._gpus.values())
+            return tuple(sorted(self._gpus.values(), key=lambda g: g.index))
         for r in readings:
             old = self._gpus.get(r.uuid) or GpuUse(r.index, r.uuid, 0.0, None)
             busy = old.gpu_seconds + (r.utilization_percent or 0.0) / 100.0 * dt
