@@ -2,8 +2,9 @@
 
 ``find(pid, container_id)`` locates the directories once: ``/proc/<pid>/cgroup`` names
 the container's cgroup whatever the engine's driver (cgroupfs ``/docker/<id>``,
-systemd ``/system.slice/docker-<id>.scope``, a private engine's own parent); a
-container whose pid is unknown is looked for under the two usual names. ``read()`` is
+systemd ``/system.slice/docker-<id>.scope``, a private engine's own parent), taken
+only if it carries the container's id; else (pid unknown, or seen from another pid
+namespace) it is looked for under the two usual names. ``read()`` is
 then a few small file reads and no engine call: cheap enough to run every second.
 
 Cgroup v2 (``cpu.stat`` usage_usec, ``memory.current``, ``memory.peak`` where the
@@ -68,7 +69,9 @@ def find(pid: int, container_id: str = "", root: Path = ROOT, proc: Path = PROC)
             continue
         _, controllers, path = line.split(":", 2)
         for name in controllers.split(",") if controllers else [""]:
-            if path.strip().strip("/"):  # never the root cgroup: that is the whole host
+            # Never the root cgroup (the whole host); and only the container's own: a pid from
+            # an engine in another pid namespace may name some other process here.
+            if path.strip().strip("/") and (not container_id or container_id in path):
                 paths[name] = path.strip()
     if v2:
         cands = [paths[""]] if "" in paths else []

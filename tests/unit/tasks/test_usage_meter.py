@@ -28,15 +28,32 @@ class Clock:
         return self.t
 
 
-def v2_tree(tmp: Path, pid: int = 4242) -> Path:
-    """A cgroup v2 root with the container under the systemd driver's name, found
-    through /proc/<pid>/cgroup."""
-    root, d = tmp / "cg", tmp / "cg" / "system.slice" / f"docker-{CID}.scope"
+def v2_tree(tmp: Path, pid: int = 4242, rel: str = f"system.slice/docker-{CID}.scope") -> Path:
+    """A cgroup v2 root with the container under the systemd driver's name (or
+    ``rel``), found through /proc/<pid>/cgroup."""
+    root, d = tmp / "cg", tmp / "cg" / rel
     d.mkdir(parents=True)
     (root / "cgroup.controllers").write_text("cpu memory io\n")
     (tmp / "proc" / str(pid)).mkdir(parents=True)
-    (tmp / "proc" / str(pid) / "cgroup").write_text(f"0::/system.slice/docker-{CID}.scope\n")
+    (tmp / "proc" / str(pid) / "cgroup").write_text(f"0::/{rel}\n")
     return d
+
+
+def test_found_by_pid_under_any_parent_never_another_cgroup(tmp_path: Path, caplog) -> None:
+    d = v2_tree(tmp_path, rel=f"tasks.slice/private-engine/{CID}")  # a private engine's --cgroup-parent
+    put(d, 7_000_000, 5 * MiB)
+    m = Meter("t1", None, sources=MeterSources(tmp_path / "cg", tmp_path / "proc", tmp_path / "nopowercap"),
+              clock=Clock())
+    assert m.locate(4242, CID) and m.sample()
+    assert m.usage is not None and m.usage.cpu_seconds == 7.0
+    # a pid seen from another pid namespace names some other process: not taken
+    other = tmp_path / "proc" / "99"
+    other.mkdir()
+    (other / "cgroup").write_text("0::/user.slice/someone\n")
+    (tmp_path / "cg" / "user.slice" / "someone").mkdir(parents=True)
+    caplog.set_level(logging.WARNING)
+    assert not Meter("t2", None, sources=MeterSources(tmp_path / "cg", tmp_path / "proc")).locate(99, CID)
+    assert any("cannot read the container's cgroup" in r.getMessage() for r in caplog.records)
 
 
 def put(d: Path, cpu_usec: int, current: int, peak: int | None = None) -> None:
