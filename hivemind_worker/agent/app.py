@@ -5,6 +5,7 @@ which concrete implementation backs each seam."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Callable
 
@@ -19,7 +20,7 @@ from hivemind_worker.config import Settings
 from hivemind_worker.control.channel import open_channel
 from hivemind_worker.control.session import ControlSession
 from hivemind_worker.errors import RuntimeUnavailable
-from hivemind_worker.identity import NodeIdentity, load_ca, load_identity
+from hivemind_worker.identity import NodeIdentity, ensure_usage_key, load_ca, load_identity
 from hivemind_worker.monitor.live_view import LiveNodeView, monitor_part
 from hivemind_worker.runtime import DockerRuntime, GpuAllocator
 from hivemind_worker.systemd.notify import SystemdNotifier
@@ -48,7 +49,8 @@ async def build_agent(settings: Settings, reload: Callable[[], Settings] | None 
         reconnect_initial_s=settings.reconnect_initial_s, reconnect_max_s=settings.reconnect_max_s,
         target=identity.master, max_message_bytes=settings.max_message_bytes,
     )
-    host = SessionHost(session)
+    usage_key, _, _ = await asyncio.to_thread(ensure_usage_key, settings.config_dir, settings.state_dir)
+    host = SessionHost(session, usage_key)
     drain = DrainState()
 
     tasks: TaskManager | None = None  # made below, once Docker answered

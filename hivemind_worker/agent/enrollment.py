@@ -1,5 +1,6 @@
-"""Enrollment: make the node's WireGuard key pair, present the token and the node's
-facts to the master, and store the identity it hands back.
+"""Enrollment: make the node's WireGuard key pair and usage key (Ed25519, signs each
+task's usage record), present the token, the node's facts and both public keys to
+the master, and store the identity it hands back.
 
 Nothing is written until the master has said yes and the node has accepted every
 value it sent (vpn/policy.py: the master proposes, the node decides); then every
@@ -26,9 +27,12 @@ from hivemind_worker.identity import (
     ca_path,
     identity_path,
     load_identity,
+    new_usage_key,
     save_identity,
+    usage_key_path,
     wg_key_path,
 )
+from hivemind_worker.usage import public_key_bytes
 from hivemind_worker.vpn.config import render_wg_conf
 from hivemind_worker.vpn.keys import generate_keypair
 from hivemind_worker.vpn.policy import VpnPolicy, check_assignment
@@ -78,7 +82,9 @@ async def enroll_node(settings: Settings, master: str, token: str, ca_hash: str 
     check_wg_config_path(settings)  # before the token is spent
     policy = VpnPolicy.from_settings(settings)
     keys = generate_keypair()
-    reply, ca_pem = await enroll_call(address, token.strip(), ca_hash, facts, keys.public_key, settings.max_message_bytes)
+    usage_key, usage_pem = new_usage_key()
+    reply, ca_pem = await enroll_call(address, token.strip(), ca_hash, facts, keys.public_key, settings.max_message_bytes,
+                                      usage_public_key=public_key_bytes(usage_key))
 
     # Judge everything the master sent before writing anything: a refused value
     # must not leave a half node behind.
@@ -106,6 +112,9 @@ async def enroll_node(settings: Settings, master: str, token: str, ca_hash: str 
         files.append(ca_path(settings.config_dir))
     atomic_write(wg_key_path(settings.config_dir), keys.private_key + "\n", 0o600)
     files.append(wg_key_path(settings.config_dir))
+    # A new enrollment gets a new usage key: the master holds the public half of this one.
+    atomic_write(usage_key_path(settings.config_dir), usage_pem, 0o600)
+    files.append(usage_key_path(settings.config_dir))
     if wg_conf is not None:
         atomic_write(settings.wg_config, wg_conf, 0o600)
         files.append(settings.wg_config)

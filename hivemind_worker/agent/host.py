@@ -5,6 +5,10 @@ manager, so the agent is assembled in one direction (agent/app.py).
 What must not be lost (events, logs, results) lives in the task manager's journal and
 spool: when the session is down, sending raises MasterUnreachable, and the manager's
 ``resync`` after the next connect sends again what the master has not acknowledged.
+
+It holds the node's usage key (made at enrollment, given by agent/app.py): the task
+layer asks it to sign each task's usage record, and each upload carries the record
+written beside the archive.
 """
 
 from __future__ import annotations
@@ -12,20 +16,32 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import TYPE_CHECKING, Any, Coroutine
 
 from hivemind_worker.control.session import ControlSession
-from hivemind_worker.errors import MasterUnreachable
+from hivemind_worker.errors import MasterUnreachable, UsageRecordError
 from hivemind_worker.tasks.model import LogRecord, TaskEvent
+from hivemind_worker.tasks.result import read_usage
+from hivemind_worker.usage import SignedRecord, public_key_bytes, sign
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 logger = logging.getLogger(__name__)
 
 
 class SessionHost:
-    def __init__(self, session: ControlSession) -> None:
+    def __init__(self, session: ControlSession, usage_key: "Ed25519PrivateKey | None" = None) -> None:
         self.session = session
         self.counters: dict[str, int] = {"log_lines_sent": 0, "log_bytes_sent": 0, "events_sent": 0}
         self._transfers: set[asyncio.Future] = set()  # bulk calls in flight
+        self._usage_key = usage_key
+        # Sent in every hello: how a node enrolled before usage records tells the master.
+        self.usage_public_key = public_key_bytes(usage_key) if usage_key is not None else b""
+        self._refused: set[tuple[str, int]] = set()  # (task, attempt) whose record refusal was logged
+
+    def sign_usage(self, record: dict) -> SignedRecord | None:
+        return sign(record, self._usage_key) if self._usage_key is not None else None
 
     async def emit_event(self, event: TaskEvent) -> None:
         if not self.session.send_event(event):
@@ -55,7 +71,17 @@ class SessionHost:
         await self._transfer(self._connected().fetch_bundle(task_id, dest, size, sha256))
 
     async def upload_result(self, task_id: str, archive: Path, attempt: int = 1) -> None:
-        await self._transfer(self._connected().upload_result(task_id, attempt, archive))
+        session = self._connected()
+        usage = await asyncio.to_thread(read_usage, archive)
+        try:
+            await self._transfer(session.upload_result(task_id, attempt, archive, usage))
+        except UsageRecordError as exc:
+            # The same record is refused again on every retry: say it loudly once per attempt.
+            if (task_id, attempt) not in self._refused:
+                self._refused.add((task_id, attempt))
+                logger.warning("%s", exc, extra={"task_id": task_id})
+            raise
+        self._refused.discard((task_id, attempt))
 
     def end_transfers(self) -> None:
         """A bulk call on a lost connection can hang rather than fail (seen with an

@@ -100,6 +100,7 @@ class Router:
             drain_reason=self.drain.reason,
             max_message_bytes=self._max_message_bytes,
             task_slots=self._task_slots,
+            usage_public_key=self.host.usage_public_key,
         )
 
     async def on_connected(self, welcome: Welcome) -> None:

@@ -111,8 +111,10 @@ async def enroll(
     facts: NodeFacts,
     public_key: str,
     max_message_bytes: int,
+    usage_public_key: bytes = b"",
 ) -> tuple[EnrollReply, bytes | None]:
-    """Returns the master's answer and the pinned CA (PEM; None on plain loopback)."""
+    """Returns the master's answer and the pinned CA (PEM; None on plain loopback).
+    ``usage_public_key``: the raw Ed25519 public key the master verifies usage records with."""
     ca_pem = None
     if address.tls:
         if not ca_hash:
@@ -125,7 +127,8 @@ async def enroll(
     try:
         stub = rpc.NodeControlStub(channel)
         reply = await stub.Enroll(
-            pb.EnrollRequest(token=token, facts=_facts_pb(facts), wireguard_public_key=public_key),
+            pb.EnrollRequest(token=token, facts=_facts_pb(facts), wireguard_public_key=public_key,
+                             usage_public_key=usage_public_key),
             timeout=ENROLL_TIMEOUT_S,
         )
     except grpc.RpcError as exc:

@@ -42,6 +42,7 @@ class NodeHello:
     drain_reason: str = ""  # "operator", "shutdown", "master"; "" when not draining
     max_message_bytes: int = 0
     task_slots: int = 0
+    usage_public_key: bytes = b""  # every hello: a node enrolled before usage records has no other way
 
 
 def resources_to_pb(r: Resources) -> pb.Resources:
@@ -60,6 +61,7 @@ def hello_to_pb(h: NodeHello) -> pb.Hello:
         node_id=h.node_id, agent_version=h.agent_version, capacity=resources_to_pb(h.capacity),
         free=resources_to_pb(h.free), tasks=[held_to_pb(t) for t in h.tasks], draining=h.draining,
         drain_reason=h.drain_reason, max_message_bytes=h.max_message_bytes, task_slots=h.task_slots,
+        usage_public_key=h.usage_public_key,
     )
 
 

@@ -29,6 +29,7 @@ from hivemind_worker.fsutil import sha256_file
 from hivemind_worker.proto import worker_pb2 as pb
 from hivemind_worker.tasks.model import LogRecord, Resources, TaskEvent
 from hivemind_worker.proto import worker_pb2_grpc as rpc
+from hivemind_worker.usage import SignedRecord
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +134,11 @@ class ControlSession:
         """Download a task's bundle over the current session (resuming, verified)."""
         await transfer.fetch_bundle(self._live_channel(), self._credential, task_id, dest, size, sha256)
 
-    async def upload_result(self, task_id: str, attempt: int, archive: Path) -> None:
+    async def upload_result(self, task_id: str, attempt: int, archive: Path, usage: SignedRecord | None = None) -> None:
         """Upload a result from where the master left off; returns once it holds all."""
         channel = self._live_channel()
         digest = await asyncio.to_thread(sha256_file, archive)
-        await transfer.upload_result(channel, self._credential, task_id, attempt, archive, digest)
+        await transfer.upload_result(channel, self._credential, task_id, attempt, archive, digest, usage)
 
     def update_settings(self, initial_s: float, max_s: float) -> None:
         self._initial, self._max = initial_s, max_s

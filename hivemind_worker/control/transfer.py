@@ -14,12 +14,14 @@ import grpc
 
 from hivemind_worker.control.channel import auth_metadata
 from hivemind_worker.control.errors import translate
-from hivemind_worker.errors import ControlError, ProtocolError
+from hivemind_worker.errors import ControlError, ProtocolError, UsageRecordError
 from hivemind_worker.proto import worker_pb2 as pb
 from hivemind_worker.proto import worker_pb2_grpc as rpc
+from hivemind_worker.usage import SignedRecord
 
 logger = logging.getLogger(__name__)
 CHUNK_BYTES = 512 * 1024
+USAGE_REFUSED = "usage record refused"  # how the master's INVALID_ARGUMENT details start
 
 
 async def fetch_bundle(channel: grpc.aio.Channel, credential: str, task_id: str, dest: Path, size: int, sha256: str) -> None:
@@ -52,7 +54,10 @@ async def fetch_bundle(channel: grpc.aio.Channel, credential: str, task_id: str,
         raise ProtocolError(f"bundle of {task_id} failed its check ({offset}/{size} bytes, sha256 mismatch or short)")
 
 
-async def _chunks(task_id: str, attempt: int, path: Path, offset: int, total: int, sha256: str) -> AsyncIterator[pb.ResultChunk]:
+async def _chunks(task_id: str, attempt: int, path: Path, offset: int, total: int, sha256: str,
+                  usage: SignedRecord | None = None) -> AsyncIterator[pb.ResultChunk]:
+    # The record rides on the first chunk of every call, so a resumed upload carries it too.
+    first = pb.SignedUsage(record=usage.record, signature=usage.signature) if usage is not None else None
     with path.open("rb") as fh:
         fh.seek(offset)
         while True:
@@ -60,17 +65,22 @@ async def _chunks(task_id: str, attempt: int, path: Path, offset: int, total: in
             if not data and offset < total:
                 raise ProtocolError(f"result of {task_id} shrank while uploading")
             yield pb.ResultChunk(task_id=task_id, offset=offset, data=data, total_bytes=total, sha256=sha256,
-                                 attempt=attempt)
+                                 attempt=attempt, usage=first)
+            first = None
             offset += len(data)
             if offset >= total:
                 return
 
 
 async def upload_result(
-    channel: grpc.aio.Channel, credential: str, task_id: str, attempt: int, archive: Path, sha256: str
+    channel: grpc.aio.Channel, credential: str, task_id: str, attempt: int, archive: Path, sha256: str,
+    usage: SignedRecord | None = None,
 ) -> None:
     """Upload from the offset the master already holds; returns once it holds all.
-    Every call names the attempt, so an old attempt's bytes are never taken for it."""
+    Every call names the attempt, so an old attempt's bytes are never taken for it.
+    ``usage``: the task's signed usage record (None only where the node has no key).
+    UsageRecordError when the master refused the record (it then dropped the partial
+    result: the next call starts from 0)."""
     stub = rpc.NodeControlStub(channel)
     meta = auth_metadata(credential)
     total = archive.stat().st_size
@@ -81,8 +91,12 @@ async def upload_result(
         offset = held.offset if held.offset <= total else 0
         if offset:
             logger.info("resuming result upload at %d of %d bytes", offset, total, extra={"task_id": task_id})
-        reply = await stub.UploadResult(_chunks(task_id, attempt, archive, offset, total, sha256), metadata=meta)
+        reply = await stub.UploadResult(_chunks(task_id, attempt, archive, offset, total, sha256, usage), metadata=meta)
     except grpc.RpcError as exc:
+        details = exc.details() if hasattr(exc, "details") else ""
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and (details or "").startswith(USAGE_REFUSED):
+            raise UsageRecordError(f"result of {task_id}: {details} (the master dropped what it held; "
+                                   "the upload starts over on the next session)") from exc
         raise translate(exc, f"uploading the result of {task_id}") from exc
     if not reply.complete:
         raise ControlError(f"result of {task_id}: master holds {reply.offset}/{total} bytes and did not accept it")

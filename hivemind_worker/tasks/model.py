@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Protocol
 
+from hivemind_worker.usage import SignedRecord
+
 # Defined below both the runtime and the tasks; part of the task vocabulary too.
 from hivemind_worker.vocab import LogStream as LogStream
 from hivemind_worker.vocab import NetworkPolicy as NetworkPolicy
@@ -200,3 +202,7 @@ class TaskHost(Protocol):
     async def upload_result(self, task_id: str, archive: Path, attempt: int = 1) -> None:
         """Upload the attempt's archive, resuming where the master left off; returns
         when the master holds all of it (it then acknowledges through ack_result())."""
+
+    def sign_usage(self, record: dict) -> SignedRecord | None:
+        """Sign a task's usage record with the node's key (None: the node has none).
+        Called from the result thread; the task layer never holds the key."""

@@ -30,7 +30,7 @@ from hivemind_worker.tasks.disk import DiskUsage, is_disk_full
 from hivemind_worker.tasks.journal import Journal, TaskRow
 from hivemind_worker.tasks.logpump import LogSender
 from hivemind_worker.tasks.logspool import LogSpool
-from hivemind_worker.tasks.result import build_result, exit_record
+from hivemind_worker.tasks.result import UsageSeal, build_result, ensure_usage, exit_record
 from hivemind_worker.tasks.model import Clock, Resources, TaskEvent, TaskHost, TaskStatus
 from hivemind_worker.tasks.outbox import EventOutbox
 from hivemind_worker.tasks.workspace import TaskDirs
@@ -311,7 +311,7 @@ class TaskRun:
         record = exit_record(self.row, spool, self.ctx.settings.task_image)
         await open_output(self.ctx.runtime, self.ctx.settings, self.ctx.node_id, self.row, self.dirs)
         size, sha, failure = await asyncio.to_thread(
-            build_result, self.dirs, spool.path, record, self.ctx.settings.result_max_bytes
+            build_result, self.dirs, spool.path, record, self.ctx.settings.result_max_bytes, self._seal()
         )
         if failure:  # the task ran, but its output cannot be shipped: say so
             await self._step(TaskStatus.FAILED, failure)
@@ -320,10 +320,14 @@ class TaskRun:
             result_path=str(self.dirs.result), result_size=size, result_sha256=sha,
         )
 
+    def _seal(self) -> UsageSeal:  # what signing the usage record needs; the key stays with the host
+        return UsageSeal(self.row, self.ctx.node_id, self.resources, self.ctx.host.sign_usage)
+
     async def _deliver(self) -> None:
         while not self.result_acked.is_set():
             self.resynced.clear()
             try:
+                await asyncio.to_thread(ensure_usage, self.dirs.result, self._seal())  # spooled before records
                 await self.ctx.host.upload_result(self.task_id, self.dirs.result, self.row.attempt)
             except asyncio.CancelledError:
                 raise

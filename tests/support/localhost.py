@@ -18,9 +18,13 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from hivemind_worker.errors import BundleError
 from hivemind_worker.fsutil import sha256_file as sha256_file  # the tests import it from here too
 from hivemind_worker.tasks.model import LogRecord, TaskEvent, TaskHost, TaskStatus
+from hivemind_worker.tasks.result import read_usage
+from hivemind_worker.usage import SignedRecord, sign
 
 
 class LocalTaskHost:
@@ -45,6 +49,8 @@ class LocalTaskHost:
         self.gaps: list[tuple[str, int, int]] = []  # (task, expected seq, got seq)
         self.results: dict[str, Path] = {}
         self.uploads: dict[str, int] = {}  # task -> how many times uploaded
+        self.usage_key = Ed25519PrivateKey.generate()  # signs usage records, as the node's usage.key
+        self.usage: dict[str, SignedRecord | None] = {}  # task -> the signed record its last upload carried
         self.online = True  # False: every call fails, as with a dropped session
         self.refused = 0  # calls that failed because it was offline
         self._changed = asyncio.Condition()
@@ -102,10 +108,14 @@ class LocalTaskHost:
         dest = self.results_dir / f"{task_id}.result"
         await asyncio.to_thread(shutil.copyfile, archive, dest)
         self.results[task_id] = dest
+        self.usage[task_id] = await asyncio.to_thread(read_usage, archive)
         self.uploads[task_id] = self.uploads.get(task_id, 0) + 1
         if self.auto_ack and self.manager is not None:
             await self.manager.ack_result(task_id)
         await self._notify()
+
+    def sign_usage(self, record: dict) -> SignedRecord | None:
+        return sign(record, self.usage_key)
 
     # -- for tests and benches -----------------------------------------------------
     def statuses(self, task_id: str) -> list[TaskStatus]:

@@ -150,7 +150,7 @@ def test_well_formed_answer_enrolls_and_dns_is_the_operators_call(hostile_master
     result = asyncio.run(enroll_node(node_settings(tmp_path), hostile_master.address, "hmt_token", None, FACTS))
     conf = (tmp_path / "etc" / "wg0.conf").read_text()
     assert "DNS" not in conf and "AllowedIPs = 10.88.0.0/24" in conf
-    assert {p.name for p in result.files} == {"wireguard.key", "wg0.conf", "node.json"}
+    assert {p.name for p in result.files} == {"wireguard.key", "usage.key", "wg0.conf", "node.json"}
     sent = hostile_master.requests[-1]
     assert sent.facts.hostname == "victim" and sent.wireguard_public_key
 
