@@ -13,8 +13,6 @@ import re
 import sys
 from pathlib import Path
 
-from pythonjsonlogger.json import JsonFormatter
-
 _SECRET = re.compile(
     r"(?i)((?:token|credential|secret|private_?key|password|authorization)[\"']?\s*[:=]\s*[\"']?)"
     r"([^\s\"',}]+)"
@@ -63,6 +61,9 @@ def setup_logging(level: str = "INFO", log_format: str = "auto", log_file: Path 
     else:
         handler = logging.StreamHandler(sys.stderr)
     if use_json(log_format) or log_file is not None and log_format == "json":
+        # Loaded only for JSON lines (under systemd): a terminal or a test never needs it.
+        from pythonjsonlogger.json import JsonFormatter
+
         handler.setFormatter(
             JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -8,13 +8,14 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
-
-import typer
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from hivemind_worker.config import Settings, load_settings
 from hivemind_worker.errors import WorkerError
 from hivemind_worker.logs import setup_logging
+
+if TYPE_CHECKING:  # Typer is imported where a command prints: a plain `run` never loads it (cli/main.py)
+    import typer
 
 T = TypeVar("T")
 
@@ -40,6 +41,8 @@ def terminal_safe(text: str, multiline: bool = False) -> str:
 
 def echo_safe(text: str, err: bool = False) -> None:
     """typer.echo for lines holding task- or master-controlled text."""
+    import typer
+
     typer.echo(terminal_safe(text), err=err)
 
 
@@ -79,8 +82,14 @@ def settings_from(ctx: typer.Context, daemon: bool = False, **overrides: Any) ->
     return settings
 
 
+def error_line(message: str) -> str:
+    return f"error: {terminal_safe(message, multiline=True)}"  # reasons come from tasks
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {terminal_safe(message, multiline=True)}", err=True)  # reasons come from tasks
+    import typer
+
+    typer.echo(error_line(message), err=True)
     return typer.Exit(code)
 
 

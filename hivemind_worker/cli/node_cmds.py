@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from hivemind_worker.cli.common import GlobalOptions, build_settings, echo_safe, guard, settings_from
+from hivemind_worker.cli.common import GlobalOptions, echo_safe, guard, settings_from
 
 
 def register(app: typer.Typer) -> None:
@@ -59,12 +59,10 @@ def run(ctx: typer.Context) -> None:
 
     Connects to the master, runs assigned tasks, reports telemetry and serves the
     monitor. SIGTERM drains and exits 0; SIGHUP reloads settings."""
-    from hivemind_worker.agent.app import run_agent
+    from hivemind_worker.cli.main import run_daemon  # the same as the short path there
 
-    settings = settings_from(ctx, daemon=True)
     opts: GlobalOptions = ctx.find_root().obj or GlobalOptions()
-    # SIGHUP: built as at start (file, environment, these flags: --debug stays on).
-    guard(lambda: asyncio.run(run_agent(settings, lambda: build_settings(opts))))
+    guard(lambda: run_daemon(opts))
 
 
 def demo(

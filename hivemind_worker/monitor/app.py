@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -27,7 +26,6 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from hivemind_worker.monitor.metrics import build_registry
 from hivemind_worker.monitor.view import NodeView, tasks_by_state
 
 logger = logging.getLogger(__name__)
@@ -174,7 +172,7 @@ def create_app(view: NodeView, push_interval_s: float = 2.0, allowed_hosts: Sequ
                max_subscribers: int = MAX_EVENT_SUBSCRIBERS) -> Starlette:
     """``allowed_hosts``: names the Host header may carry besides loopback (the
     configured monitor_host, the node's own names and addresses)."""
-    registry = build_registry(view)
+    registry: list[Any] = []  # built at the first scrape (see metrics())
     stop = asyncio.Event()
     subscribers = [0]  # open event streams, counted by the streams themselves
 
@@ -227,7 +225,15 @@ def create_app(view: NodeView, push_interval_s: float = 2.0, allowed_hosts: Sequ
         return PlainTextResponse("ok\n")
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # prometheus_client (~1 MB resident) loads at the first scrape: most nodes are
+        # never scraped, and the idle daemon's footprint is a goal (issue 13).
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from hivemind_worker.monitor.metrics import build_registry
+
+        if not registry:
+            registry.append(build_registry(view))
+        return Response(generate_latest(registry[0]), media_type=CONTENT_TYPE_LATEST)
 
     get = ["GET"]
     routes = [

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, Coroutine, Iterable
 
 import psutil
-from cryptography import x509
 
 from hivemind_worker.config import Settings
 from hivemind_worker.monitor.app import create_app
@@ -132,6 +131,9 @@ def _certificate_names(path: Path | None) -> list[str]:
     [] when there is none or it cannot be read (serve() then says why)."""
     if path is None:
         return []
+    # cryptography (~8 MB resident) only where the monitor serves TLS: most nodes do not.
+    from cryptography import x509
+
     try:
         cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -46,7 +46,9 @@ async def serve(app: Starlette, host: str, port: int, should_exit: asyncio.Event
     # date_header off: the Date header is refreshed by uvicorn's main loop, which we
     # do not run (it wakes 10 times a second: ~0.13 CPU s/min on an idle node, half
     # the idle budget). We drive startup()/shutdown() ourselves and sleep in between.
-    config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False,
+    # http/ws named, not "auto": auto probes for httptools, websockets and wsproto on
+    # every start; the monitor speaks plain HTTP/1.1 (SSE included) through h11.
+    config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False, http="h11", ws="none",
                             timeout_graceful_shutdown=2, server_header=False, date_header=False,
                             ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)
     try:

@@ -1,7 +1,8 @@
 """GPU figures through NVML (nvidia-ml-py's ``pynvml``), never by parsing nvidia-smi.
 
-The NVML module is injectable: production passes nothing (``pynvml`` is imported),
-tests pass ``replay.ReplayNvml`` built from recorded outputs. Degrades: no library,
+The NVML module is injectable: production passes nothing (``pynvml`` is imported
+once the driver's library loads: a CPU node never pays for it), tests pass
+``replay.ReplayNvml`` built from recorded outputs. Degrades: no library,
 no driver or no permission gives no GPUs and ONE warning; a field a device does not
 support is ``None`` with one warning per field. NVML is retried at most every
 ``retry_s`` seconds, so a driver installed later is picked up without a restart.
@@ -10,6 +11,7 @@ Blocking: call ``sample()`` from a worker thread.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from typing import Any, Callable
@@ -20,17 +22,26 @@ from hivemind_worker.telemetry.sample import GpuProcess, GpuSample
 logger = logging.getLogger(__name__)
 
 
+NVML_LIBRARY = "libnvidia-ml.so.1"  # what pynvml loads on Linux
+
+
+def load_pynvml() -> Any:
+    """``pynvml`` where the NVIDIA driver's library loads; OSError where it does not.
+    Checked first because the module alone is ~3 MB resident, kept for the daemon's
+    life, on CPU nodes that can never use it (issue 13: a small idle node)."""
+    ctypes.CDLL(NVML_LIBRARY)
+    import pynvml
+
+    return pynvml
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class GpuCollector:
     def __init__(self, nvml: Any = None, retry_s: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
-        if nvml is None:
-            import pynvml
-
-            nvml = pynvml
-        self._nvml = nvml
+        self._nvml = nvml  # None: pynvml, loaded by _ensure_init once the driver is there
         self._retry_s = retry_s
         self._clock = clock
         self._warn = WarnOnce(logger)
@@ -47,6 +58,8 @@ class GpuCollector:
             return False
         self._next_try = now + self._retry_s
         try:
+            if self._nvml is None:
+                self._nvml = load_pynvml()
             self._nvml.nvmlInit()
         except Exception as exc:  # NVMLError (library, driver, permission) or OSError
             self.unavailable_reason = f"NVML unavailable: {exc}"

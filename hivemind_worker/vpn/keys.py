@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from typing import TYPE_CHECKING
 
 from hivemind_worker.errors import VpnError
 
-_RAW = serialization.Encoding.Raw
+# cryptography (~8 MB resident) loads where a key is made (enroll, the dev-master's
+# hub): the daemon only decodes keys, and keeps whatever it imports for its life.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,19 @@ class KeyPair:
 
 def generate_keypair() -> KeyPair:
     """A fresh key pair, the same format as ``wg genkey | tee >(wg pubkey)``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     private = X25519PrivateKey.generate()
-    raw = private.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
     return KeyPair(private_key=base64.b64encode(raw).decode(), public_key=_public_of(private))
 
 
 def public_key_of(private_key: str) -> str:
     """The public key of a base64 private key (like ``wg pubkey``)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     raw = decode_key(private_key)
     return _public_of(X25519PrivateKey.from_private_bytes(raw))
 
@@ -52,5 +59,7 @@ def decode_key(text: str) -> bytes:
 
 
 def _public_of(private: X25519PrivateKey) -> str:
-    raw = private.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
+    from cryptography.hazmat.primitives import serialization
+
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
