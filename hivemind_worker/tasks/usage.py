@@ -31,6 +31,7 @@ from hivemind_worker.errors import WorkerError
 from hivemind_worker.runtime import cgroup, power
 from hivemind_worker.runtime.gpu import NvmlGpuMeter
 from hivemind_worker.runtime.spec import ContainerInfo
+from hivemind_worker.tasks.model import TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +224,10 @@ class Meter:
             self._counters[key] = c.energy_uj
         return total
 
+    @property
+    def holds_gpus(self) -> bool:
+        return self._nvml is not None
+
     def close(self) -> None:
         if self._nvml is not None:
             self._nvml.close()
@@ -273,10 +278,13 @@ async def settle(run: Any, measuring: tuple[asyncio.Task, Meter, asyncio.Event])
     except Exception as exc:  # a stuck read (NVML hung): the figures so far stand
         logger.warning("task %s: usage meter did not stop cleanly (%r)", run.task_id, exc, extra=run._extra)
         sampler.cancel()
-    await asyncio.to_thread(meter.close)
+    if meter.holds_gpus:
+        await asyncio.to_thread(meter.close)
     if meter.usage is not None:
         run.row = run.row.with_(usage=meter.usage)
-    if run.row.usage is not None or run.row.image_digest:
+    # Ended: the next step's row write (UPLOADING) carries the figures. Still running
+    # (the agent closing; a step retried): journal them now for the next agent.
+    if run.row.status is TaskStatus.RUNNING and (run.row.usage is not None or run.row.image_digest):
         await _persist(run)
 
 
