@@ -5,15 +5,24 @@ fewer figures and one warning, and a resumed meter carries the journaled figures
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import shutil
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from hivemind_worker.errors import RuntimeUnavailable
 from hivemind_worker.runtime import power
+from hivemind_worker.runtime.spec import ContainerInfo
 from hivemind_worker.telemetry.replay import ReplayNvml
-from hivemind_worker.tasks.usage import Meter, MeterSources, MeteredUsage
+from hivemind_worker.tasks.journal import Journal, TaskRow
+from hivemind_worker.tasks.model import TaskRequest, TaskStatus
+from hivemind_worker.tasks.usage import Meter, MeterSources, MeteredUsage, keep_measuring, settle
+from tests.support.wait import until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "telemetry" / "fixtures"
 CID = "ab" * 32
@@ -233,3 +242,47 @@ def test_a_resumed_meter_carries_the_journaled_figures_on(tmp_path: Path) -> Non
     assert got.cpu_energy_j == pytest.approx(5.0)
     assert got.gpus[0].energy_j == pytest.approx(2.5)
     assert got.gpus[0].gpu_seconds == pytest.approx(8.0)
+
+
+class OneContainer:
+    """The one runtime call the meter makes (inspect): the engine away at first."""
+
+    def __init__(self, info: ContainerInfo) -> None:
+        self.info, self.calls = info, 0
+
+    async def inspect(self, cid: str) -> ContainerInfo | None:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeUnavailable("Docker engine is restarting; wait for it")
+        return self.info
+
+
+class Run:
+    """What the meter touches of a TaskRun."""
+
+    def __init__(self, row: TaskRow, runtime: OneContainer, journal: Journal) -> None:
+        self.row, self.task_id, self._extra = row, row.task_id, {"task_id": row.task_id}
+        self.ctx = SimpleNamespace(runtime=runtime, journal=journal)
+
+
+async def test_measured_until_the_cgroup_goes_image_id_after_the_engine_returns(tmp_path: Path) -> None:
+    d = v2_tree(tmp_path)
+    put(d, 2_000_000, 50 * MiB)
+    journal = Journal(tmp_path / "j.db", time.time)
+    await journal.open()
+    row = await journal.put(TaskRow("t1", TaskRequest("t1"), TaskStatus.RUNNING, container_id=CID))
+    rt = OneContainer(ContainerInfo(CID, "t1", True, None, False, pid=4242, image_id="sha256:" + "e" * 64,
+                                    started_at_ms=1))
+    run = Run(row, rt, journal)
+    meter = Meter("t1", None, sources=MeterSources(tmp_path / "cg", tmp_path / "proc", tmp_path / "nopowercap"))
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(keep_measuring(run, None, meter, stop))
+    await until(lambda: run.row.image_digest and run.row.usage and run.row.usage.samples >= 2, timeout=10)
+    assert rt.calls == 2  # asked again after the engine came back, then never again
+    shutil.rmtree(d)  # the container exits: its cgroup goes
+    await asyncio.wait_for(sampler, 10)  # ends by itself
+    await settle(run, (sampler, meter, stop))  # still RUNNING (as when the agent closes): journaled
+    got = await journal.get("t1")
+    assert got is not None and got.usage == run.row.usage and got.image_digest == "sha256:" + "e" * 64
+    assert got.usage.cpu_seconds == 2.0
+    await journal.close()
