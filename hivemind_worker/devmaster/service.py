@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import logging
 import os
 import shutil
@@ -41,7 +42,6 @@ from hivemind_worker.devmaster.hub import VpnHub
 from hivemind_worker.devmaster.layout import StateDir
 from hivemind_worker.devmaster.sessions import REVOKED_MESSAGE, SessionHub
 from hivemind_worker.errors import EnrollmentError, UsageRecordError
-from hivemind_worker.fsutil import sha256_file
 from hivemind_worker.proto import worker_pb2 as pb
 from hivemind_worker.proto import worker_pb2_grpc as pb_grpc
 
@@ -105,6 +105,17 @@ async def _drain(request_iterator) -> None:
         await asyncio.wait_for(consume(), DRAIN_LIMIT_S)
     except (asyncio.TimeoutError, grpc.RpcError):
         pass
+
+
+def _sha256_of(path: os.PathLike, size: int) -> "hashlib._Hash":
+    """A running sha256 of the first ``size`` bytes already held (a resumed upload)."""
+    digest = hashlib.sha256()
+    if size:
+        with open(path, "rb") as fh:
+            while block := fh.read(min(1 << 20, size)):
+                digest.update(block)
+                size -= len(block)
+    return digest
 
 
 class ControlService(pb_grpc.NodeControlServicer):
@@ -276,6 +287,8 @@ class ControlService(pb_grpc.NodeControlServicer):
                         except UsageRecordError as exc:
                             self._refuse_usage(node_id, task_id, exc)
                         fh = open(self.state.result_part(task_id), "ab")
+                        # Hashed as it arrives; what an earlier call left is read once, here.
+                        digest = await asyncio.to_thread(_sha256_of, self.state.result_part(task_id), size)
                 elif chunk.task_id != task_id:
                     raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "one UploadResult call carries one task's result")
                 if complete:
@@ -291,10 +304,14 @@ class ControlService(pb_grpc.NodeControlServicer):
                                    f"result of {task_id}: more bytes than total_bytes={chunk.total_bytes}")
                 assert fh is not None, "opened with the first chunk of an incomplete result"
                 fh.write(chunk.data)
+                digest.update(chunk.data)
                 size += len(chunk.data)
                 if size == chunk.total_bytes:
+                    fh.flush()
+                    await asyncio.to_thread(os.fsync, fh.fileno())  # once, before the node may let go of it
                     fh.close()
-                    complete = await self._finish(node_id, task_id, attempt, size, chunk.sha256, checked)
+                    complete = await self._finish(node_id, task_id, attempt, size, chunk.sha256, checked,
+                                                  digest.hexdigest())
         finally:
             if fh is not None and not fh.closed:
                 fh.close()
@@ -338,9 +355,8 @@ class ControlService(pb_grpc.NodeControlServicer):
                        "the partial upload was discarded, upload again from offset 0")
 
     async def _finish(self, node_id: str, task_id: str, attempt: int, size: int, expected: str,
-                      checked: usagecheck.Checked | None) -> bool:
+                      checked: usagecheck.Checked | None, actual: str) -> bool:
         part = self.state.result_part(task_id)
-        actual = await asyncio.to_thread(sha256_file, part)
         stored = None
         if checked is not None:  # first: the signed record, not the unsigned announcement, names the archive
             try:
