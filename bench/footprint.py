@@ -5,7 +5,10 @@ cost of one telemetry sample.
    a temporary directory, ``hivemind-worker run`` connected with no task, the monitor
    serving, JSON logs as under systemd; after a settling period, its resident memory
    (RSS, and USS/PSS: what is its own, what it shares) and CPU seconds per minute over
-   ``--duration`` seconds. ``--runs`` daemons one after another: medians.
+   ``--duration`` seconds. ``--runs`` daemons one after another: medians. Then the same
+   daemon runs one trivial task and is idle again: what the first task leaves loaded
+   (docker-py's client, cryptography for the signed usage record) stays for the
+   process's life, so that figure is reported next to the fresh one.
 2. References, each a live process measured the same way in the same run: a bare
    ``python3 -c pass`` (the interpreter alone) and the bare import of grpcio, docker,
    psutil, pynvml, starlette and uvicorn (the libraries the issue names as the floor).
@@ -119,7 +122,7 @@ def _package(module: str) -> str:
     return ".".join(parts[:2]) if parts[0] == "hivemind_worker" and len(parts) > 1 else parts[0]
 
 
-def idle_daemon(duration: float, settle: float) -> dict:
+def idle_daemon(duration: float, settle: float, after_task: bool) -> dict:
     monitor_port = free_port()
     daemon = DevStack("hivemind-footprint-", {
         "HIVEMIND_MONITOR_ENABLED": "true", "HIVEMIND_MONITOR_PORT": str(monitor_port),
@@ -152,6 +155,11 @@ def idle_daemon(duration: float, settle: float) -> dict:
             "imports": imports_in_order((daemon.base / "worker.log").read_text(errors="replace")),
             "still_running": worker.poll() is None,
         }
+        if after_task:
+            task_id = daemon.submit(("true",))
+            rows = daemon.wait_done([task_id], timeout=120)
+            time.sleep(settle)
+            result["after_task"] = {**memory(worker.pid), "outcome": rows[0]["outcome"]}
         daemon.ok = True
         return result
 
@@ -188,12 +196,12 @@ def sampling_cost(workdir: Path, n: int) -> dict:
     }
 
 
-def measure(runs: int, duration: float, settle: float) -> dict:
+def measure(runs: int, duration: float, settle: float, after_task: bool) -> dict:
     daemons, pythons, bares = [], [], []
     for _ in range(runs):  # interleaved: a busy moment of the machine hits all three
         pythons.append(reference("pass", settle=3))
         bares.append(reference(BARE_IMPORT, settle=3))
-        daemons.append(idle_daemon(duration, settle))
+        daemons.append(idle_daemon(duration, settle, after_task))
     med = lambda rows, key: round(statistics.median(r[key] for r in rows), 1)  # noqa: E731
     last = daemons[-1]
     return {
@@ -202,6 +210,8 @@ def measure(runs: int, duration: float, settle: float) -> dict:
         | {"cpu_s_per_min": round(statistics.median(d["cpu_s_per_min"] for d in daemons), 3),
            "threads": last["threads"], "rss_mb_each": [d["rss_mb_max"] for d in daemons],
            "all_ran": all(d["still_running"] for d in daemons)},
+        "after_task": {k: med([d["after_task"] for d in daemons], k) for k in ("rss_mb", "uss_mb", "pss_mb")}
+        | {"outcomes": [d["after_task"]["outcome"] for d in daemons]} if after_task else None,
         "python_pass": {k: med(pythons, k) for k in ("rss_mb", "uss_mb", "pss_mb")},
         "bare_import": {k: med(bares, k) for k in ("rss_mb", "uss_mb", "pss_mb")},
         "mappings_mb": {name: round(kib / 1024, 1) for name, kib in last["mappings"].most_common(14)},
@@ -216,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=15.0, help="seconds after connecting before measuring")
     parser.add_argument("--samples", type=int, default=300, help="telemetry samples to time")
     parser.add_argument("--no-daemon", action="store_true", help="only time the sampling")
+    parser.add_argument("--no-task", action="store_true", help="skip the idle-after-one-task figure")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     args = parser.parse_args(argv)
@@ -224,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = {"sampling": sampling_cost(base / "ws", args.samples)}
         if not args.no_daemon:
-            result["idle"] = measure(args.runs, args.duration, args.settle)
+            result["idle"] = measure(args.runs, args.duration, args.settle, not args.no_task)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -248,6 +259,8 @@ def report(result: dict) -> str:
             f"medians of {i['runs']} runs, same run      RSS MB   USS MB   PSS MB",
             f"  idle daemon (max RSS) {d['rss_mb_max']:>9} {d['uss_mb']:>8} {d['pss_mb']:>8}   "
             f"each {d['rss_mb_each']}, {d['cpu_s_per_min']} CPU s/min, {d['threads']} threads",
+            *([f"  idle after one task   {a['rss_mb']:>9} {a['uss_mb']:>8} {a['pss_mb']:>8}   "
+               f"(task outcomes {a['outcomes']})"] if (a := i["after_task"]) else []),
             f"  bare import           {bare['rss_mb']:>9} {bare['uss_mb']:>8} {bare['pss_mb']:>8}   ({BARE_IMPORT})",
             f"  python3 -c pass       {py['rss_mb']:>9} {py['uss_mb']:>8} {py['pss_mb']:>8}",
             f"  daemon / bare import  {d['rss_mb_max'] / bare['rss_mb']:.2f}x RSS; daemon - python = "
