@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 
 import docker
+from docker.models.containers import _create_container_args
 
 from hivemind_worker.errors import TaskError, WorkerError
 from hivemind_worker.runtime import logstream
 from hivemind_worker.runtime.egress import EgressFirewall, EgressPolicy, ensure_network
 from hivemind_worker.runtime.gpu import GpuInventory, NvmlGpuInventory
 from hivemind_worker.runtime.images import ImageGc
+from hivemind_worker.runtime.pull import PullProgress
 from hivemind_worker.runtime.spec import (
     LABEL_GPUS,
     LABEL_MANAGED,
@@ -45,12 +47,16 @@ from hivemind_worker.vocab import LogStream, NetworkPolicy
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-PROGRESS_EVERY_S = 1.0
 
 
 def default_client() -> docker.DockerClient:
     # Each running task holds two connections (logs, wait) for its whole life.
-    return docker.from_env(max_pool_size=64)
+    client = docker.from_env(max_pool_size=64)
+    if client.api.base_url.startswith("http+docker://"):
+        # A unix socket: no proxy, netrc or CA bundle from the environment applies, and
+        # requests would scan the whole environment for them on every call.
+        client.api.trust_env = False
+    return client
 
 
 class DockerRuntime:
@@ -68,6 +74,11 @@ class DockerRuntime:
         self._gpu_inventory = gpu_inventory
         self._stats = StatsReader()
         self._images = ImageGc()
+        # Images the engine had when last asked: a task of an image seen before costs no
+        # inspect. create() forgets one the engine no longer has, so does the image GC.
+        self._present: set[str] = set()
+        self._fresh: docker.DockerClient | None = None  # see _inspect_fresh
+        self._fresh_lock = threading.Lock()
 
     # -- plumbing --------------------------------------------------------------
 
@@ -113,8 +124,22 @@ class DockerRuntime:
             raise translate(exc, what) from exc
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        for client in (self._client, self._fresh):
+            if client is not None:
+                client.close()
+
+    def _inspect_fresh(self, container_id: str) -> dict[str, Any]:
+        """Inspect over a NEW connection (blocking): a shutting-down engine closes its
+        socket before it stops the containers, so this fails (RuntimeUnavailable) where
+        a pooled keep-alive connection would still be answered. One client kept for it,
+        its pool emptied before each use: a new connection without a new client's
+        version handshake (GET /version) per task."""
+        with self._fresh_lock:
+            if self._fresh is None:
+                self._fresh = self._client_factory()
+            else:
+                self._fresh.api.close()  # drops its connection; the adapters stay mounted
+            return self._fresh.api.inspect_container(container_id)
 
     # -- engine and images -----------------------------------------------------
 
@@ -135,6 +160,9 @@ class DockerRuntime:
         return self._gpu_inventory
 
     async def has_image(self, image: str) -> bool:
+        if image in self._present:
+            return True
+
         def look() -> bool:
             try:
                 self._docker().api.inspect_image(image)
@@ -142,7 +170,10 @@ class DockerRuntime:
             except docker.errors.ImageNotFound:
                 return False
 
-        return await self._call(f"look up image {image}", look)
+        found = await self._call(f"look up image {image}", look)
+        if found:
+            self._present.add(image)
+        return found
 
     async def pull(self, image: str, progress: Callable[[str], None]) -> None:
         loop = asyncio.get_running_loop()
@@ -163,6 +194,7 @@ class DockerRuntime:
 
         await self._call_long(f"pull image {image}", run)
         self._images.touch(image)
+        self._present.add(image)
 
     async def gc_images(
         self,
@@ -173,10 +205,12 @@ class DockerRuntime:
         candidates: Iterable[str] | None = None,
     ) -> list[str]:
         refs = list(candidates) if candidates is not None else None
-        return await self._call(
+        removed = await self._call(
             "remove unused task images",
             lambda: self._images.collect(self._docker(), in_use, keep, high_percent, low_percent, refs),
         )
+        self._present.difference_update(removed)
+        return removed
 
     def _userns_base(self) -> int:
         """Under userns-remap, where the engine maps container id 0 on the host (blocking)."""
@@ -195,13 +229,22 @@ class DockerRuntime:
         except ValueError as exc:
             raise TaskError(f"cannot create a container for task {spec.task_id}: {exc}") from exc
 
+        def make() -> str:
+            # The low-level call with the high-level call's own translation of the
+            # arguments: containers.create() would inspect the new container as well.
+            api = self._docker().api
+            return api.create_container(**_create_container_args({**kwargs, "version": api._version}))["Id"]
+
         def run() -> str:
             _prepare_workspace(spec.workspace, host_user(spec.user, self._userns_base()))
             if bridge:  # fail closed: no firewall, no container
                 ensure_network(self._docker(), self._egress.policy)
                 self._egress.ensure()
             try:
-                container = self._docker().containers.create(**kwargs)
+                return make()
+            except docker.errors.ImageNotFound:
+                self._present.discard(spec.image)  # gone since we last looked: has_image() asks again
+                raise
             except docker.errors.APIError as exc:
                 if not is_conflict(exc):
                     raise
@@ -218,8 +261,7 @@ class DockerRuntime:
                 logger.warning("removing the stopped container of an earlier attempt of task %s", spec.task_id,
                                extra={"task_id": spec.task_id, "node_id": spec.node_id})
                 self._docker().api.remove_container(old["Id"], force=True)
-                container = self._docker().containers.create(**kwargs)
-            return container.id
+                return make()
 
         container_id = await self._call(f"create container for task {spec.task_id}", run)
         self._images.touch(spec.image)
@@ -244,15 +286,9 @@ class DockerRuntime:
     async def wait(self, container_id: str) -> ExitInfo:
         def run() -> ExitInfo:
             self._docker().api.wait(container_id, timeout=None)  # no read timeout: tasks run for hours
-            # Over a NEW connection: a shutting-down engine closes its socket before it
-            # stops the containers, so this fails (RuntimeUnavailable: the engine went
-            # away, the caller tells a restart from the task's own exit) where a pooled
-            # keep-alive connection would still be answered.
-            fresh = self._client_factory()
-            try:
-                state = fresh.api.inspect_container(container_id)["State"]
-            finally:
-                fresh.close()
+            # A new connection: an engine going away fails it (RuntimeUnavailable), and
+            # the caller tells a restart from the task's own exit.
+            state = self._inspect_fresh(container_id)["State"]
             return ExitInfo(exit_code=int(state.get("ExitCode", -1)), oom_killed=bool(state.get("OOMKilled")))
 
         return await self._call_long(f"wait for container {container_id[:12]}", run)
@@ -315,33 +351,6 @@ class DockerRuntime:
             return self._stats.read(container_id, raw)
 
         return await self._call(f"read stats of container {container_id[:12]}", run)
-
-
-class PullProgress:
-    """Docker's per-layer pull events -> "pulling 12.5/80.0 MB", at most once per
-    PROGRESS_EVERY_S; an error event raises TaskError with the registry's words."""
-
-    def __init__(self, image: str) -> None:
-        self._image = image
-        self._layers: dict[str, tuple[int, int]] = {}
-        self._last = float("-inf")
-
-    def update(self, event: dict[str, Any], now: float) -> str | None:
-        if "error" in event:
-            detail = (event.get("errorDetail") or {}).get("message") or event["error"]
-            raise TaskError(f"pulling {self._image} failed: {detail}")
-        layer, status = event.get("id", ""), event.get("status", "")
-        numbers = event.get("progressDetail") or {}
-        if status == "Downloading" and numbers.get("total"):
-            self._layers[layer] = (int(numbers.get("current", 0)), int(numbers["total"]))
-        elif status in ("Download complete", "Pull complete") and layer in self._layers:
-            self._layers[layer] = (self._layers[layer][1], self._layers[layer][1])
-        if not self._layers or now - self._last < PROGRESS_EVERY_S:
-            return None
-        self._last = now
-        done = sum(c for c, _ in self._layers.values()) / 1e6
-        total = sum(t for _, t in self._layers.values()) / 1e6
-        return f"pulling {done:.1f}/{total:.1f} MB"
 
 
 def _prepare_workspace(workspace: Path, user: str) -> None:

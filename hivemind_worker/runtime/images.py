@@ -30,6 +30,7 @@ class ImageGc:
     def __init__(self, measure: Callable[[str], float] = disk_percent) -> None:
         self._measure = measure
         self._seen: dict[str, float] = {}  # image ref -> last use (monotonic)
+        self._root: str | None = None  # the engine's data root: asked once, not after every task
         self._lock = threading.Lock()
 
     def touch(self, image: str) -> None:
@@ -46,7 +47,9 @@ class ImageGc:
         candidates: list[str] | None,
     ) -> list[str]:
         api = client.api
-        root = api.info().get("DockerRootDir") or "/var/lib/docker"
+        if self._root is None:
+            self._root = api.info().get("DockerRootDir") or "/var/lib/docker"
+        root = self._root
         try:
             used = self._measure(root)
         except OSError as exc:

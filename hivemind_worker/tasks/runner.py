@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hivemind_worker.config import Settings
-from hivemind_worker.errors import MasterUnreachable, RuntimeUnavailable, WorkerError
+from hivemind_worker.errors import MasterUnreachable, RuntimeUnavailable, TaskError, WorkerError
 from hivemind_worker.runtime.api import ContainerRuntime
 from hivemind_worker.runtime.spec import ContainerInfo, ContainerSpec
 from hivemind_worker.tasks import supervise
@@ -237,16 +237,8 @@ class TaskRun:
             )
             await asyncio.to_thread(self._after_unpack)
         image = req.image or s.task_image
-        if not await rt.has_image(image):
-            await self._step(TaskStatus.PULLING, f"pulling {image}")
-            loop = asyncio.get_running_loop()
-
-            def progress(text: str) -> None:
-                t = loop.create_task(self._emit(TaskStatus.PULLING, f"pulling {image}", detail=text))
-                self._bg.add(t)
-                t.add_done_callback(self._bg.discard)
-
-            await rt.pull(image, progress)
+        if not await rt.has_image(image):  # an image seen before costs no engine call
+            await self._pull(image)
         spec = ContainerSpec(
             task_id=self.task_id,
             node_id=self.ctx.node_id,
@@ -265,10 +257,29 @@ class TaskRun:
             entrypoint=req.entrypoint,
             runtime=s.task_runtime,
         )
-        cid = await rt.create(spec)
-        await self._record(container_id=cid)
-        await self._step(TaskStatus.RUNNING, started_ms=_ms(self.ctx.clock))
+        try:
+            cid = await rt.create(spec)
+        except TaskError:
+            if await rt.has_image(image):
+                raise
+            await self._pull(image)  # removed since the runtime last saw it
+            cid = await rt.create(spec)
+        # The container id goes into the journal with RUNNING, one transaction, before
+        # start(); if that write fails, _run_prepare removes the container by this id.
+        self.row = self.row.with_(container_id=cid)
+        await self._step(TaskStatus.RUNNING, container_id=cid, started_ms=_ms(self.ctx.clock))
         await rt.start(cid)
+
+    async def _pull(self, image: str) -> None:
+        await self._step(TaskStatus.PULLING, f"pulling {image}")
+        loop = asyncio.get_running_loop()
+
+        def progress(text: str) -> None:
+            t = loop.create_task(self._emit(TaskStatus.PULLING, f"pulling {image}", detail=text))
+            self._bg.add(t)
+            t.add_done_callback(self._bg.discard)
+
+        await self.ctx.runtime.pull(image, progress)
 
     async def _fetch_bundle(self) -> None:
         """Download the bundle; while the master is unreachable, wait for the next
