@@ -76,26 +76,32 @@ def drain_message(draining: bool, reason: str) -> pb.WorkerMessage:
     return pb.WorkerMessage(drain=pb.Drain(draining=draining, reason=reason))
 
 
-def log_messages(task_id: str, lines: list[LogRecord], max_bytes: int) -> list[pb.WorkerMessage]:
-    """Split lines into messages that stay well under the session's size limit."""
+def log_messages(task_id: str, lines: list[LogRecord], max_bytes: int) -> list[tuple[pb.WorkerMessage, int, int]]:
+    """Split lines into messages that stay well under the session's size limit:
+    (message, lines in it, text bytes in it). Lines are added in place (lines.add):
+    a LogLine object per line would cost more than the line."""
     budget = max(max_bytes // 2, 16 * 1024)
-    batches: list[pb.WorkerMessage] = []
-    current: list[pb.LogLine] = []
-    size = 0
+    codes = {id(k): v for k, v in _STREAM.items()}  # by identity: an Enum's hash is Python code
+    out: list[tuple[pb.WorkerMessage, int, int]] = []
+    message, size, count, text_bytes = None, 0, 0, 0
     for line in lines:
         text = line.text
         if len(text) > budget - 64:  # one pathological line: cut it, say so
             text = text[: budget - 96] + " [hivemind: line truncated]"
-        entry = pb.LogLine(seq=line.seq, stream=_STREAM[line.stream], text=text, time_ms=line.time_ms)
         cost = len(text) + 32
-        if current and size + cost > budget:
-            batches.append(pb.WorkerMessage(logs=pb.LogBatch(task_id=task_id, lines=current)))
-            current, size = [], 0
-        current.append(entry)
+        if message is None or size + cost > budget:
+            if message is not None:
+                out.append((message, count, text_bytes))
+            message = pb.WorkerMessage(logs=pb.LogBatch(task_id=task_id))
+            add = message.logs.lines.add
+            size = count = text_bytes = 0
+        add(seq=line.seq, stream=codes[id(line.stream)], text=text, time_ms=line.time_ms)
         size += cost
-    if current:
-        batches.append(pb.WorkerMessage(logs=pb.LogBatch(task_id=task_id, lines=current)))
-    return batches
+        count += 1
+        text_bytes += len(text) + 1
+    if message is not None:
+        out.append((message, count, text_bytes))
+    return out
 
 
 def report_from_sample(sample: Mapping[str, Any], free: Resources | None = None) -> pb.TelemetryReport:

@@ -118,11 +118,11 @@ class ControlSession:
         """Queue lines in batches under the message limit; returns (lines, bytes)
         queued, which stops short at the first batch the session could not take."""
         count = size = 0
-        for message in messages.log_messages(task_id, lines, self._max_message_bytes):
+        for message, lines_in, bytes_in in messages.log_messages(task_id, lines, self._max_message_bytes):
             if not self.send(message):
                 break
-            count += len(message.logs.lines)
-            size += sum(len(line.text) + 1 for line in message.logs.lines)
+            count += lines_in
+            size += bytes_in
         return count, size
 
     def _live_channel(self) -> grpc.aio.Channel:

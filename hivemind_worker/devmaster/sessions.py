@@ -33,6 +33,9 @@ from hivemind_worker.devmaster.attempts import Attempts, RetryPolicy, state_name
 from hivemind_worker.devmaster.layout import StateDir
 from hivemind_worker.proto import worker_pb2 as pb
 
+# LogStream value -> the logs table's name for it, once (not per line).
+_STREAM_NAMES = {v.number: v.name.removeprefix("LOG_STREAM_").lower() for v in pb.LogStream.DESCRIPTOR.values}
+
 logger = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 30.0
@@ -223,8 +226,8 @@ class SessionHub:
                 seq = max(line.seq for line in batch.lines)
                 session.send(pb.MasterMessage(log_ack=pb.LogAck(task_id=batch.task_id, seq=seq)))
             return
-        lines = [(line.seq, pb.LogStream.Name(line.stream).removeprefix("LOG_STREAM_").lower(), line.text,
-                  line.time_ms) for line in batch.lines]
+        names = _STREAM_NAMES
+        lines = [(line.seq, names.get(line.stream, "unspecified"), line.text, line.time_ms) for line in batch.lines]
         seq, note = taskdb.store_logs(self.conn, batch.task_id, lines, self.log_limits)
         if note:
             logger.warning("log of the task limited: %s", note,

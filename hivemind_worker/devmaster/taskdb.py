@@ -271,9 +271,14 @@ def store_logs(conn: sqlite3.Connection, task_id: str, lines: list[tuple[int, st
         row = conn.execute("SELECT log_lines, log_bytes FROM tasks WHERE task_id=?", (task_id,)).fetchone()
         count, total = (row[0], row[1]) if row else (0, 0)
         mark = _mark(conn, task_id)
+        lines = sorted(line for line in lines if line[0] > mark)
+        # Lines stored before past a gap (a resend): skipped here, in one query.
+        have = {s for (s,) in conn.execute("SELECT seq FROM logs WHERE task_id=? AND seq BETWEEN ? AND ?",
+                                           (task_id, lines[0][0], lines[-1][0]))} if lines else set()
         dropped: set[int] = set()
-        for seq, stream, text, time_ms in sorted(lines):
-            if seq <= mark:
+        rows = []
+        for seq, stream, text, time_ms in lines:
+            if seq in have:
                 continue
             size = len(text.encode())
             if size > limits.max_line_bytes:
@@ -290,12 +295,17 @@ def store_logs(conn: sqlite3.Connection, task_id: str, lines: list[tuple[int, st
                        "task, `dev-master serve --max-log-lines/--max-log-bytes`): this and later lines are dropped")
                 stream, text, size, total = "system", why, len(why), limits.max_bytes
                 notes.append(f"log limit reached at line {seq}; later lines are dropped")
-            cur = conn.execute("INSERT OR IGNORE INTO logs (task_id, seq, stream, text, time_ms) VALUES (?,?,?,?,?)",
-                               (task_id, seq, stream, text, time_ms))
-            if cur.rowcount:
-                count, total = count + 1, min(limits.max_bytes, total + size)
+            rows.append((task_id, seq, stream, text, time_ms))
+            have.add(seq)  # a seq twice in one batch: stored once
+            count, total = count + 1, min(limits.max_bytes, total + size)
+        # One statement for the batch: a line's INSERT costs more than its checks.
+        conn.executemany("INSERT OR IGNORE INTO logs (task_id, seq, stream, text, time_ms) VALUES (?,?,?,?,?)", rows)
         conn.execute("UPDATE tasks SET log_lines=?, log_bytes=? WHERE task_id=?", (count, total, task_id))
-        return _advance_mark(conn, task_id, dropped), "; ".join(notes)
+        handled = sorted(have | dropped)
+        # The batch continues the stored prefix without a hole: the mark moves to its end
+        # without reading the batch back.
+        upto = handled[-1] if handled and handled[0] == mark + 1 and handled[-1] - mark == len(handled) else 0
+        return _advance_mark(conn, task_id, dropped, upto), "; ".join(notes)
 
 
 def contiguous_seq(conn: sqlite3.Connection, task_id: str) -> int:
@@ -308,12 +318,15 @@ def _mark(conn: sqlite3.Connection, task_id: str) -> int:
     return row[0] if row else 0
 
 
-def _advance_mark(conn: sqlite3.Connection, task_id: str, dropped: AbstractSet[int] = frozenset()) -> int:
-    mark = seq = _mark(conn, task_id)
+def _advance_mark(conn: sqlite3.Connection, task_id: str, dropped: AbstractSet[int] = frozenset(),
+                  upto: int = 0) -> int:
+    """``upto``: every seq up to it is stored or dropped (the caller knows)."""
+    mark = _mark(conn, task_id)
+    seq = max(mark, upto)
     # Only the lines after the mark are read, lazily up to the first gap: O(batch).
     stored = (s for (s,) in conn.execute("SELECT seq FROM logs WHERE task_id=? AND seq>? ORDER BY seq",
-                                          (task_id, mark)))
-    for s in heapq.merge(stored, sorted(d for d in dropped if d > mark)):
+                                          (task_id, seq)))
+    for s in heapq.merge(stored, sorted(d for d in dropped if d > seq)):
         if s == seq:  # a line stored earlier past a gap, resent and dropped now
             continue
         if s != seq + 1:

@@ -23,7 +23,7 @@ import docker
 from docker.models.containers import _create_container_args
 
 from hivemind_worker.errors import TaskError, WorkerError
-from hivemind_worker.runtime import logstream
+from hivemind_worker.runtime import attach, logstream
 from hivemind_worker.runtime.egress import EgressFirewall, EgressPolicy, ensure_network
 from hivemind_worker.runtime.gpu import GpuInventory, NvmlGpuInventory
 from hivemind_worker.runtime.images import ImageGc
@@ -73,6 +73,7 @@ class DockerRuntime:
         self._client_lock = threading.Lock()
         self._gpu_inventory = gpu_inventory
         self._stats = StatsReader()
+        self._attached = attach.Attachments()  # see start()
         self._images = ImageGc()
         # Images the engine had when last asked: a task of an image seen before costs no
         # inspect. create() forgets one the engine no longer has, so does the image GC.
@@ -272,16 +273,11 @@ class DockerRuntime:
         return container_id
 
     async def start(self, container_id: str) -> None:
-        await self._call(f"start container {container_id[:12]}", lambda: self._docker().api.start(container_id))
+        await self._call(f"start container {container_id[:12]}", lambda: self._attached.start(self._docker().api, container_id))
 
     def follow_logs(self, container_id: str, since_s: float | None = None) -> AsyncIterator[tuple[LogStream, str, int]]:
-        what = f"follow logs of container {container_id[:12]}"
-        return logstream.follow(
-            lambda: logstream.open_log_stream(self._docker().api, container_id, since_s),
-            lambda: self._docker().api,
-            lambda exc: translate(exc, what),
-            container_id[:12],
-        )
+        return self._attached.follow(lambda: self._docker().api, container_id, since_s,
+                                     lambda exc: translate(exc, f"follow logs of container {container_id[:12]}"))
 
     async def wait(self, container_id: str) -> ExitInfo:
         def run() -> ExitInfo:
@@ -313,6 +309,7 @@ class DockerRuntime:
 
         await self._call(f"remove container {container_id[:12]}", run)
         self._stats.forget(container_id)
+        self._attached.drop(container_id)
 
     async def inspect(self, container_id: str) -> ContainerInfo | None:
         def run() -> ContainerInfo | None:
@@ -397,4 +394,6 @@ def _info(attrs: dict[str, Any]) -> ContainerInfo:
         image=(attrs.get("Config") or {}).get("Image", ""),
         gpu_device_ids=tuple(g for g in gpus.split(",") if g),
         started_at_ms=started,
+        pid=int(state.get("Pid") or 0),
+        image_id=attrs.get("Image", ""),
     )

@@ -1,12 +1,16 @@
-"""Following a container's logs: one dedicated thread reads Docker's multiplexed
-log stream and feeds the event loop batches of lines (no polling).
+"""Reading a container's output: one dedicated thread reads Docker's multiplexed
+stream and feeds the event loop batches of lines (no polling).
 
-The thread parses frames itself (8-byte header: stream id, length) because
-docker-py's helpers drop the stream id. Lines are split on newlines, carry the
-time Docker stamped them with, and a line longer than MAX_LINE_BYTES is cut into
-pieces so a task printing without newlines cannot grow the agent's memory. At
-most MAX_BATCHES_IN_FLIGHT batches wait for the consumer; a slow consumer slows
-the reader (and Docker buffers in its own log file), so memory stays flat.
+A task started by the agent is read from its attach stream, opened before the
+start (Attachments): the engine's own copy of the output, a frame per write of the
+task, no per-line JSON or timestamps; the log driver still keeps everything for
+`docker logs` and for a resumed read (the agent restarted, the engine came back),
+which follows the logs endpoint (a timestamped frame per line) and skips by count
+what was already read. The thread parses frames itself (docker-py's helpers drop
+the stream id), splits lines in bulk, and cuts a line longer than MAX_LINE_BYTES
+into pieces so a task printing without newlines cannot grow the agent's memory.
+At most MAX_BATCHES_IN_FLIGHT batches wait for the consumer; a slow consumer slows
+the reader (and the task, or Docker's log file), so memory stays flat.
 
 This module must not interpret the lines (sequence numbers, spooling, dropping
 are the task manager's business).
@@ -16,22 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import itertools
 import logging
 import socket
 import threading
 import time
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from hivemind_worker.errors import WorkerError
+from hivemind_worker.errors import RuntimeUnavailable, WorkerError
 from hivemind_worker.vocab import LogStream
 
 logger = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 256 * 1024
-MAX_BATCHES_IN_FLIGHT = 32
+MAX_BATCHES_IN_FLIGHT = 4  # of up to READ_BYTES each: a few MB at most
 READ_BYTES = 256 * 1024
 _STREAMS = {1: LogStream.STDOUT, 2: LogStream.STDERR}
 _END = object()
+# The time of what an interrupted stream held of an unfinished line: not a line yet.
+INTERRUPTED = -1
 
 Line = tuple[LogStream, str, int]
 
@@ -68,9 +75,18 @@ class _Clock:
 
 
 class FrameParser:
-    """Docker's multiplexed, timestamped log stream -> complete lines."""
+    """Docker's multiplexed stream -> complete lines, split in bulk.
 
-    def __init__(self) -> None:
+    ``stamped``: every frame starts with Docker's time (the logs endpoint with
+    timestamps=1, one frame per line); otherwise (the attach stream, one frame per
+    write of the task, often many lines) a line carries the time it was read.
+    A line is cut into pieces of MAX_LINE_BYTES from its start, however the frames
+    fell, so that two reads of the same output give the same lines (a resumed
+    read skips lines by count)."""
+
+    def __init__(self, stamped: bool = True, clock: Callable[[], float] = time.time) -> None:
+        self._stamped = stamped
+        self._now = clock
         self._buf = bytearray()
         self._pending: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
         self._pending_ms: dict[int, int] = {1: 0, 2: 0}
@@ -81,13 +97,28 @@ class FrameParser:
         buf += chunk
         out: list[Line] = []
         pos, size = 0, len(buf)
+        now_ms = 0 if self._stamped else int(self._now() * 1000)
+        run_id, run = 0, list[bytes]()  # consecutive unstamped payloads of one stream: split at once
         while size - pos >= 8:
             length = int.from_bytes(buf[pos + 4 : pos + 8], "big")
             if size - pos - 8 < length:
                 break
             stream_id = buf[pos]
-            self._message(stream_id, bytes(buf[pos + 8 : pos + 8 + length]), out)
+            payload = bytes(buf[pos + 8 : pos + 8 + length])
             pos += 8 + length
+            if stream_id not in self._pending:
+                continue  # stdin echo or unknown: not a task's output
+            if self._stamped:
+                stamp, _, text = payload.partition(b" ")
+                self._text(stream_id, text, self._clock.ms(stamp), out)
+                continue
+            if run and stream_id != run_id:
+                self._text(run_id, b"".join(run), now_ms, out)
+                run = []
+            run_id = stream_id
+            run.append(payload)
+        if run:
+            self._text(run_id, b"".join(run), now_ms, out)
         del buf[:pos]
         return out
 
@@ -96,38 +127,61 @@ class FrameParser:
         out: list[Line] = []
         for stream_id, pending in self._pending.items():
             if pending:
-                out.append(self._line(stream_id, pending, self._pending_ms[stream_id]))
+                out.append((_STREAMS[stream_id], pending.decode("utf-8", "replace"), self._pending_ms[stream_id]))
                 pending.clear()
         return out
 
-    def _message(self, stream_id: int, payload: bytes, out: list[Line]) -> None:
-        if stream_id not in self._pending:
-            return  # stdin echo or unknown: not a task's output
-        stamp, _, text = payload.partition(b" ")
-        at_ms = self._clock.ms(stamp)
+    def _text(self, stream_id: int, text: bytes, at_ms: int, out: list[Line]) -> None:
         pending = self._pending[stream_id]
-        if not pending:
-            self._pending_ms[stream_id] = at_ms
-        start = 0
-        while True:
-            nl = text.find(b"\n", start)
-            if nl < 0:
-                pending += text[start:]
-                break
-            pending += text[start:nl]
-            out.append(self._line(stream_id, pending, self._pending_ms[stream_id]))
+        last = text.rfind(b"\n")
+        if last < 0:
+            if not pending:
+                self._pending_ms[stream_id] = at_ms
+            pending += text
+            self._overflow(stream_id, pending, out)
+            return
+        first_ms = self._pending_ms[stream_id] if pending else at_ms
+        if pending:
+            pending += text[:last]
+            body = bytes(pending)
             pending.clear()
+        else:
+            body = text[:last]
+        stream = _STREAMS[stream_id]
+        if len(body) > MAX_LINE_BYTES and max(map(len, body.split(b"\n"))) > MAX_LINE_BYTES:
+            lines = [piece for raw in body.split(b"\n") for piece in _pieces(raw)]
+            texts = [raw.decode("utf-8", "replace") for raw in lines]
+        else:
+            texts = body.decode("utf-8", "replace").split("\n")
+            if b"\r" in body:
+                texts = [t[:-1] if t.endswith("\r") else t for t in texts]
+        start = len(out)
+        out.extend(zip(itertools.repeat(stream), texts, itertools.repeat(at_ms)))
+        if first_ms != at_ms:
+            out[start] = (stream, out[start][1], first_ms)
+        rest = text[last + 1 :]
+        if rest:
             self._pending_ms[stream_id] = at_ms
-            start = nl + 1
+            pending += rest
+            self._overflow(stream_id, pending, out)
+
+    def _overflow(self, stream_id: int, pending: bytearray, out: list[Line]) -> None:
+        """No newline yet: pieces of MAX_LINE_BYTES go out, so memory stays flat."""
         while len(pending) > MAX_LINE_BYTES:
-            out.append(self._line(stream_id, pending[:MAX_LINE_BYTES], self._pending_ms[stream_id]))
+            out.append((_STREAMS[stream_id], bytes(pending[:MAX_LINE_BYTES]).decode("utf-8", "replace"),
+                        self._pending_ms[stream_id]))
             del pending[:MAX_LINE_BYTES]
 
-    @staticmethod
-    def _line(stream_id: int, raw: bytearray, at_ms: int) -> Line:
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        return (_STREAMS[stream_id], raw.decode("utf-8", "replace"), at_ms)
+
+def _pieces(line: bytes) -> list[bytes]:
+    """A complete line in pieces of MAX_LINE_BYTES from its start (as _overflow cuts
+    it), its CR (of a CRLF) off the last piece."""
+    out = []
+    while len(line) > MAX_LINE_BYTES:
+        out.append(line[:MAX_LINE_BYTES])
+        line = line[MAX_LINE_BYTES:]
+    out.append(line[:-1] if line.endswith(b"\r") else line)
+    return out
 
 
 class Dechunker:
@@ -216,13 +270,28 @@ def open_log_stream(api: Any, container_id: str, since_s: float | None) -> Any:
     return response
 
 
+def _still_running(running: Callable[[], bool]) -> bool:
+    """The stream ended: did the container? (Its state may lag its output by a moment.)"""
+    for _ in range(10):
+        if not running():
+            return False
+        time.sleep(0.1)
+    return True
+
+
 async def follow(
-    open_stream: Callable[[], Any],
+    open_stream: Callable[[], tuple[Any, bool]],
     api_of: Callable[[], Any],
     translate: Callable[[BaseException], WorkerError],
     name: str,
+    running: Callable[[], bool] | None = None,
 ) -> AsyncIterator[Line]:
-    """Yield (stream, line, time_ms) until the stream ends (the container exited)."""
+    """Yield (stream, line, time_ms) until the stream ends (the container exited).
+
+    ``open_stream`` gives (response, stamped). A stream that ends while the container
+    still runs (``running``; the engine went away) raises RuntimeUnavailable, after
+    yielding what it held of an unfinished line with the time INTERRUPTED: that is no
+    line yet (a resumed read gets it whole, if the engine kept it)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
     slots = threading.Semaphore(MAX_BATCHES_IN_FLIGHT)
@@ -238,11 +307,11 @@ async def follow(
     def pump() -> None:
         response = None
         try:
-            response = open_stream()
+            response, stamped = open_stream()
             held["response"] = response
             if stop.is_set():
                 return
-            parser = FrameParser()
+            parser = FrameParser(stamped)
             for chunk in body_blocks(response):
                 if stop.is_set():
                     return
@@ -253,6 +322,18 @@ async def follow(
                             return
                     deliver(lines)
             rest = parser.flush()
+            if rest and running is not None:
+                try:
+                    cut = _still_running(running)
+                except BaseException:
+                    deliver([(s, text, INTERRUPTED) for s, text, _ in rest])
+                    raise
+                if cut:
+                    deliver([(s, text, INTERRUPTED) for s, text, _ in rest])
+                    deliver(RuntimeUnavailable(
+                        f"the log stream of {name} ended while the container still runs (the engine went "
+                        "away?); its output is read again from the engine's log"))
+                    return
             if rest:
                 deliver(rest)
             deliver(_END)
@@ -269,6 +350,8 @@ async def follow(
             item = await queue.get()
             if item is _END:
                 return
+            if isinstance(item, WorkerError):
+                raise item
             if isinstance(item, BaseException):
                 raise translate(item) from item
             slots.release()

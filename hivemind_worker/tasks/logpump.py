@@ -8,20 +8,28 @@ them to the host in order: what is pending, up to SEND_MAX_LINES / SEND_MAX_BYTE
 per call (a master that is behind gets fewer, larger batches); it never holds more than
 one batch, so a slow or absent master costs disk (bounded by the spool), not memory.
 
-After a restart the pump resumes from the spool's resume point: it follows the
-container from the last spooled line's time (Docker's ``since`` is inclusive) and
-skips the lines it already has, so no line is lost or doubled.
+A resumed read (the agent restarted, the engine came back, a stalled reader was
+replaced) gets the engine's whole log of the container and skips, per stream, as
+many lines as the spool holds (the reader cuts lines alike however the stream came:
+runtime/logstream.py), so no line is lost or doubled; the last skipped line is
+checked against the spool's. The live read (the attach stream) stamps a line with
+the time it was read, which the engine's log does not know: a count, not a time,
+says where to resume. What an interrupted read had of an unfinished line waits in
+the spool's ``carry`` and is joined to that line when the resumed read gets it (the
+engine's log may have lost the part it had not written yet when it went away).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import Callable
 
 from hivemind_worker.runtime.api import ContainerRuntime
+from hivemind_worker.runtime.logstream import INTERRUPTED
 from hivemind_worker.tasks.logspool import LogSpool
-from hivemind_worker.tasks.model import TaskHost
+from hivemind_worker.tasks.model import LogStream, TaskHost
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +37,9 @@ BATCH_INTERVAL_S = 0.05
 # Lines sent but not yet acknowledged, at most: flow control that holds whatever
 # the transport does with a message (queues it, say) to a few MB per task, and lets
 # the spool, on disk, absorb a slow master instead of the agent's memory.
-SEND_WINDOW_LINES = 20_000
-SEND_MAX_LINES = 5_000
+SEND_WINDOW_LINES = 40_000
+SEND_WINDOW_BATCHES = 8  # and at most this many batches: long lines make few lines many MB
+SEND_MAX_LINES = 10_000  # large batches: the master's cost per batch (a transaction) is paid less often
 SEND_MAX_BYTES = 1024 * 1024  # well under the session's message limit (4 MiB by default)
 
 
@@ -45,6 +54,7 @@ class LogSender:
         self.sent_seq = acked_seq
         self.online = True
         self.window = SEND_WINDOW_LINES
+        self._in_flight: collections.deque[int] = collections.deque()  # last seq of each unacked batch
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -59,11 +69,14 @@ class LogSender:
     def ack(self, seq: int) -> None:
         self.acked_seq = max(self.acked_seq, min(seq, self.spool.flushed_seq))
         self.sent_seq = max(self.sent_seq, self.acked_seq)
+        while self._in_flight and self._in_flight[0] <= self.acked_seq:
+            self._in_flight.popleft()
         self._wake.set()  # the window moved
 
     def resync(self) -> None:
         """A new session: everything not acknowledged goes again, with the same seqs."""
         self.sent_seq = self.acked_seq
+        self._in_flight.clear()
         self.online = True
         self._wake.set()
 
@@ -90,7 +103,7 @@ class LogSender:
             self._wake.clear()
             while self.online and self.sent_seq < self.spool.flushed_seq:
                 room = self.acked_seq + self.window - self.sent_seq
-                if room <= 0:
+                if room <= 0 or len(self._in_flight) >= SEND_WINDOW_BATCHES:
                     break  # wait for acknowledgements (ack() wakes us)
                 batch = self.spool.read(self.sent_seq + 1, min(SEND_MAX_LINES, room), SEND_MAX_BYTES)
                 if not batch:
@@ -107,6 +120,7 @@ class LogSender:
                     self.online = False
                     break
                 self.sent_seq = max(self.sent_seq, batch[-1].seq)
+                self._in_flight.append(batch[-1].seq)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -128,22 +142,33 @@ async def _tick(spool: LogSpool, sender: LogSender) -> None:
 
 
 async def pump(runtime: ContainerRuntime, container_id: str, spool: LogSpool, sender: LogSender) -> None:
-    """Follow the container's logs into the spool until the container exits."""
-    last_ms, skip = spool.resume_point()
-    since = last_ms / 1000 if last_ms else None
-    skipping = last_ms > 0
+    """Follow the container's output into the spool until the container exits."""
+    skip = {stream: n for stream, n in spool.counts().items() if n}
+    carry = spool.carry
+    add = spool.add
     ticker = asyncio.create_task(_tick(spool, sender))
     flushed = spool.flushed_seq
     try:
-        async for stream, line, time_ms in runtime.follow_logs(container_id, since_s=since):
-            if skipping:
-                if time_ms < last_ms:
+        async for stream, line, time_ms in runtime.follow_logs(container_id):
+            if time_ms == INTERRUPTED:  # no line yet: what the stream had of one when it broke
+                if not skip.get(stream):
+                    held = carry.get(stream, "")
+                    carry[stream] = line if line.startswith(held) else held + line
+                continue
+            if skip:
+                left = skip.get(stream, 0)
+                if left:
+                    if left > 1:
+                        skip[stream] = left - 1
+                    else:
+                        del skip[stream]
+                        _check_aligned(spool, stream, line, time_ms)
                     continue
-                if time_ms == last_ms and skip > 0:
-                    skip -= 1
-                    continue
-                skipping = False
-            spool.add(stream, line, time_ms)
+            if carry and stream in carry:
+                held = carry.pop(stream)
+                if not line.startswith(held):  # the engine lost what it had not logged yet
+                    line = held + line
+            add(stream, line, time_ms)
             if spool.flushed_seq != flushed:
                 flushed = spool.flushed_seq
                 sender.wake()
@@ -151,3 +176,14 @@ async def pump(runtime: ContainerRuntime, container_id: str, spool: LogSpool, se
         ticker.cancel()
         spool.flush()
         sender.wake()
+
+
+def _check_aligned(spool: LogSpool, stream: LogStream, line: str, time_ms: int) -> None:
+    if line == spool.last_text(stream):
+        return
+    # The engine's log no longer starts where it did (rotated away) or differs: say so
+    # where the reader of the log will see it.
+    logger.warning("resumed log read of %s did not line up with the spool (%s line %r, spooled %r)",
+                   spool.path, stream.value, line[:80], (spool.last_text(stream) or "")[:80])
+    spool.system("[hivemind] the engine's log did not line up with what was read before (rotated?); "
+                 "lines around here may be missing or repeated", time_ms)

@@ -17,18 +17,21 @@ monitor.
 
 Recovery: ``LogSpool(path, ...)`` on an existing file re-reads it, cuts a torn last
 record (the agent was killed mid-write) and restores the position, so the log pump
-can resume from the container's logs without a duplicate: ``resume_point()`` gives the
-last spooled container line's time and how many spooled lines share it.
+can resume from the container's logs without a duplicate: ``counts()`` says how many
+lines of each stream the spool holds (the pump skips as many), ``last_text()`` the
+last one of each (to check that the skip lined up). ``carry`` holds, in memory only,
+what an interrupted read had of an unfinished line (see logpump.pump).
 
-This module does file I/O only (small buffered writes to the page cache, done on the
-event loop on purpose: they cost microseconds and keep lines strictly ordered); it
-knows nothing about Docker or the master.
+This module does file I/O only (buffered writes to the page cache, one write per
+FLUSH_LINES/FLUSH_BYTES, done on the event loop on purpose: they cost microseconds
+and keep lines strictly ordered); it knows nothing about Docker or the master.
+Per line it keeps no object beyond the record's bytes until the write: the pump
+feeds it at the engine's rate.
 """
 
 from __future__ import annotations
 
 import bisect
-import collections
 import os
 from pathlib import Path
 
@@ -36,10 +39,14 @@ from hivemind_worker.tasks.model import LogRecord, LogStream
 
 _CODE = {LogStream.STDOUT: "o", LogStream.STDERR: "e", LogStream.SYSTEM: "s"}
 _STREAM = {v: k for k, v in _CODE.items()}
+_STREAMS = (LogStream.STDOUT, LogStream.STDERR, LogStream.SYSTEM)
+_BCODES = (b"o", b"e", b"s")  # per index in _STREAMS; per-line state is indexed, not keyed by
+# the enum: an Enum's __hash__ is Python code, a call per line per lookup.
+_BSTREAM = {v.encode(): k for k, v in _CODE.items()}
 _INDEX_EVERY = 256  # one offset per this many lines: ~100 KB of index per million lines
-FLUSH_LINES = 500
+FLUSH_LINES = 2000
 FLUSH_BYTES = 256 * 1024
-TAIL_LINES = 200
+TAIL_BYTES = 256 * 1024  # read back for tail(): the monitor's last lines
 
 
 def _mib(n: int) -> str:
@@ -53,12 +60,15 @@ def parse_record(raw: bytes) -> LogRecord:
 
 def render_text(spool_path: Path, dest: Path) -> None:
     """The spool as a plain log file (one line per record, text only) for the result
-    archive. Blocking: run it in a thread."""
+    archive, a block at a time. Blocking: run it in a thread."""
     with open(spool_path, "rb") as src, open(dest, "wb") as out:
-        for raw in src:
-            parts = raw.split(b"\t", 3)
-            if len(parts) == 4:
-                out.write(parts[3] if parts[3].endswith(b"\n") else parts[3] + b"\n")
+        rest = b""
+        while block := src.read(1024 * 1024):
+            records = (rest + block).split(b"\n")
+            rest = records.pop()
+            out.write(b"".join([r.split(b"\t", 3)[-1] + b"\n" for r in records if r.count(b"\t", 0, 64) >= 3]))
+        if rest.count(b"\t") >= 3:
+            out.write(rest.split(b"\t", 3)[3] + b"\n")
 
 
 class LogSpool:
@@ -72,13 +82,13 @@ class LogSpool:
         self.dropped_bytes = 0
         self.finished = False  # the drop marker / end was written
         self.disk_error = ""  # why the file could not be written (ENOSPC), if it could not
-        self._last_time_ms = 0  # of the last *container* line spooled
-        self._same_time = 0  # container lines spooled with exactly that time
+        self._counts = [0, 0, 0]  # lines spooled per stream (index in _STREAMS)
+        self._last: list[str | None] = [None, None, None]  # the last one, per stream
+        self.carry: dict[LogStream, str] = {}  # an interrupted read's unfinished line
         self._index_seq: list[int] = []
         self._index_off: list[int] = []
         self._buf: list[bytes] = []
         self._buf_bytes = 0
-        self._tail: collections.deque[LogRecord] = collections.deque(maxlen=TAIL_LINES)
         self._cursor = (0, 0)  # (next seq, its offset) for sequential reads
         path.parent.mkdir(parents=True, exist_ok=True)
         self._recover()
@@ -112,19 +122,18 @@ class LogSpool:
         if (rec.seq - 1) % _INDEX_EVERY == 0:
             self._index_seq.append(rec.seq)
             self._index_off.append(offset)
-        if rec.stream is LogStream.SYSTEM:
-            if rec.text.startswith(("[hivemind] log limit", "[hivemind] node disk full")):
-                self.finished = True
-        elif rec.time_ms == self._last_time_ms:
-            self._same_time += 1
-        else:
-            self._last_time_ms, self._same_time = rec.time_ms, 1
-        self._tail.append(rec)
+        if rec.stream is LogStream.SYSTEM and rec.text.startswith(("[hivemind] log limit", "[hivemind] node disk full")):
+            self.finished = True
+        k = _STREAMS.index(rec.stream)
+        self._counts[k] += 1
+        self._last[k] = rec.text
 
-    def resume_point(self) -> tuple[int, int]:
-        """(time_ms of the last spooled container line, how many spooled lines have
-        exactly that time): follow the container from that time and skip that many."""
-        return self._last_time_ms, self._same_time
+    def counts(self) -> dict[LogStream, int]:
+        """How many lines of the container's stdout and stderr the spool holds."""
+        return {LogStream.STDOUT: self._counts[0], LogStream.STDERR: self._counts[1]}
+
+    def last_text(self, stream: LogStream) -> str | None:
+        return self._last[_STREAMS.index(stream)]
 
     # -- writing --------------------------------------------------------------------
     def add(self, stream: LogStream, text: str, time_ms: int) -> None:
@@ -141,12 +150,21 @@ class LogSpool:
             self.flush()
 
     def _append(self, stream: LogStream, text: str, data: bytes, time_ms: int) -> None:
-        seq = self.last_seq + 1
-        raw = b"%d\t%s\t%d\t%s\n" % (seq, _CODE[stream].encode(), time_ms, data.replace(b"\n", b" "))
-        self._note(LogRecord(seq, stream, text, time_ms), self.size)
+        # Called per line at the engine's rate: attribute reads and objects kept few.
+        seq = self.last_seq = self.last_seq + 1
+        if b"\n" in data:
+            data = data.replace(b"\n", b" ")
+        k = 0 if stream is LogStream.STDOUT else 1 if stream is LogStream.STDERR else 2
+        raw = b"%d\t%b\t%d\t%b\n" % (seq, _BCODES[k], time_ms, data)
+        size = self.size
+        if not (seq - 1) % _INDEX_EVERY:
+            self._index_seq.append(seq)
+            self._index_off.append(size)
+        self._counts[k] += 1
+        self._last[k] = text
         self._buf.append(raw)
         self._buf_bytes += len(raw)
-        self.size += len(raw)
+        self.size = size + len(raw)
 
     def system(self, text: str, time_ms: int) -> None:
         """A line of the worker's own (it counts against the limit but is never dropped)."""
@@ -179,6 +197,8 @@ class LogSpool:
             pass  # the torn tail is cut on the next recovery
         self.dropped_lines += len(self._buf)
         self.dropped_bytes += self._buf_bytes
+        for raw in self._buf:  # not spooled after all: a resumed read must not skip them
+            self._counts[_BCODES.index(raw.split(b"\t", 2)[1])] -= 1
         self.size = start
         self.last_seq -= len(self._buf)
         while self._index_seq and self._index_seq[-1] > self.last_seq:
@@ -206,7 +226,8 @@ class LogSpool:
 
     # -- reading --------------------------------------------------------------------
     def read(self, from_seq: int, max_lines: int = FLUSH_LINES, max_bytes: int = 1024 * 1024) -> list[LogRecord]:
-        """Records from ``from_seq`` on (already flushed ones), at most max_lines/bytes."""
+        """Records from ``from_seq`` on (already flushed ones), at most max_lines, and
+        no more once max_bytes are reached. Reads in blocks, not a line at a time."""
         if from_seq > self.flushed_seq or from_seq < 1:
             return []
         seq, off = self._cursor
@@ -214,22 +235,45 @@ class LogSpool:
             i = bisect.bisect_right(self._index_seq, from_seq) - 1
             seq, off = self._index_seq[i], self._index_off[i]
         self._r.seek(off)
-        out: list[LogRecord] = []
-        size = 0
-        while seq <= self.flushed_seq and len(out) < max_lines and size < max_bytes:
-            raw = self._r.readline()
-            if not raw.endswith(b"\n"):
-                break
-            off += len(raw)
-            if seq >= from_seq:
-                out.append(parse_record(raw))
-                size += len(raw)
+        while seq < from_seq:  # from the index entry on: fewer than _INDEX_EVERY records
+            off += len(self._r.readline())
             seq += 1
-        self._cursor = (seq, off)
+        out: list[LogRecord] = []
+        want = min(max_lines, self.flushed_seq - seq + 1)
+        size, rest = 0, b""
+        while len(out) < want and size < max_bytes:
+            block = self._r.read(max(64 * 1024, max_bytes - size + 4096))
+            if not block:
+                break
+            raws = (rest + block).split(b"\n")
+            rest = raws.pop()  # an unfinished record: the next block finishes it
+            for raw in raws:
+                if len(out) >= want or size >= max_bytes:
+                    break
+                _, code, time_ms, text = raw.split(b"\t", 3)
+                out.append(LogRecord(seq, _BSTREAM[code], text.decode("utf-8", "replace"), int(time_ms)))
+                size += len(raw) + 1
+                seq += 1
+        self._cursor = (seq, off + size)
         return out
 
     def tail(self, n: int) -> list[LogRecord]:
-        return list(self._tail)[-n:] if n > 0 else []
+        """Up to the last n records (fewer when they are long), read back from the end of
+        the file and the write buffer: nothing is kept per line for it."""
+        if n <= 0:
+            return []
+        raws = self._buf[-n:]
+        on_disk = self.size - self._buf_bytes
+        if len(raws) < n and on_disk > 0:
+            start = max(0, on_disk - TAIL_BYTES)
+            with open(self.path, "rb") as fh:
+                fh.seek(start)
+                block = fh.read(on_disk - start)
+            older = block.split(b"\n")[:-1]
+            if start > 0:
+                older = older[1:]  # the first one is cut
+            raws = older[-(n - len(raws)):] + raws
+        return [parse_record(raw) for raw in raws]
 
     def close(self) -> None:
         try:

@@ -1,6 +1,6 @@
 """What a task costs the engine: the calls DockerRuntime makes per task, counted on the
 real engine (issue 13: dispatch within 10 % of the raw API loop). A task of an image
-seen before: create, start, logs, wait, ONE inspect, remove; no image inspect, no
+seen before: create, attach, start, wait, ONE inspect, remove; no image inspect, no
 version handshake, no inspect after create. An image removed behind the runtime's
 back is asked for again, never taken as present."""
 
@@ -61,7 +61,7 @@ async def test_a_task_of_a_known_image_costs_six_engine_calls(make_spec, task_im
     assert ran.exit.exit_code == 0 and ran.text() == "hi"
     assert clients.made == 0  # wait()'s inspect over a new connection, not a new client
     assert dict(clients.calls) == {
-        "POST /containers/create": 1, "POST /containers/ID/start": 1, "GET /containers/ID/logs": 1,
+        "POST /containers/create": 1, "POST /containers/ID/start": 1, "POST /containers/ID/attach": 1,
         "POST /containers/ID/wait": 1, "GET /containers/ID/json": 1, "DELETE /containers/ID": 1,
     }
 

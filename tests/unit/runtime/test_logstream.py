@@ -84,3 +84,89 @@ def test_pull_progress_sums_layers_and_throttles():
     assert p.update({"status": "Download complete", "id": "a"}, 2.5) == "pulling 21.0/80.0 MB"
     with pytest.raises(TaskError, match="pulling img:1 failed: manifest unknown"):
         p.update({"error": "x", "errorDetail": {"message": "manifest unknown"}}, 3.0)
+
+
+def test_the_attach_stream_splits_in_bulk_and_stamps_the_read_time():
+    parser = FrameParser(stamped=False, clock=lambda: 1795886401.5)
+    data = frame(1, b"a\nb\r\nc") + frame(1, b"d\n") + frame(2, b"e1\ne2\n") + frame(1, b"\n")
+    lines = parser.feed(data)
+    assert lines == [(LogStream.STDOUT, "a", 1795886401500), (LogStream.STDOUT, "b", 1795886401500),
+                     (LogStream.STDOUT, "cd", 1795886401500), (LogStream.STDERR, "e1", 1795886401500),
+                     (LogStream.STDERR, "e2", 1795886401500), (LogStream.STDOUT, "", 1795886401500)]
+
+
+def test_both_streams_cut_lines_alike_however_the_frames_fell():
+    # A resumed read (the logs endpoint, a stamped frame per line or per 16 KiB piece)
+    # skips by count what the attach stream gave: both must give the same lines.
+    text = (b"short\r\n" + b"y" * (2 * MAX_LINE_BYTES + 7) + b"\r\n" + b"z" * MAX_LINE_BYTES + b"\n"
+            + "\u00e9t\u00e9 \xff".encode("utf-8", "surrogateescape") + b"\n" + b"x" * (MAX_LINE_BYTES + 1) + b"\n")
+    attach = FrameParser(stamped=False)
+    got_attach = []
+    for size in (1, 5000, 70_000, 300_000):  # writes of the task: any size
+        attach = FrameParser(stamped=False)
+        got = []
+        wire = b"".join(frame(1, text[i : i + size]) for i in range(0, len(text), size))
+        for i in range(0, len(wire), 65_536):
+            got += attach.feed(wire[i : i + 65_536])
+        got_attach.append([line for _, line, _ in got + attach.flush()])
+    logs = FrameParser()
+    pieces = [text[i : i + 16384] for i in range(0, len(text), 16384)]  # json-file's partial entries
+    got_logs = [line for _, line, _ in logs.feed(b"".join(frame(1, T + p) for p in pieces)) + logs.flush()]
+    assert all(g == got_logs for g in got_attach)
+    assert got_logs[0] == "short" and [len(x) for x in got_logs[1:4]] == [MAX_LINE_BYTES, MAX_LINE_BYTES, 7]
+
+
+class _Body:
+    def __init__(self, blocks: list[bytes]) -> None:
+        self.raw = self
+        self.headers: dict[str, str] = {}
+        self.blocks = blocks
+
+    def stream(self, size: int, decode_content: bool = False):
+        yield from self.blocks
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_stream_that_ends_while_the_container_runs_is_an_interruption_not_a_line():
+    import pytest
+
+    from hivemind_worker.errors import RuntimeUnavailable
+    from hivemind_worker.runtime.logstream import INTERRUPTED, follow
+
+    body = _Body([frame(1, b"line 30\nline 3")])  # EOF: the engine went away mid-line
+    got = []
+    with pytest.raises(RuntimeUnavailable, match="still runs"):
+        async for item in follow(lambda: (body, False), lambda: None, lambda exc: RuntimeUnavailable(str(exc)),
+                                 "c", running=lambda: True):
+            got.append((item[1], item[2] == INTERRUPTED))
+    assert got == [("line 30", False), ("line 3", True)]
+    # The container's own end: the unfinished last line is a line.
+    body = _Body([frame(1, b"line 30\nlast")])
+    lines = [item[1:] async for item in follow(lambda: (body, False), lambda: None,
+                                               lambda exc: RuntimeUnavailable(str(exc)), "c", running=lambda: False)]
+    assert [text for text, _ in lines] == ["line 30", "last"] and lines[1][1] != INTERRUPTED
+
+
+def test_an_attach_stream_nobody_takes_is_closed(monkeypatch):
+    import threading
+
+    from hivemind_worker.runtime import attach
+
+    closed = threading.Event()
+
+    class Response:
+        def close(self) -> None:
+            closed.set()
+
+    monkeypatch.setattr(attach, "TAKE_WITHIN_S", 0.05)
+    monkeypatch.setattr(attach, "open_attach_stream", lambda api, cid: Response())
+    held = attach.Attachments()
+    held.open(None, "never-followed")
+    assert closed.wait(5) and held.take("never-followed") is None
+    closed.clear()
+    held.open(None, "followed")
+    taken = held.take("followed")
+    held._expire("followed", taken)  # its timer, once it fires: the follower's now, left open
+    assert taken is not None and not closed.is_set()
