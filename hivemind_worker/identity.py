@@ -22,6 +22,8 @@ from hivemind_worker.fsutil import atomic_write
 if TYPE_CHECKING:  # cryptography loads only where a key is made or used
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from hivemind_worker.usage import SignedRecord
+
 logger = logging.getLogger(__name__)
 IDENTITY_FILE = "node.json"
 CA_FILE = "master-ca.pem"
@@ -100,22 +102,85 @@ def usage_key_path(config_dir: Path) -> Path:
     return config_dir / USAGE_KEY_FILE
 
 
-def new_usage_key() -> tuple["Ed25519PrivateKey", bytes]:
-    """A fresh usage key and its PEM (PKCS#8, unencrypted: the file's mode protects it)."""
+class UsageKey:
+    """The node's usage key. Its public half is known at once (the file's first line,
+    for the hello); the private half is loaded at the first signature, so an idle
+    daemon never loads cryptography (about 10 MB). Safe to use from threads."""
+
+    def __init__(self, path: Path, public: bytes, private: "Ed25519PrivateKey | None" = None) -> None:
+        self.path, self.public, self._private = path, public, private
+
+    def __repr__(self) -> str:  # never print the key
+        return f"UsageKey({str(self.path)!r})"
+
+    def private(self) -> "Ed25519PrivateKey":
+        if self._private is None:
+            key = _private_key(self.path, _read_private(self.path))
+            if _public_bytes(key) != self.public:
+                raise ConfigError(f"the usage key {self.path} does not match the public key on its first line; "
+                                  "the file was edited: remove it, restart the daemon and re-enroll the node")
+            self._private = key
+        return self._private
+
+    def sign(self, record: dict) -> "SignedRecord":
+        from hivemind_worker.usage import sign
+        return sign(record, self.private())
+
+
+def new_usage_key(path: Path) -> tuple[UsageKey, bytes]:
+    """A fresh key to live at ``path`` and the file's bytes (write them 0600): its public
+    half in hex on the first line (text before the PEM block, which PEM readers skip),
+    then the private key as PKCS#8 PEM, unencrypted: the file's mode protects it."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
     key = Ed25519PrivateKey.generate()
-    return key, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    public = _public_bytes(key)
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    return UsageKey(path, public, key), f"{_PUBLIC_TAG}{public.hex()}\n".encode() + pem
 
 
-def load_usage_key(path: Path) -> "Ed25519PrivateKey":
+def load_usage_key(path: Path) -> UsageKey:
     """The key in ``path``; ConfigError (what to do included) when it is a link, can be
-    read or changed by others, belongs to someone else, or is not an Ed25519 key.
-    Root's and readable by the service group (0640, as node.json) is accepted."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    read or changed by others, belongs to someone else, or is unreadable. Root's and
+    readable by the service group (0640, as node.json) is accepted."""
+    data = _read_private(path)
+    first = data.split(b"\n", 1)[0].decode("ascii", "replace")
+    if first.startswith(_PUBLIC_TAG):
+        try:
+            public = bytes.fromhex(first[len(_PUBLIC_TAG):].strip())
+        except ValueError:
+            public = b""
+        if len(public) == 32:
+            return UsageKey(path, public)
+    key = _private_key(path, data)  # a key without the public line (made by hand)
+    return UsageKey(path, _public_bytes(key), key)
 
+
+def ensure_usage_key(config_dir: Path, fallback_dir: Path) -> tuple[UsageKey, bool]:
+    """The node's usage key and whether it was made now. Looked for in ``config_dir``,
+    then ``fallback_dir`` (the state dir); a node enrolled before usage records has
+    none, so one is made: in the config dir where this process may write, else (the
+    daemon runs as the service user, the config dir is root's) in the state dir."""
+    for where in (config_dir, fallback_dir):
+        path = usage_key_path(where)
+        if os.path.lexists(path):
+            return load_usage_key(path), False
+    key, data = new_usage_key(usage_key_path(config_dir))
+    try:
+        atomic_write(key.path, data, 0o600)
+    except OSError:  # root's directory, or read-only to the unit (ProtectSystem)
+        key.path = usage_key_path(fallback_dir)
+        atomic_write(key.path, data, 0o600)
+    logger.info("made this node's usage key %s (the node was enrolled before usage records; "
+                "the master learns its public half from the hello)", key.path)
+    return key, True
+
+
+_PUBLIC_TAG = "public: "
+
+
+def _read_private(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except PermissionError as exc:
@@ -123,7 +188,7 @@ def load_usage_key(path: Path) -> "Ed25519PrivateKey":
                           "or run `sudo hivemind-worker install` (the service group reads it)") from exc
     except OSError as exc:
         raise ConfigError(f"cannot open the usage key {path} ({exc.strerror}); if it is a link, replace it "
-                          f"with the file, or remove it and restart the daemon to make a new key") from exc
+                          f"with the file itself") from exc
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
         mode = st.st_mode & 0o777
@@ -132,34 +197,24 @@ def load_usage_key(path: Path) -> "Ed25519PrivateKey":
                 f"the usage key {path} is owned by uid {st.st_uid} with mode {mode:04o}: it signs what this node "
                 f"reports, so only root (and the service group, read-only) may see it; "
                 f"run: chown root: {path} && chmod 600 {path}, then `sudo hivemind-worker install`")
-        data = fh.read(64 * 1024)
+        return fh.read(64 * 1024)
+
+
+def _private_key(path: Path, data: bytes) -> "Ed25519PrivateKey":
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
         key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"the usage key {path} is not a readable private key ({exc}); "
-                          f"remove it and restart the daemon to make a new one (the master must then "
-                          f"learn the new key: re-enroll)") from exc
+                          "remove it, restart the daemon and re-enroll the node (the master keeps the first key "
+                          "it learns)") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"the usage key {path} is not an Ed25519 key; remove it and re-enroll the node")
     return key
 
 
-def ensure_usage_key(config_dir: Path, fallback_dir: Path) -> tuple["Ed25519PrivateKey", Path, bool]:
-    """The node's usage key as (key, path, made now). Looked for in ``config_dir``, then
-    ``fallback_dir`` (the state dir); a node enrolled before usage records has none,
-    so one is made: in the config dir where this process may write, else (the
-    daemon runs as the service user, the config dir is root's) in the state dir."""
-    for where in (config_dir, fallback_dir):
-        path = usage_key_path(where)
-        if os.path.lexists(path):
-            return load_usage_key(path), path, False
-    key, pem = new_usage_key()
-    path = usage_key_path(config_dir)
-    try:
-        atomic_write(path, pem, 0o600)
-    except OSError:  # root's directory, or read-only to the unit (ProtectSystem)
-        path = usage_key_path(fallback_dir)
-        atomic_write(path, pem, 0o600)
-    logger.info("made this node's usage key %s (the node was enrolled before usage records; "
-                "the master learns its public half from the hello)", path)
-    return key, path, True
+def _public_bytes(key: "Ed25519PrivateKey") -> bytes:
+    from hivemind_worker.usage import public_key_bytes
+    return public_key_bytes(key)

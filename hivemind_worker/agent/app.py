@@ -49,10 +49,6 @@ async def build_agent(settings: Settings, reload: Callable[[], Settings] | None 
         reconnect_initial_s=settings.reconnect_initial_s, reconnect_max_s=settings.reconnect_max_s,
         target=identity.master, max_message_bytes=settings.max_message_bytes,
     )
-    usage_key, _, _ = await asyncio.to_thread(ensure_usage_key, settings.config_dir, settings.state_dir)
-    host = SessionHost(session, usage_key)
-    drain = DrainState()
-
     tasks: TaskManager | None = None  # made below, once Docker answered
 
     def running_containers() -> dict[str, str]:  # telemetry asks per sample, after assembly
@@ -62,6 +58,9 @@ async def build_agent(settings: Settings, reload: Callable[[], Settings] | None 
                 if t["status"] == "running" and t.get("container_id")}
 
     telemetry = TelemetryService(settings, running_containers)
+    usage_key, _ = await asyncio.to_thread(ensure_usage_key, settings.config_dir, settings.state_dir)
+    host = SessionHost(session, usage_key, on_usage=telemetry.task_usage)
+    drain = DrainState()
     runtime = DockerRuntime()
     docker: dict[str, Any] = {"available": False, "version": "", "error": ""}
     try:

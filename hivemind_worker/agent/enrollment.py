@@ -32,7 +32,6 @@ from hivemind_worker.identity import (
     usage_key_path,
     wg_key_path,
 )
-from hivemind_worker.usage import public_key_bytes
 from hivemind_worker.vpn.config import render_wg_conf
 from hivemind_worker.vpn.keys import generate_keypair
 from hivemind_worker.vpn.policy import VpnPolicy, check_assignment
@@ -82,9 +81,9 @@ async def enroll_node(settings: Settings, master: str, token: str, ca_hash: str 
     check_wg_config_path(settings)  # before the token is spent
     policy = VpnPolicy.from_settings(settings)
     keys = generate_keypair()
-    usage_key, usage_pem = new_usage_key()
-    reply, ca_pem = await enroll_call(address, token.strip(), ca_hash, facts, keys.public_key, settings.max_message_bytes,
-                                      usage_public_key=public_key_bytes(usage_key))
+    usage_key, usage_key_file = new_usage_key(usage_key_path(settings.config_dir))
+    reply, ca_pem = await enroll_call(address, token.strip(), ca_hash, facts, keys.public_key,
+                                      settings.max_message_bytes, usage_public_key=usage_key.public)
 
     # Judge everything the master sent before writing anything: a refused value
     # must not leave a half node behind.
@@ -113,8 +112,8 @@ async def enroll_node(settings: Settings, master: str, token: str, ca_hash: str 
     atomic_write(wg_key_path(settings.config_dir), keys.private_key + "\n", 0o600)
     files.append(wg_key_path(settings.config_dir))
     # A new enrollment gets a new usage key: the master holds the public half of this one.
-    atomic_write(usage_key_path(settings.config_dir), usage_pem, 0o600)
-    files.append(usage_key_path(settings.config_dir))
+    atomic_write(usage_key.path, usage_key_file, 0o600)
+    files.append(usage_key.path)
     if wg_conf is not None:
         atomic_write(settings.wg_config, wg_conf, 0o600)
         files.append(settings.wg_config)

@@ -16,32 +16,33 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 from hivemind_worker.control.session import ControlSession
 from hivemind_worker.errors import MasterUnreachable, UsageRecordError
 from hivemind_worker.tasks.model import LogRecord, TaskEvent
 from hivemind_worker.tasks.result import read_usage
-from hivemind_worker.usage import SignedRecord, public_key_bytes, sign
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hivemind_worker.identity import UsageKey
+from hivemind_worker.usage import SignedRecord
 
 logger = logging.getLogger(__name__)
 
 
 class SessionHost:
-    def __init__(self, session: ControlSession, usage_key: "Ed25519PrivateKey | None" = None) -> None:
+    def __init__(self, session: ControlSession, usage_key: UsageKey | None = None,
+                 on_usage: Callable[[str, str], None] | None = None) -> None:
+        """``on_usage(task_id, record_json)``: told each record the master took with its result."""
         self.session = session
         self.counters: dict[str, int] = {"log_lines_sent": 0, "log_bytes_sent": 0, "events_sent": 0}
         self._transfers: set[asyncio.Future] = set()  # bulk calls in flight
         self._usage_key = usage_key
         # Sent in every hello: how a node enrolled before usage records tells the master.
-        self.usage_public_key = public_key_bytes(usage_key) if usage_key is not None else b""
+        self.usage_public_key = usage_key.public if usage_key is not None else b""
         self._refused: set[tuple[str, int]] = set()  # (task, attempt) whose record refusal was logged
+        self._on_usage = on_usage
 
     def sign_usage(self, record: dict) -> SignedRecord | None:
-        return sign(record, self._usage_key) if self._usage_key is not None else None
+        return self._usage_key.sign(record) if self._usage_key is not None else None
 
     async def emit_event(self, event: TaskEvent) -> None:
         if not self.session.send_event(event):
@@ -82,6 +83,8 @@ class SessionHost:
                 logger.warning("%s", exc, extra={"task_id": task_id})
             raise
         self._refused.discard((task_id, attempt))
+        if usage is not None and self._on_usage is not None:
+            self._on_usage(task_id, usage.record.decode())
 
     def end_transfers(self) -> None:
         """A bulk call on a lost connection can hang rather than fail (seen with an

@@ -101,12 +101,26 @@ def format_tasks(listing: dict[str, Any], now_ms: int | None = None) -> list[str
     if len(lines) == 1:
         lines.append("(no tasks on this node)")
     if listing["history"]:
-        lines += ["", f"{'FINISHED':<22} {'STATE':<11} {'WHEN':<12} {'EXIT':>4}  REWARD"]
+        lines += ["", f"{'FINISHED':<22} {'STATE':<11} {'WHEN':<12} {'EXIT':>4}  {'REWARD':<8} USED (signed record)"]
         for h in listing["history"][:10]:
             exit_code = "" if h.get("exit_code") is None else str(h["exit_code"])
             lines.append(f"{h['task_id']:<22} {h['state']:<11} {_ago(h.get('finished_ms'), now_ms):<12} "
-                         f"{exit_code:>4}  {h.get('reward', '')}")
+                         f"{exit_code:>4}  {h.get('reward', ''):<8} {_used(h.get('usage'))}")
     return lines
+
+
+def _used(u: dict[str, Any] | None) -> str:
+    """CPU-seconds, peak memory, GPU-seconds and energy where the record has them."""
+    if not u:
+        return "-"
+    parts = [f"{u['cpu_seconds']:.1f} CPU-s", f"{u['memory_peak_bytes'] / 2**20:.0f} MiB peak"]
+    gpus = u.get("gpus") or []
+    if gpus:
+        parts.append(f"{sum(g['gpu_seconds'] for g in gpus):.1f} GPU-s")
+    energies = [g["energy_j"] for g in gpus if "energy_j" in g] + ([u["cpu_energy_j"]] if "cpu_energy_j" in u else [])
+    if energies:
+        parts.append(f"{sum(energies):.0f} J")
+    return ", ".join(parts)
 
 
 def _ago(ms: int | None, now_ms: int) -> str:

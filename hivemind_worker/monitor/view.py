@@ -28,7 +28,8 @@ tasks() -> [                                 # tasks the node holds now (not yet
 task_logs(task_id, n) -> last n lines: [{"seq": int, "stream": str, "text": str, "time_ms": int}]
                          ([] for an unknown task)
 history() -> finished tasks, newest first: RewardLedger.history() rows
-    [{"task_id", "state", "image", "started_ms", "finished_ms", "duration_s", "exit_code", "reason", "reward"}]
+    [{"task_id", "state", "image", "started_ms", "finished_ms", "duration_s", "exit_code", "reason", "reward",
+      "usage": the signed usage record's fields (hivemind_worker/usage.py) | None, "usage_signed": bool}]
 telemetry_series() -> SampleHistory.series() points, oldest first:
     [{"time_ms", "cpu_percent", "memory_percent", "load_1m",
       "gpus": [{"index", "utilization_percent", "memory_percent"}], "tasks_running", "reward"}]

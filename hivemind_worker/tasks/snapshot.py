@@ -4,6 +4,8 @@ Read-only; nothing here changes a task."""
 from __future__ import annotations
 
 from hivemind_worker.tasks.journal import TaskRow
+from hivemind_worker.tasks.model import TaskStatus
+from hivemind_worker.tasks.result import usage_view
 from hivemind_worker.tasks.runner import TaskRun
 
 
@@ -31,6 +33,9 @@ def run_snapshot(run: TaskRun, default_image: str) -> dict:
         "cpu_shares": run.cpu_shares,
         "log_lines": run.spool.last_seq if run.spool else 0,
         "last_log": [rec.text for rec in (run.spool.tail(5) if run.spool else [])],
+        # A finished task waiting for the master: the signed record beside its result (one small file).
+        "usage": (used := usage_view(run.dirs.result) if r.status is TaskStatus.UPLOADING else None),
+        "usage_signed": used is not None,
     }
 
 

@@ -15,6 +15,7 @@ guarded by a lock so the loop and a worker thread may both use it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -58,6 +59,9 @@ class RewardLedger:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(task_history)")}
+            if "usage" not in columns:  # a ledger from before signed usage records
+                self._db.execute("ALTER TABLE task_history ADD COLUMN usage TEXT")
         except (OSError, sqlite3.Error) as exc:
             raise HostError(f"cannot open the rewards ledger {self.path} ({exc}); check the state dir's owner and mode") from exc
         self._lock = threading.Lock()
@@ -99,15 +103,21 @@ class RewardLedger:
             (task_id, state, image, started_ms, finished_ms, exit_code, reason),
         )
 
+    def record_usage(self, task_id: str, record_json: str) -> None:
+        """The signed usage record the master received with the task's result (JSON text)."""
+        self._run("INSERT INTO task_history (task_id, state, usage) VALUES (?, 'uploading', ?) "
+                  "ON CONFLICT(task_id) DO UPDATE SET usage = excluded.usage", (task_id, record_json))
+
     def history(self, limit: int = 100) -> list[dict[str, Any]]:
         """Finished tasks, newest first, as the monitor's /api/history rows."""
         rows = self._run(
-            "SELECT task_id, state, image, started_ms, finished_ms, exit_code, reason, reward FROM task_history "
+            "SELECT task_id, state, image, started_ms, finished_ms, exit_code, reason, reward, usage FROM task_history "
             "WHERE finished_ms IS NOT NULL ORDER BY finished_ms DESC LIMIT ?", (limit,))
         return [
             {"task_id": r[0], "state": r[1], "image": r[2], "started_ms": r[3], "finished_ms": r[4],
              "duration_s": round((r[4] - r[3]) / 1000, 3) if r[3] is not None and r[4] is not None else None,
-             "exit_code": r[5], "reason": r[6], "reward": round(r[7], 2)}
+             "exit_code": r[5], "reason": r[6], "reward": round(r[7], 2),
+             "usage": json.loads(r[8]) if r[8] else None, "usage_signed": bool(r[8])}
             for r in rows
         ]
 

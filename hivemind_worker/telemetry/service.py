@@ -81,6 +81,10 @@ class TelemetryService:
     def task_ended(self, task_id: str, state: str, time_ms: int, exit_code: int | None, reason: str) -> None:
         self.ledger.record_task(task_id, state, finished_ms=time_ms, exit_code=exit_code, reason=reason)
 
+    def task_usage(self, task_id: str, record_json: str) -> None:
+        """The task's signed usage record, once the master holds its result (for the history)."""
+        self.ledger.record_usage(task_id, record_json)
+
     # ---- what NodeView delegates to
     def telemetry_series(self) -> list[dict[str, Any]]:
         return self.history.series()

@@ -113,11 +113,22 @@ function renderTasks() {
   box.replaceChildren(...nodes);
 }
 
+// What the signed usage record says the task used; a figure the node did not measure is not shown.
+function used(u) {
+  if (!u) return "—";
+  const parts = [`${Number(u.cpu_seconds).toFixed(1)} CPU-s`, `${bytes(u.memory_peak_bytes)} peak`];
+  const gpuS = (u.gpus || []).reduce((a, g) => a + g.gpu_seconds, 0);
+  if ((u.gpus || []).length) parts.push(`${gpuS.toFixed(1)} GPU-s`);
+  const joules = (u.gpus || []).reduce((a, g) => a + (g.energy_j ?? 0), 0) + (u.cpu_energy_j ?? 0);
+  if ((u.gpus || []).some((g) => g.energy_j != null) || u.cpu_energy_j != null) parts.push(`${joules.toFixed(0)} J`);
+  return parts.join(" · ");
+}
+
 function renderHistory() {
   const body = $("history").tBodies[0];
   $("history-count").textContent = state.history.length ? `${state.history.length} shown` : "";
   if (!state.history.length) {
-    body.replaceChildren(el("tr", { class: "empty-row" }, el("td", { colspan: "6" }, "No finished tasks yet.")));
+    body.replaceChildren(el("tr", { class: "empty-row" }, el("td", { colspan: "7" }, "No finished tasks yet.")));
     return;
   }
   body.replaceChildren(...state.history.map((h) => el("tr", { "data-task": h.task_id },
@@ -126,6 +137,7 @@ function renderHistory() {
     el("td", {}, duration(h.duration_s)),
     el("td", { class: "num mono" }, h.exit_code == null ? "—" : String(h.exit_code)),
     el("td", { class: "num" }, num(h.reward)),
+    el("td", { class: "usage", title: h.usage_signed ? "from the task's signed usage record" : "" }, used(h.usage)),
     el("td", {}, h.finished_ms ? new Date(h.finished_ms).toLocaleString() : "—"))));
 }
 

@@ -7,6 +7,8 @@ one at upload time with the outcome its archive states; the node's usage key on 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hivemind_worker import usage
 from hivemind_worker.errors import ConfigError
 from hivemind_worker.fsutil import sha256_file
-from hivemind_worker.identity import ensure_usage_key, load_usage_key, usage_key_path
+from hivemind_worker.identity import ensure_usage_key, load_usage_key, new_usage_key, usage_key_path
 from hivemind_worker.tasks.archive import make_result_archive
 from hivemind_worker.tasks.journal import TaskRow
 from hivemind_worker.tasks.model import Resources, TaskRequest, TaskStatus
@@ -99,21 +101,40 @@ def test_a_result_spooled_before_records_gets_one_at_upload(tmp_path: Path) -> N
 
 def test_usage_key_made_once_private_and_refused_when_others_can_read_it(tmp_path: Path) -> None:
     etc, state = tmp_path / "etc", tmp_path / "state"
-    key, path, made = ensure_usage_key(etc, state)
+    key, made = ensure_usage_key(etc, state)
+    path = key.path
     assert (path, made) == (usage_key_path(etc), True)
     assert path.stat().st_mode & 0o777 == 0o600
-    again, path2, made2 = ensure_usage_key(etc, state)
-    assert (path2, made2) == (path, False)
-    assert usage.public_key_bytes(again) == usage.public_key_bytes(key)
+    again, made2 = ensure_usage_key(etc, state)
+    assert (again.path, made2) == (path, False)
+    assert again.public == key.public == usage.public_key_bytes(again.private())
+    record = usage_record(seal(row()), "exited", "", 1, "a" * 64)
+    assert usage.verify(again.sign(record), key.public) == record
     os.chmod(path, 0o640)  # root's, the service group reads it: as node.json
     load_usage_key(path)
     os.chmod(path, 0o644)
     with pytest.raises(ConfigError, match=r"mode 0644.*chmod 600"):
         load_usage_key(path)
     os.chmod(path, 0o600)
-    path.write_text("garbage")
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join(lines[:1] + lines[2:]))  # the private half damaged
     with pytest.raises(ConfigError, match="not a readable private key"):
-        load_usage_key(path)
+        load_usage_key(path).private()
+    other, data = new_usage_key(path)
+    path.write_bytes(f"public: {key.public.hex()}\n".encode() + data.split(b"\n", 1)[1])  # another key's PEM
+    with pytest.raises(ConfigError, match="does not match"):
+        load_usage_key(path).sign(record)
+
+
+def test_the_idle_daemon_learns_the_public_half_without_cryptography(tmp_path: Path) -> None:
+    """cryptography costs about 10 MB: the hello's key comes from the file's first line."""
+    key, _ = ensure_usage_key(tmp_path / "etc", tmp_path / "state")
+    code = ("import sys; from pathlib import Path; from hivemind_worker.identity import ensure_usage_key; "
+            "k, made = ensure_usage_key(Path(sys.argv[1]), Path(sys.argv[2])); "
+            "print(k.public.hex(), made, any(m.startswith('cryptography') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "etc"), str(tmp_path / "state")],
+                         capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[3])
+    assert out.stdout.split() == [key.public.hex(), "False", "False"], out.stderr
 
 
 def test_usage_key_goes_to_the_state_dir_when_the_config_dir_cannot_be_written(tmp_path: Path) -> None:
@@ -121,16 +142,17 @@ def test_usage_key_goes_to_the_state_dir_when_the_config_dir_cannot_be_written(t
     the unit's ProtectSystem): here a config dir that cannot be made stands for both."""
     (tmp_path / "not-a-dir").write_text("")
     etc, state = tmp_path / "not-a-dir" / "etc", tmp_path / "state"
-    _, path, made = ensure_usage_key(etc, state)
-    assert (path, made) == (usage_key_path(state), True)
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert ensure_usage_key(etc, state)[1:] == (path, False)
+    key, made = ensure_usage_key(etc, state)
+    assert (key.path, made) == (usage_key_path(state), True)
+    assert key.path.stat().st_mode & 0o777 == 0o600
+    again, made = ensure_usage_key(etc, state)
+    assert (again.path, again.public, made) == (key.path, key.public, False)
 
 
 def test_a_linked_usage_key_is_refused(tmp_path: Path) -> None:
     real = tmp_path / "elsewhere.key"
-    _, path, _ = ensure_usage_key(tmp_path / "etc", tmp_path / "state")
-    path.rename(real)
-    path.symlink_to(real)
+    key, _ = ensure_usage_key(tmp_path / "etc", tmp_path / "state")
+    key.path.rename(real)
+    key.path.symlink_to(real)
     with pytest.raises(ConfigError, match="link"):
-        load_usage_key(path)
+        load_usage_key(key.path)

@@ -81,9 +81,9 @@ def test_task_history_and_shared_rewards(tmp_path):
     ledger.record_task("b", "oom_killed", finished_ms=t0 + 40_000, exit_code=137, reason="memory limit 256 MiB")
     assert ledger.history() == [
         {"task_id": "a", "state": "done", "image": "img:1", "started_ms": t0, "finished_ms": t0 + 75_500,
-         "duration_s": 75.5, "exit_code": 0, "reason": "", "reward": 21.0},
+         "duration_s": 75.5, "exit_code": 0, "reason": "", "reward": 21.0, "usage": None, "usage_signed": False},
         {"task_id": "b", "state": "oom_killed", "image": "", "started_ms": t0, "finished_ms": t0 + 40_000,
-         "duration_s": 40.0, "exit_code": 137, "reason": "memory limit 256 MiB", "reward": 6.0},
+         "duration_s": 40.0, "exit_code": 137, "reason": "memory limit 256 MiB", "reward": 6.0, "usage": None, "usage_signed": False},
     ]
     assert ledger.task_reward("a") == 21.0 and ledger.task_reward("zzz") == 0.0
     assert ledger.earnings(t0)["total"] == 27  # the node's total is not double-counted
