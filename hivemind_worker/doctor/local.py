@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hivemind_worker.doctor.model import Check, CheckResult, DoctorContext, GiB, failed, passed, warned
 from hivemind_worker.errors import WorkerError
-from hivemind_worker.identity import identity_path, load_identity, wg_key_path
+from hivemind_worker.identity import identity_path, load_identity, usage_key_path, wg_key_path
 from hivemind_worker.systemd.unit import UNIT_NAME
 
 ENROLL_FIX = "hivemind-worker enroll --master HOST:PORT --token TOKEN --ca-hash sha256:..."
@@ -43,7 +43,7 @@ def check_credentials(ctx: DoctorContext) -> list[CheckResult]:
     """Secrets 0600 and readable by the service user (it runs the daemon)."""
     name = "credential files"
     cfg = ctx.settings.config_dir
-    files = [p for p in (identity_path(cfg), wg_key_path(cfg), ctx.settings.wg_config) if p.exists()]
+    files = [p for p in (identity_path(cfg), wg_key_path(cfg), usage_key_path(cfg), ctx.settings.wg_config) if p.exists()]
     if not files:
         return [warned(name, f"no credential files in {cfg} yet", ENROLL_FIX)]
     try:

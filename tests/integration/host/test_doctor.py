@@ -18,7 +18,7 @@ import pytest
 from hivemind_worker.config import Settings
 from hivemind_worker.doctor import DoctorContext, Outcome, run_doctor
 from hivemind_worker.fsutil import atomic_write
-from hivemind_worker.identity import NodeIdentity, VpnAssignment, ca_path, save_identity, wg_key_path
+from hivemind_worker.identity import NodeIdentity, VpnAssignment, ca_path, ensure_usage_key, save_identity, wg_key_path
 from hivemind_worker.vpn.config import render_wg_conf
 from hivemind_worker.vpn.keys import generate_keypair
 from tests.conftest import cli, docker_available, free_port
@@ -110,6 +110,12 @@ def test_not_enrolled(host):
 def test_credential_file_0644(host, master):
     (host.config_dir / "node.json").chmod(0o644)
     assert_fails(host.doctor(), "credential files", "mode 0644", f"chmod 600 {host.config_dir / 'node.json'}")
+
+
+def test_usage_key_0644(host, master):
+    key, _ = ensure_usage_key(host.config_dir, host.settings.state_dir)
+    key.path.chmod(0o644)
+    assert_fails(host.doctor(), "credential files", "mode 0644", f"chmod 600 {key.path}")
 
 
 def test_docker_socket_missing(host, master, monkeypatch):
