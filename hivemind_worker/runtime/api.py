@@ -33,9 +33,13 @@ class ContainerRuntime(Protocol):
     async def start(self, container_id: str, /) -> None:
         """TaskError (e.g. GPU driver missing); the container then stays Created: remove() it."""
 
-    def follow_logs(self, container_id: str, /, since_s: float | None = None) -> AsyncIterator[LogLine]:
-        """Ends when the container exits; ``since_s`` (epoch seconds) is inclusive. Close it
-        with contextlib.aclosing() to stop its reader at once when leaving early."""
+    def follow_logs(self, container_id: str, /, since_s: float | None = None) -> AsyncIterator[list[LogLine]]:
+        """The container's output in batches of lines, in order (a batch: what one read
+        brought; per line would cost more than the line at the engine's rate). Ends when
+        the container exits; ``since_s`` (epoch seconds) is inclusive. A line whose time
+        is logstream.INTERRUPTED is what a broken stream had of an unfinished line, just
+        before RuntimeUnavailable. Close it with contextlib.aclosing() to stop its reader
+        at once when leaving early."""
 
     async def wait(self, container_id: str, /) -> ExitInfo: ...
 

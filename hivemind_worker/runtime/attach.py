@@ -59,7 +59,7 @@ class Attachments:
 
     def _expire(self, container_id: str, response: Any) -> None:
         with self._lock:
-            if self._held.get(container_id) is not response:
+            if id(self._held.get(container_id)) != id(response):
                 return  # taken
             del self._held[container_id]
         response.close()
@@ -70,7 +70,7 @@ class Attachments:
         api.start(container_id)
 
     def follow(self, api_of: Callable[[], Any], container_id: str, since_s: float | None,
-               translate: Callable[[BaseException], WorkerError]) -> AsyncIterator[Line]:
+               translate: Callable[[BaseException], WorkerError]) -> AsyncIterator[list[Line]]:
         """logstream.follow of the attach stream opened at the start if nobody took it
         yet (``since_s`` None), else of the logs endpoint (a resumed read)."""
 

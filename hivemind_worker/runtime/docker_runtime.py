@@ -275,7 +275,7 @@ class DockerRuntime:
     async def start(self, container_id: str) -> None:
         await self._call(f"start container {container_id[:12]}", lambda: self._attached.start(self._docker().api, container_id))
 
-    def follow_logs(self, container_id: str, since_s: float | None = None) -> AsyncIterator[tuple[LogStream, str, int]]:
+    def follow_logs(self, container_id: str, since_s: float | None = None) -> AsyncIterator[list[tuple[LogStream, str, int]]]:
         return self._attached.follow(lambda: self._docker().api, container_id, since_s,
                                      lambda exc: translate(exc, f"follow logs of container {container_id[:12]}"))
 

@@ -285,8 +285,8 @@ async def follow(
     translate: Callable[[BaseException], WorkerError],
     name: str,
     running: Callable[[], bool] | None = None,
-) -> AsyncIterator[Line]:
-    """Yield (stream, line, time_ms) until the stream ends (the container exited).
+) -> AsyncIterator[list[Line]]:
+    """Yield batches of (stream, line, time_ms) until the stream ends (the container exited).
 
     ``open_stream`` gives (response, stamped). A stream that ends while the container
     still runs (``running``; the engine went away) raises RuntimeUnavailable, after
@@ -355,8 +355,7 @@ async def follow(
             if isinstance(item, BaseException):
                 raise translate(item) from item
             slots.release()
-            for line in item:
-                yield line
+            yield item
     finally:
         stop.set()
         response = held.get("response")

@@ -145,30 +145,16 @@ async def pump(runtime: ContainerRuntime, container_id: str, spool: LogSpool, se
     """Follow the container's output into the spool until the container exits."""
     skip = {stream: n for stream, n in spool.counts().items() if n}
     carry = spool.carry
-    add = spool.add
     ticker = asyncio.create_task(_tick(spool, sender))
     flushed = spool.flushed_seq
     try:
-        async for stream, line, time_ms in runtime.follow_logs(container_id):
-            if time_ms == INTERRUPTED:  # no line yet: what the stream had of one when it broke
-                if not skip.get(stream):
-                    held = carry.get(stream, "")
-                    carry[stream] = line if line.startswith(held) else held + line
+        async for batch in runtime.follow_logs(container_id):
+            if not batch:
                 continue
-            if skip:
-                left = skip.get(stream, 0)
-                if left:
-                    if left > 1:
-                        skip[stream] = left - 1
-                    else:
-                        del skip[stream]
-                        _check_aligned(spool, stream, line, time_ms)
-                    continue
-            if carry and stream in carry:
-                held = carry.pop(stream)
-                if not line.startswith(held):  # the engine lost what it had not logged yet
-                    line = held + line
-            add(stream, line, time_ms)
+            if not skip and not carry and batch[0][2] != INTERRUPTED:
+                spool.add_many(batch)  # the usual case: nothing to skip, carry or hold back
+            else:
+                _one_by_one(spool, batch, skip, carry)
             if spool.flushed_seq != flushed:
                 flushed = spool.flushed_seq
                 sender.wake()
@@ -176,6 +162,32 @@ async def pump(runtime: ContainerRuntime, container_id: str, spool: LogSpool, se
         ticker.cancel()
         spool.flush()
         sender.wake()
+
+
+def _one_by_one(spool: LogSpool, batch: list[tuple[LogStream, str, int]], skip: dict[LogStream, int],
+                carry: dict[LogStream, str]) -> None:
+    """A batch of a resumed read (``skip``: how many lines per stream the spool has),
+    of a broken stream (INTERRUPTED) or after one (``carry``)."""
+    for stream, line, time_ms in batch:
+        if time_ms == INTERRUPTED:  # no line yet: what the stream had of one when it broke
+            if not skip.get(stream):
+                held = carry.get(stream, "")
+                carry[stream] = line if line.startswith(held) else held + line
+            continue
+        if skip:
+            left = skip.get(stream, 0)
+            if left:
+                if left > 1:
+                    skip[stream] = left - 1
+                else:
+                    del skip[stream]
+                    _check_aligned(spool, stream, line, time_ms)
+                continue
+        if carry and stream in carry:
+            held = carry.pop(stream)
+            if not line.startswith(held):  # the engine lost what it had not logged yet
+                line = held + line
+        spool.add(stream, line, time_ms)
 
 
 def _check_aligned(spool: LogSpool, stream: LogStream, line: str, time_ms: int) -> None:

@@ -32,6 +32,7 @@ feeds it at the engine's rate.
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 from pathlib import Path
 
@@ -42,6 +43,7 @@ _STREAM = {v: k for k, v in _CODE.items()}
 _STREAMS = (LogStream.STDOUT, LogStream.STDERR, LogStream.SYSTEM)
 _BCODES = (b"o", b"e", b"s")  # per index in _STREAMS; per-line state is indexed, not keyed by
 # the enum: an Enum's __hash__ is Python code, a call per line per lookup.
+_BCODE_OF = {id(stream): code for stream, code in zip(_STREAMS, _BCODES)}
 _BSTREAM = {v.encode(): k for k, v in _CODE.items()}
 _INDEX_EVERY = 256  # one offset per this many lines: ~100 KB of index per million lines
 FLUSH_LINES = 2000
@@ -146,6 +148,34 @@ class LogSpool:
             self.dropped_bytes += len(data) + 1
             return
         self._append(stream, text, data, time_ms)
+        if len(self._buf) >= FLUSH_LINES or self._buf_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def add_many(self, lines: list[tuple[LogStream, str, int]]) -> None:
+        """add() of a batch (stream, text, time_ms), formatted in one pass."""
+        datas = [text.encode("utf-8", "replace") for _, text, _ in lines]
+        if (self.finished or self.dropped_lines or self.disk_error
+                or self.size + sum(map(len, datas)) + 32 * len(lines) > self.max_bytes):
+            for line in lines:  # the limit falls in this batch (or was passed): line by line
+                self.add(*line)
+            return
+        start = self.last_seq + 1
+        ids = [id(stream) for stream, _, _ in lines]
+        raws = [b"%d\t%b\t%d\t%b\n" % (seq, _BCODE_OF[i], line[2], data.replace(b"\n", b" ") if b"\n" in data else data)
+                for seq, i, line, data in zip(itertools.count(start), ids, lines, datas)]
+        offsets = list(itertools.accumulate(map(len, raws), initial=self.size))
+        for i in range((1 - start) % _INDEX_EVERY, len(raws), _INDEX_EVERY):
+            self._index_seq.append(start + i)
+            self._index_off.append(offsets[i])
+        for k, stream in enumerate(_STREAMS):
+            n = ids.count(id(stream))
+            if n:
+                self._counts[k] += n
+                self._last[k] = lines[len(ids) - 1 - ids[::-1].index(id(stream))][1]
+        self.last_seq = start + len(raws) - 1
+        self._buf.extend(raws)
+        self._buf_bytes += offsets[-1] - self.size
+        self.size = offsets[-1]
         if len(self._buf) >= FLUSH_LINES or self._buf_bytes >= FLUSH_BYTES:
             self.flush()
 

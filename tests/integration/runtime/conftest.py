@@ -76,7 +76,7 @@ async def run_to_end(rt: DockerRuntime, spec: ContainerSpec, timeout: float = 60
         await rt.start(cid)
 
         async def collect():
-            return [item async for item in rt.follow_logs(cid)]
+            return [line async for batch in rt.follow_logs(cid) for line in batch]
 
         lines, exit_info = await asyncio.wait_for(asyncio.gather(collect(), rt.wait(cid)), timeout)
         return Ran(cid, exit_info, lines)

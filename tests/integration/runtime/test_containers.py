@@ -181,11 +181,12 @@ async def test_follow_logs_since_skips_earlier_lines(runtime, make_spec):
     ran = await run_to_end(runtime, spec, remove=False)
     try:
         # The engine's own time of the line (the live read stamps its read time instead).
-        second_ms = [t async for _, l, t in runtime.follow_logs(ran.container_id, since_s=0.0) if l == "second"][0]
-        again = [l async for _, l, _ in runtime.follow_logs(ran.container_id, since_s=(second_ms - 200) / 1000)]
+        second_ms = [t async for batch in runtime.follow_logs(ran.container_id, since_s=0.0) for _, l, t in batch if l == "second"][0]
+        again = [l async for batch in runtime.follow_logs(ran.container_id, since_s=(second_ms - 200) / 1000)
+                 for _, l, _ in batch]
         assert again == ["second"]
         # since is inclusive at the line's own millisecond (what a re-attach resumes from)
-        exact = [l async for _, l, _ in runtime.follow_logs(ran.container_id, since_s=second_ms / 1000)]
+        exact = [l async for batch in runtime.follow_logs(ran.container_id, since_s=second_ms / 1000) for _, l, _ in batch]
         assert exact == ["second"]
     finally:
         await runtime.remove(ran.container_id)
@@ -194,8 +195,8 @@ async def test_follow_logs_since_skips_earlier_lines(runtime, make_spec):
 async def test_leaving_a_log_stream_early_stops_its_thread(runtime, make_spec):
     cid = await runtime.create(make_spec(command=sh("echo first; sleep 300")))
     await runtime.start(cid)
-    async for _, line, _ in runtime.follow_logs(cid):
-        assert line == "first"
+    async for batch in runtime.follow_logs(cid):
+        assert batch[0][1] == "first"
         break
     for _ in range(50):
         if not [t for t in threading.enumerate() if t.name.startswith("hivemind-logs-")]:

@@ -138,14 +138,15 @@ async def test_a_stream_that_ends_while_the_container_runs_is_an_interruption_no
     body = _Body([frame(1, b"line 30\nline 3")])  # EOF: the engine went away mid-line
     got = []
     with pytest.raises(RuntimeUnavailable, match="still runs"):
-        async for item in follow(lambda: (body, False), lambda: None, lambda exc: RuntimeUnavailable(str(exc)),
-                                 "c", running=lambda: True):
-            got.append((item[1], item[2] == INTERRUPTED))
+        async for batch in follow(lambda: (body, False), lambda: None, lambda exc: RuntimeUnavailable(str(exc)),
+                                  "c", running=lambda: True):
+            got += [(item[1], item[2] == INTERRUPTED) for item in batch]
     assert got == [("line 30", False), ("line 3", True)]
     # The container's own end: the unfinished last line is a line.
     body = _Body([frame(1, b"line 30\nlast")])
-    lines = [item[1:] async for item in follow(lambda: (body, False), lambda: None,
-                                               lambda exc: RuntimeUnavailable(str(exc)), "c", running=lambda: False)]
+    lines = [item[1:] async for batch in follow(lambda: (body, False), lambda: None,
+                                                lambda exc: RuntimeUnavailable(str(exc)), "c", running=lambda: False)
+             for item in batch]
     assert [text for text, _ in lines] == ["line 30", "last"] and lines[1][1] != INTERRUPTED
 
 

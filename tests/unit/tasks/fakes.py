@@ -112,7 +112,7 @@ class FakeRuntime:
                 stream, text, t = c.log[i]
                 i += 1
                 if since_s is None or t >= since_s * 1000 - 0.5:
-                    yield stream, text, t
+                    yield [(stream, text, t)]
             if not c.running and i >= len(c.log):
                 return
             c.changed.clear()

@@ -22,7 +22,8 @@ OUT, ERR = LogStream.STDOUT, LogStream.STDERR
 
 class Reads:
     """follow_logs() answering each call with the next scripted read: (stream, text,
-    time) items, then either the end (None) or an error to raise."""
+    time) items, in batches of 7 (an INTERRUPTED one in its own, as logstream gives
+    it), then either the end (None) or an error to raise."""
 
     def __init__(self, *reads: tuple[list[tuple[LogStream, str, int]], BaseException | None]) -> None:
         self.reads = list(reads)
@@ -31,8 +32,20 @@ class Reads:
     async def follow_logs(self, container_id: str, since_s: float | None = None):
         items, error = self.reads[self.calls]
         self.calls += 1
+        batch: list[tuple[LogStream, str, int]] = []
         for item in items:
-            yield item
+            if item[2] == INTERRUPTED:
+                if batch:
+                    yield batch
+                yield [item]
+                batch = []
+                continue
+            batch.append(item)
+            if len(batch) == 7:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
         if error is not None:
             raise error
 

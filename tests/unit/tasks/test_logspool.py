@@ -111,3 +111,24 @@ async def test_sender_keeps_at_most_a_window_unacknowledged(tmp_path: Path) -> N
     assert master.got == list(range(1, 3401))
     await sender.stop()
     spool.close()
+
+
+def test_a_batch_is_spooled_as_line_by_line(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(7)
+    lines = [(rng.choice([OUT, LogStream.STDERR]), f"l{i}" + "x" * rng.randrange(0, 300) + ("\nnl" if i == 9 else ""),
+              1000 + i) for i in range(3000)]
+    one, many = LogSpool(tmp_path / "one", max_bytes=400_000), LogSpool(tmp_path / "many", max_bytes=400_000)
+    for line in lines:
+        one.add(*line)
+    for i in range(0, len(lines), 137):  # batches the limit falls into, too
+        many.add_many(lines[i : i + 137])
+    for spool in (one, many):
+        spool.finish(5000)
+    assert (tmp_path / "one").read_bytes() == (tmp_path / "many").read_bytes()
+    assert one.counts() == many.counts() and one._index_off == many._index_off
+    assert one.last_text(LogStream.STDERR) == many.last_text(LogStream.STDERR)
+    assert [r.seq for r in many.read(700, 3)] == [700, 701, 702]
+    one.close()
+    many.close()
