@@ -159,7 +159,9 @@ def idle_daemon(duration: float, settle: float, after_task: bool) -> dict:
             task_id = daemon.submit(("true",))
             rows = daemon.wait_done([task_id], timeout=120)
             time.sleep(settle)
-            result["after_task"] = {**memory(worker.pid), "outcome": rows[0]["outcome"]}
+            grown = mappings(worker.pid) - result["mappings"]  # what the task left behind, by mapping
+            result["after_task"] = {**memory(worker.pid), "outcome": rows[0]["outcome"],
+                                    "grown_mb": {k: round(v / 1024, 1) for k, v in grown.most_common(6)}}
         daemon.ok = True
         return result
 
@@ -211,7 +213,8 @@ def measure(runs: int, duration: float, settle: float, after_task: bool) -> dict
            "threads": last["threads"], "rss_mb_each": [d["rss_mb_max"] for d in daemons],
            "all_ran": all(d["still_running"] for d in daemons)},
         "after_task": {k: med([d["after_task"] for d in daemons], k) for k in ("rss_mb", "uss_mb", "pss_mb")}
-        | {"outcomes": [d["after_task"]["outcome"] for d in daemons]} if after_task else None,
+        | {"outcomes": [d["after_task"]["outcome"] for d in daemons], "grown_mb": last["after_task"]["grown_mb"]}
+        if after_task else None,
         "python_pass": {k: med(pythons, k) for k in ("rss_mb", "uss_mb", "pss_mb")},
         "bare_import": {k: med(bares, k) for k in ("rss_mb", "uss_mb", "pss_mb")},
         "mappings_mb": {name: round(kib / 1024, 1) for name, kib in last["mappings"].most_common(14)},
@@ -260,7 +263,8 @@ def report(result: dict) -> str:
             f"  idle daemon (max RSS) {d['rss_mb_max']:>9} {d['uss_mb']:>8} {d['pss_mb']:>8}   "
             f"each {d['rss_mb_each']}, {d['cpu_s_per_min']} CPU s/min, {d['threads']} threads",
             *([f"  idle after one task   {a['rss_mb']:>9} {a['uss_mb']:>8} {a['pss_mb']:>8}   "
-               f"(task outcomes {a['outcomes']})"] if (a := i["after_task"]) else []),
+               f"(task outcomes {a['outcomes']}); grown (last run): "
+               + ", ".join(f"{Path(k).name} {v}" for k, v in a["grown_mb"].items())] if (a := i["after_task"]) else []),
             f"  bare import           {bare['rss_mb']:>9} {bare['uss_mb']:>8} {bare['pss_mb']:>8}   ({BARE_IMPORT})",
             f"  python3 -c pass       {py['rss_mb']:>9} {py['uss_mb']:>8} {py['pss_mb']:>8}",
             f"  daemon / bare import  {d['rss_mb_max'] / bare['rss_mb']:.2f}x RSS; daemon - python = "
