@@ -94,9 +94,10 @@ def test_a_result_spooled_before_records_gets_one_at_upload(tmp_path: Path) -> N
     before = usage_path(result).read_bytes()
     ensure_usage(result, seal(r))  # already there: left as it is
     assert usage_path(result).read_bytes() == before
-    usage_path(result).write_bytes(b"not hex\n{}")  # damaged: signed again
-    ensure_usage(result, seal(r))
-    usage.verify(read_usage(result), PUB)
+    for damaged in (b"not hex\n{}", b""):  # damaged, or emptied by a crash: signed again
+        usage_path(result).write_bytes(damaged)
+        ensure_usage(result, seal(r))
+        usage.verify(read_usage(result), PUB)
 
 
 def test_usage_key_made_once_private_and_refused_when_others_can_read_it(tmp_path: Path) -> None:
