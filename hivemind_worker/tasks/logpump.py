@@ -38,7 +38,7 @@ BATCH_INTERVAL_S = 0.05
 # the transport does with a message (queues it, say) to a few MB per task, and lets
 # the spool, on disk, absorb a slow master instead of the agent's memory.
 SEND_WINDOW_LINES = 40_000
-SEND_WINDOW_BATCHES = 8  # and at most this many batches: long lines make few lines many MB
+SEND_WINDOW_BATCHES = 4  # and at most this many batches (<= 4 MiB): long lines make few lines many MB
 SEND_MAX_LINES = 10_000  # large batches: the master's cost per batch (a transaction) is paid less often
 SEND_MAX_BYTES = 1024 * 1024  # well under the session's message limit (4 MiB by default)
 
