@@ -114,17 +114,23 @@ class _GzipWriter(io.RawIOBase):
         return self._size + len(self._pending)
 
     def write(self, data: Any) -> int:
-        self._pending += data
-        while len(self._pending) >= BLOCK_BYTES:
-            block = bytes(self._pending[:BLOCK_BYTES])
-            del self._pending[:BLOCK_BYTES]
+        n = len(data)
+        if n >= BLOCK_BYTES // 2:  # a file's contents, read a block at a time: never copied
+            self._flush_pending()
+            self._block(memoryview(data))
+            return n
+        self._pending += data  # headers, padding, small files: gathered into a block
+        if len(self._pending) >= BLOCK_BYTES:
+            self._flush_pending()
+        return n
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            block, self._pending = self._pending, bytearray()
             self._block(memoryview(block))
-        return len(data)
 
     def finish(self) -> None:
-        if self._pending:
-            self._block(memoryview(bytes(self._pending)))
-            self._pending = bytearray()
+        self._flush_pending()
         if self._deflate is not None:
             self._out.write(self._deflate.flush(zlib.Z_FINISH))
         else:
@@ -142,12 +148,10 @@ class _GzipWriter(io.RawIOBase):
         if self._deflate is not None:  # ends byte-aligned with no state carried over
             self._out.write(self._deflate.flush(zlib.Z_FULL_FLUSH))
             self._deflate = None
-        stored = bytearray()
         for start in range(0, len(block), 0xFFFF):
             piece = block[start:start + 0xFFFF]
-            stored += struct.pack("<BHH", 0, len(piece), len(piece) ^ 0xFFFF)
-            stored += piece
-        self._out.write(stored)
+            self._out.write(struct.pack("<BHH", 0, len(piece), len(piece) ^ 0xFFFF))
+            self._out.write(piece)
 
 
 def _compresses(block: memoryview) -> bool:
