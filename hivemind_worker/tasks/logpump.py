@@ -38,7 +38,7 @@ BATCH_INTERVAL_S = 0.05
 # the transport does with a message (queues it, say) to a few MB per task, and lets
 # the spool, on disk, absorb a slow master instead of the agent's memory.
 SEND_WINDOW_LINES = 40_000
-SEND_WINDOW_BATCHES = 4  # and at most this many batches (<= 4 MiB): long lines make few lines many MB
+SEND_WINDOW_BYTES = 4 * 1024 * 1024  # and at most this much text: long lines make few lines many MB
 SEND_MAX_LINES = 10_000  # large batches: the master's cost per batch (a transaction) is paid less often
 SEND_MAX_BYTES = 1024 * 1024  # well under the session's message limit (4 MiB by default)
 
@@ -54,7 +54,8 @@ class LogSender:
         self.sent_seq = acked_seq
         self.online = True
         self.window = SEND_WINDOW_LINES
-        self._in_flight: collections.deque[int] = collections.deque()  # last seq of each unacked batch
+        self._in_flight: collections.deque[tuple[int, int]] = collections.deque()  # unacked: (last seq, bytes)
+        self._in_flight_bytes = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -69,14 +70,15 @@ class LogSender:
     def ack(self, seq: int) -> None:
         self.acked_seq = max(self.acked_seq, min(seq, self.spool.flushed_seq))
         self.sent_seq = max(self.sent_seq, self.acked_seq)
-        while self._in_flight and self._in_flight[0] <= self.acked_seq:
-            self._in_flight.popleft()
+        while self._in_flight and self._in_flight[0][0] <= self.acked_seq:
+            self._in_flight_bytes -= self._in_flight.popleft()[1]
         self._wake.set()  # the window moved
 
     def resync(self) -> None:
         """A new session: everything not acknowledged goes again, with the same seqs."""
         self.sent_seq = self.acked_seq
         self._in_flight.clear()
+        self._in_flight_bytes = 0
         self.online = True
         self._wake.set()
 
@@ -103,7 +105,7 @@ class LogSender:
             self._wake.clear()
             while self.online and self.sent_seq < self.spool.flushed_seq:
                 room = self.acked_seq + self.window - self.sent_seq
-                if room <= 0 or len(self._in_flight) >= SEND_WINDOW_BATCHES:
+                if room <= 0 or self._in_flight_bytes >= SEND_WINDOW_BYTES:
                     break  # wait for acknowledgements (ack() wakes us)
                 batch = self.spool.read(self.sent_seq + 1, min(SEND_MAX_LINES, room), SEND_MAX_BYTES)
                 if not batch:
@@ -120,7 +122,9 @@ class LogSender:
                     self.online = False
                     break
                 self.sent_seq = max(self.sent_seq, batch[-1].seq)
-                self._in_flight.append(batch[-1].seq)
+                size = sum(len(rec.text) for rec in batch)
+                self._in_flight.append((batch[-1].seq, size))
+                self._in_flight_bytes += size
 
     async def stop(self) -> None:
         if self._task is not None:

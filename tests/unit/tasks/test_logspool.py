@@ -113,6 +113,34 @@ async def test_sender_keeps_at_most_a_window_unacknowledged(tmp_path: Path) -> N
     spool.close()
 
 
+async def test_sender_keeps_at_most_a_few_mib_of_long_lines_unacknowledged(tmp_path: Path) -> None:
+    from hivemind_worker.tasks import logpump
+
+    class SilentMaster:
+        def __init__(self) -> None:
+            self.got: list[int] = []
+
+        async def emit_logs(self, task_id, lines) -> None:
+            self.got.extend(r.seq for r in lines)
+
+    spool = LogSpool(tmp_path / "s", max_bytes=10**9)
+    for i in range(200):
+        spool.add(OUT, f"{i:04d}" + "x" * 100_000, i)  # 200 lines, ~20 MB: far under the line window
+    spool.flush()
+    master = SilentMaster()
+    sender = logpump.LogSender("t", spool, master, acked_seq=0)  # type: ignore[arg-type]
+    sender.start()
+    # As above: the sender parks on its byte window in the step that fills it.
+    per_batch = logpump.SEND_MAX_BYTES // 100_004 + 1
+    await until(lambda: len(master.got) * 100_004 >= logpump.SEND_WINDOW_BYTES)
+    assert len(master.got) * 100_004 < logpump.SEND_WINDOW_BYTES + per_batch * 100_004
+    sender.ack(len(master.got))
+    await until(lambda: len(master.got) * 100_004 >= 2 * logpump.SEND_WINDOW_BYTES)
+    assert master.got == list(range(1, len(master.got) + 1))
+    await sender.stop()
+    spool.close()
+
+
 def test_a_batch_is_spooled_as_line_by_line(tmp_path: Path) -> None:
     import random
 
