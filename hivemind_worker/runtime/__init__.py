@@ -1,7 +1,9 @@
 """The container runtime: runs task containers in Docker, hardened and limited.
 
 This package talks to Docker (docker-py, in threads) and NVML; nothing else in
-the worker does. It knows nothing of the master, the journal or task states: the
+the worker does. docker-py loads at the first call that needs it: an idle node's
+read-only questions (version, info, its task containers) go through
+engine_probe.py (the standard library over the engine's unix socket; issue 13). It knows nothing of the master, the journal or task states: the
 task manager (hivemind_worker.tasks) drives it. It never runs anything on the
 host: every failure is an exception, never a fallback.
 
@@ -18,7 +20,7 @@ API (the task manager codes against runtime/api.py; the values are these)::
                   node_id="", image="", gpu_device_ids=(), started_at_ms=0)
     ContainerStats(cpu_percent, memory_bytes, read_bytes, write_bytes, memory_limit_bytes=0, pids=0)
 
-    DockerRuntime(client_factory=docker.from_env, gpu_inventory: GpuInventory | None = None,
+    DockerRuntime(client_factory=default_client, gpu_inventory: GpuInventory | None = None,
                   egress: EgressPolicy | None = None)   # names of the bridge tasks' network
         implements runtime/api.py's ContainerRuntime (the methods the task layer uses,
         with their promises, checked by mypy), plus: async version() -> str

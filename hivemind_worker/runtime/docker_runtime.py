@@ -17,19 +17,16 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
-
-import docker
-from docker.models.containers import _create_container_args
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, TypeVar
 
 from hivemind_worker.errors import TaskError, WorkerError
-from hivemind_worker.runtime import attach, logstream
+from hivemind_worker.runtime import attach
+from hivemind_worker.runtime.engine_probe import EngineProbe, container_info
 from hivemind_worker.runtime.egress import EgressFirewall, EgressPolicy, ensure_network
 from hivemind_worker.runtime.gpu import GpuInventory, NvmlGpuInventory
 from hivemind_worker.runtime.images import ImageGc
 from hivemind_worker.runtime.pull import PullProgress
 from hivemind_worker.runtime.spec import (
-    LABEL_GPUS,
     LABEL_MANAGED,
     LABEL_NODE,
     LABEL_TASK,
@@ -42,14 +39,19 @@ from hivemind_worker.runtime.spec import (
     userns_base,
 )
 from hivemind_worker.runtime.stats import StatsReader
-from hivemind_worker.runtime.translate import is_conflict, is_not_found, translate
+from hivemind_worker.runtime.translate import docker_errors, is_conflict, is_not_found, translate
 from hivemind_worker.vocab import LogStream, NetworkPolicy
+
+if TYPE_CHECKING:
+    import docker
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 def default_client() -> docker.DockerClient:
+    import docker  # at the first call that needs docker-py: an idle node never does (engine_probe.py)
+
     # Each running task holds two connections (logs, wait) for its whole life.
     client = docker.from_env(max_pool_size=64)
     if client.api.base_url.startswith("http+docker://"):
@@ -67,6 +69,9 @@ class DockerRuntime:
         egress: EgressPolicy | None = None,
     ) -> None:
         self._client_factory = client_factory
+        # The idle node's read-only questions (version, info, the task containers) go
+        # through the standard library: docker-py loads at the first task (issue 13).
+        self._probe = EngineProbe.for_env() if client_factory is default_client else None
         self._egress = EgressFirewall(egress or EgressPolicy())
         self._remap: int | None = None  # userns-remap's first host id; 0 = no remapping
         self._client: docker.DockerClient | None = None
@@ -145,13 +150,17 @@ class DockerRuntime:
     # -- engine and images -----------------------------------------------------
 
     async def version(self) -> str:
+        probe = self._probe
+        if probe is not None:
+            return await self._call("ask Docker for its version", lambda: str(probe.version()["Version"]))
         return await self._call("ask Docker for its version", lambda: self._docker().version()["Version"])
 
     async def gpu_inventory(self) -> GpuInventory:
         if self._gpu_inventory is None:
 
             def detect() -> GpuInventory:
-                runtimes = self._docker().info().get("Runtimes") or {}
+                info = self._probe.info() if self._probe is not None else self._docker().info()
+                runtimes = info.get("Runtimes") or {}
                 hook = shutil.which("nvidia-container-runtime-hook") or shutil.which("nvidia-container-runtime")
                 inventory = NvmlGpuInventory(nvidia_runtime="nvidia" in runtimes or hook is not None)
                 inventory.devices()  # NVML is slow to start: query (and cache) here, off the loop
@@ -168,7 +177,7 @@ class DockerRuntime:
             try:
                 self._docker().api.inspect_image(image)
                 return True
-            except docker.errors.ImageNotFound:
+            except docker_errors().ImageNotFound:
                 return False
 
         found = await self._call(f"look up image {image}", look)
@@ -231,6 +240,8 @@ class DockerRuntime:
             raise TaskError(f"cannot create a container for task {spec.task_id}: {exc}") from exc
 
         def make() -> str:
+            from docker.models.containers import _create_container_args
+
             # The low-level call with the high-level call's own translation of the
             # arguments: containers.create() would inspect the new container as well.
             api = self._docker().api
@@ -243,10 +254,10 @@ class DockerRuntime:
                 self._egress.ensure()
             try:
                 return make()
-            except docker.errors.ImageNotFound:
+            except docker_errors().ImageNotFound:
                 self._present.discard(spec.image)  # gone since we last looked: has_image() asks again
                 raise
-            except docker.errors.APIError as exc:
+            except docker_errors().APIError as exc:
                 if not is_conflict(exc):
                     raise
                 # An earlier attempt's container, left by an engine that was away when
@@ -293,7 +304,7 @@ class DockerRuntime:
         def run() -> None:
             try:
                 self._docker().api.kill(container_id)
-            except docker.errors.APIError as exc:
+            except docker_errors().APIError as exc:
                 if not (is_not_found(exc) or is_conflict(exc)):  # gone, or not running
                     raise
 
@@ -303,7 +314,7 @@ class DockerRuntime:
         def run() -> None:
             try:
                 self._docker().api.remove_container(container_id, force=True, v=True)
-            except docker.errors.APIError as exc:
+            except docker_errors().APIError as exc:
                 if not (is_not_found(exc) or is_conflict(exc)):  # gone, or removal in progress
                     raise
 
@@ -314,20 +325,29 @@ class DockerRuntime:
     async def inspect(self, container_id: str) -> ContainerInfo | None:
         def run() -> ContainerInfo | None:
             try:
-                return _info(self._docker().api.inspect_container(container_id))
-            except docker.errors.NotFound:
+                return container_info(self._docker().api.inspect_container(container_id))
+            except docker_errors().NotFound:
                 return None
 
         return await self._call(f"inspect container {container_id[:12]}", run)
 
     async def list_managed(self) -> list[ContainerInfo]:
+        probe = self._probe
+        if probe is not None:  # the idle node's start (reconcile): no docker-py
+
+            def ask() -> list[ContainerInfo]:
+                found = (probe.inspect(c["Id"]) for c in probe.containers(f"{LABEL_MANAGED}=1"))
+                return [container_info(attrs) for attrs in found if attrs is not None]  # None: removed meanwhile
+
+            return await self._call("list task containers", ask)
+
         def run() -> list[ContainerInfo]:
             api = self._docker().api
             found = []
             for summary in api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=1"}):
                 try:
-                    found.append(_info(api.inspect_container(summary["Id"])))
-                except docker.errors.NotFound:
+                    found.append(container_info(api.inspect_container(summary["Id"])))
+                except docker_errors().NotFound:
                     continue  # removed between the listing and the inspection
             return found
 
@@ -343,7 +363,7 @@ class DockerRuntime:
         def run() -> ContainerStats | None:
             try:
                 raw = self._docker().api.stats(container_id, stream=False, one_shot=True)
-            except docker.errors.NotFound:
+            except docker_errors().NotFound:
                 return None
             return self._stats.read(container_id, raw)
 
@@ -365,35 +385,3 @@ def _prepare_workspace(workspace: Path, user: str) -> None:
     for root, dirs, files in os.walk(workspace):
         for name in dirs + files:
             os.lchown(os.path.join(root, name), uid, gid)
-
-
-def _ms(stamp: str | None) -> int:
-    if not stamp or stamp.startswith("0001-"):
-        return 0
-    try:
-        return logstream.docker_time_ms(stamp)
-    except ValueError:
-        return 0
-
-
-def _info(attrs: dict[str, Any]) -> ContainerInfo:
-    labels = (attrs.get("Config") or {}).get("Labels") or {}
-    state = attrs.get("State") or {}
-    running = bool(state.get("Running") or state.get("Restarting") or state.get("Paused"))
-    started = _ms(state.get("StartedAt"))
-    # A container created but never started has no exit code yet either.
-    exit_code = None if running or not started else int(state.get("ExitCode", -1))
-    gpus = labels.get(LABEL_GPUS, "")
-    return ContainerInfo(
-        container_id=attrs["Id"],
-        task_id=labels.get(LABEL_TASK, ""),
-        running=running,
-        exit_code=exit_code,
-        oom_killed=bool(state.get("OOMKilled")),
-        node_id=labels.get(LABEL_NODE, ""),
-        image=(attrs.get("Config") or {}).get("Image", ""),
-        gpu_device_ids=tuple(g for g in gpus.split(",") if g),
-        started_at_ms=started,
-        pid=int(state.get("Pid") or 0),
-        image_id=attrs.get("Image", ""),
-    )

@@ -16,8 +16,6 @@ import threading
 import time
 from typing import Any, Callable
 
-import docker.errors
-
 logger = logging.getLogger(__name__)
 
 
@@ -46,6 +44,8 @@ class ImageGc:
         low_percent: float,
         candidates: list[str] | None,
     ) -> list[str]:
+        import docker.errors  # here: an idle node never loads docker-py (engine_probe.py)
+
         api = client.api
         if self._root is None:
             self._root = api.info().get("DockerRootDir") or "/var/lib/docker"
@@ -90,6 +90,8 @@ class ImageGc:
 
 
 def _image_id(api: Any, ref: str) -> str:
+    import docker.errors  # here: an idle node never loads docker-py (engine_probe.py)
+
     try:
         return api.inspect_image(ref)["Id"]
     except docker.errors.NotFound:

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import docker.types
-
 from hivemind_worker.vocab import NetworkPolicy
 
 LABEL_TASK = "hivemind.task_id"
@@ -148,6 +146,8 @@ def host_user(user: str, base: int) -> str:
 
 def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     """Keyword arguments for ``docker.DockerClient.containers.create``."""
+    import docker.types  # here: an idle node never loads docker-py (engine_probe.py)
+
     if not spec.workspace.is_absolute():
         raise ValueError(f"workspace must be an absolute path, got {spec.workspace}")
     mounts = [docker.types.Mount(WORKSPACE, str(spec.workspace), type="bind", read_only=False)]

@@ -7,8 +7,7 @@ container or image is TaskError (the task fails, the node carries on).
 
 from __future__ import annotations
 
-import docker.errors
-import requests.exceptions
+from typing import Any
 
 from hivemind_worker.errors import RuntimeUnavailable, TaskError, WorkerError
 
@@ -22,6 +21,10 @@ def translate(exc: BaseException, what: str) -> WorkerError:
     """Our error for ``exc``, raised while doing ``what`` (e.g. "create container for task t1")."""
     if isinstance(exc, WorkerError):
         return exc
+    # Here, not at the top: an idle node never loads docker-py (engine_probe.py).
+    import docker.errors
+    import requests.exceptions
+
     if isinstance(exc, requests.exceptions.ConnectionError | FileNotFoundError | ConnectionError):
         return RuntimeUnavailable(f"{what}: Docker engine not reachable ({_short(exc)}); {FIX_DOCKER}")
     if isinstance(exc, requests.exceptions.Timeout):
@@ -42,15 +45,24 @@ def translate(exc: BaseException, what: str) -> WorkerError:
     return TaskError(f"{what}: unexpected error from the container runtime: {_short(exc)}")
 
 
+def docker_errors() -> Any:
+    """docker.errors, imported at the first need: an idle node never loads docker-py
+    (engine_probe.py). In an ``except docker_errors().X:`` clause it runs only when
+    something was raised."""
+    import docker.errors
+
+    return docker.errors
+
+
 def is_not_found(exc: BaseException) -> bool:
-    return isinstance(exc, docker.errors.NotFound)
+    return isinstance(exc, docker_errors().NotFound)
 
 
 def is_conflict(exc: BaseException) -> bool:
-    return isinstance(exc, docker.errors.APIError) and exc.status_code == 409
+    return isinstance(exc, docker_errors().APIError) and exc.status_code == 409
 
 
-def _explain(exc: docker.errors.APIError) -> str:
+def _explain(exc: Any) -> str:  # a docker.errors.APIError
     text = exc.explanation if getattr(exc, "explanation", None) else str(exc)
     return _short(text)
 

@@ -1,0 +1,139 @@
+"""EngineProbe (the idle node's read-only questions without docker-py) against the
+real engine's socket, a missing socket and a socket that never answers; and
+DockerRuntime's answers through it the same as through docker-py."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+
+import pytest
+
+from hivemind_worker.errors import RuntimeUnavailable
+from hivemind_worker.runtime import LABEL_MANAGED, LABEL_NODE, LABEL_TASK, DockerRuntime
+from hivemind_worker.runtime.engine_probe import DEFAULT_SOCKET, EngineProbe
+
+
+@pytest.fixture
+def labelled(docker_client, task_image):
+    """A created (never started) container with a label of its own, and one without."""
+    task_id = f"probe-{uuid.uuid4().hex[:8]}"
+    labels = {LABEL_MANAGED: "1", LABEL_TASK: task_id, LABEL_NODE: "n-probe"}
+    ours = docker_client.containers.create(task_image, ["true"], labels=labels)
+    other = docker_client.containers.create(task_image, ["true"])
+    yield task_id, ours.id, other.id
+    for container in (ours, other):
+        container.remove(force=True)
+
+
+@pytest.mark.docker
+def test_version_and_info_are_the_engines(docker_client):
+    probe = EngineProbe()
+    assert probe.version()["Version"] == docker_client.version()["Version"]
+    info = probe.info()
+    assert info["ID"] == docker_client.info()["ID"]
+    assert "runc" in info["Runtimes"]
+
+
+@pytest.mark.docker
+def test_containers_by_label_and_inspect(labelled):
+    task_id, ours, other = labelled
+    listed = [c["Id"] for c in EngineProbe().containers(f"{LABEL_TASK}={task_id}")]
+    assert listed == [ours]
+    managed = {c["Id"] for c in EngineProbe().containers(f"{LABEL_MANAGED}=1")}
+    assert ours in managed and other not in managed
+    assert EngineProbe().inspect(ours)["Config"]["Labels"][LABEL_TASK] == task_id
+    assert EngineProbe().inspect("hivemind-no-such-container") is None
+
+
+@pytest.mark.docker
+def test_runtime_answers_through_the_probe_as_through_docker_py(docker_client, labelled, monkeypatch):
+    import docker
+
+    task_id = labelled[0]
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    probed, full = DockerRuntime(), DockerRuntime(client_factory=docker.from_env)
+    assert probed._probe is not None and full._probe is None
+
+    async def both():
+        return await asyncio.gather(probed.version(), full.version(), probed.list_managed(), full.list_managed())
+
+    try:
+        v1, v2, listed1, listed2 = asyncio.run(both())
+    finally:
+        probed.close()
+        full.close()
+    assert v1 == v2
+    mine1 = [c for c in listed1 if c.task_id == task_id]
+    mine2 = [c for c in listed2 if c.task_id == task_id]
+    assert len(mine1) == 1 and mine1 == mine2
+    assert mine1[0].node_id == "n-probe" and not mine1[0].running and mine1[0].exit_code is None
+    assert probed._client is None, "the probe's answers built no docker-py client"
+
+
+def test_missing_socket_is_runtime_unavailable_with_the_fix(tmp_path):
+    path = tmp_path / "no-docker.sock"
+    with pytest.raises(RuntimeUnavailable) as err:
+        EngineProbe(str(path)).version()
+    text = str(err.value)
+    assert str(path) in text and "not reachable" in text and "start the Docker engine" in text
+
+
+def test_an_engine_that_never_answers_times_out(tmp_path):
+    path = str(tmp_path / "mute.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)  # accepts the connection (the kernel does), never answers
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeUnavailable, match="did not answer in 0.5 s"):
+            EngineProbe(path, timeout_s=0.5).info()
+        assert time.monotonic() - started < 5
+    finally:
+        server.close()
+
+
+def test_not_an_engine_is_runtime_unavailable(tmp_path):
+    """Something else on the socket: an HTTP error status is a clear error, not JSON parsed."""
+    path = str(tmp_path / "other.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\noops")
+        conn.close()
+
+    async def run() -> None:
+        serving = asyncio.create_task(asyncio.to_thread(answer))
+        with pytest.raises(RuntimeUnavailable, match="Docker answered 500 \\(oops\\)"):
+            await asyncio.to_thread(EngineProbe(path, timeout_s=5).version)
+        await serving
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(("host", "tls", "expected"), [
+    (None, None, DEFAULT_SOCKET),
+    ("unix:///run/other/docker.sock", None, "/run/other/docker.sock"),
+    ("unix://", None, DEFAULT_SOCKET),
+    ("unix://run/docker.sock", None, None),  # relative: docker-py's own reading
+    ("unix:///run/other/docker.sock", "1", None),  # TLS: docker-py's business
+    ("tcp://127.0.0.1:2375", None, None),
+    ("ssh://user@host", None, None),
+])
+def test_docker_host_as_docker_py_reads_it(monkeypatch, host, tls, expected):
+    for name, value in (("DOCKER_HOST", host), ("DOCKER_TLS_VERIFY", tls)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    probe = EngineProbe.for_env()
+    assert (probe.socket_path if probe else None) == expected
