@@ -96,17 +96,19 @@ def node_round(stack: DevStack, command: tuple[str, ...], lines: int, timeout: f
         time.sleep(0.1)
     row = stack.conn.execute(
         "SELECT COUNT(*), SUM(stream != 'system'), MAX(seq), MIN(time_ms), "
-        "MAX(CASE WHEN stream != 'system' THEN time_ms END) FROM logs WHERE task_id=?", (task_id,),
+        "MAX(CASE WHEN stream != 'system' THEN time_ms END), MAX(CASE WHEN stream != 'system' THEN seq END) "
+        "FROM logs WHERE task_id=?", (task_id,),
     ).fetchone()
-    stored, task_lines, top, first_ms, last_ms = row
+    stored, task_lines, top, first_ms, last_ms, last_task_seq = row
     cpu = sum(proc.cpu_times()[:2]) - cpu0[0], sum(master.cpu_times()[:2]) - cpu0[1]
     samples.append((time.monotonic(), top))
     first = next(t for t, seq in samples if seq > 0)
-    last = next(t for t, seq in samples if seq >= top)
+    # The spool limit's marker line comes at the task's end: not throughput.
+    last = next(t for t, seq in samples if seq >= last_task_seq)
     return {
         "stored": stored, "gaps": top - stored, "read_lines": lines, "task_lines": task_lines,
         "node_rate": task_lines / max((last_ms - first_ms) / 1000, 1e-3),
-        "master_rate": stored / max(last - first, 0.1),
+        "master_rate": task_lines / max(last - first, 0.1),
         "node_cpu_us": cpu[0] / lines * 1e6, "master_cpu_us": cpu[1] / max(stored, 1) * 1e6,
         "rss_before": rss_before, "rss_peak": peak, "rss_end": proc.memory_info().rss,
         "outcome": stack.conn.execute("SELECT outcome FROM tasks WHERE task_id=?", (task_id,)).fetchone()[0],
