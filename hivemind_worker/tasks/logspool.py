@@ -296,9 +296,12 @@ class LogSpool:
         on_disk = self.size - self._buf_bytes
         if len(raws) < n and on_disk > 0:
             start = max(0, on_disk - TAIL_BYTES)
-            with open(self.path, "rb") as fh:
-                fh.seek(start)
-                block = fh.read(on_disk - start)
+            try:
+                with open(self.path, "rb") as fh:
+                    fh.seek(start)
+                    block = fh.read(on_disk - start)
+            except FileNotFoundError:  # the task's directory is being removed (delivered): the monitor shows less
+                block = b""
             older = block.split(b"\n")[:-1]
             if start > 0:
                 older = older[1:]  # the first one is cut

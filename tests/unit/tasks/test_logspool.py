@@ -160,3 +160,17 @@ def test_a_batch_is_spooled_as_line_by_line(tmp_path: Path) -> None:
     assert [r.seq for r in many.read(700, 3)] == [700, 701, 702]
     one.close()
     many.close()
+
+
+def test_tail_of_a_spool_whose_file_was_removed(tmp_path: Path) -> None:
+    """The monitor asks a delivered task's tail while its directory is being removed:
+    the lines still buffered, never an error (a 500 from /api/tasks in the 60-task drill)."""
+    spool = LogSpool(tmp_path / "s", max_bytes=10**9)
+    for i in range(3):
+        spool.add(OUT, f"old {i}", 1)
+    spool.flush()
+    assert [r.text for r in spool.tail(2)] == ["old 1", "old 2"]
+    spool.add(OUT, "buffered", 2)
+    spool.path.unlink()
+    assert [r.text for r in spool.tail(5)] == ["buffered"]
+    spool.close()
