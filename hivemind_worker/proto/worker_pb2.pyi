@@ -288,13 +288,27 @@ class LogLine(_message.Message):
     time_ms: int
     def __init__(self, seq: _Optional[int] = ..., stream: _Optional[_Union[LogStream, str]] = ..., text: _Optional[str] = ..., time_ms: _Optional[int] = ...) -> None: ...
 
+class LogChunk(_message.Message):
+    __slots__ = ("first_seq", "stream", "time_ms", "text")
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    first_seq: int
+    stream: LogStream
+    time_ms: int
+    text: bytes
+    def __init__(self, first_seq: _Optional[int] = ..., stream: _Optional[_Union[LogStream, str]] = ..., time_ms: _Optional[int] = ..., text: _Optional[bytes] = ...) -> None: ...
+
 class LogBatch(_message.Message):
-    __slots__ = ("task_id", "lines")
+    __slots__ = ("task_id", "lines", "chunks")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     lines: _containers.RepeatedCompositeFieldContainer[LogLine]
-    def __init__(self, task_id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+    chunks: _containers.RepeatedCompositeFieldContainer[LogChunk]
+    def __init__(self, task_id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[LogChunk, _Mapping]]] = ...) -> None: ...
 
 class Drain(_message.Message):
     __slots__ = ("draining", "reason")
@@ -319,14 +333,16 @@ class WorkerMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryReport, _Mapping]] = ..., task_event: _Optional[_Union[TaskEvent, _Mapping]] = ..., logs: _Optional[_Union[LogBatch, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "report_interval_s", "server_time_ms")
+    __slots__ = ("session_id", "report_interval_s", "server_time_ms", "log_chunks")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REPORT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    LOG_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     report_interval_s: int
     server_time_ms: int
-    def __init__(self, session_id: _Optional[str] = ..., report_interval_s: _Optional[int] = ..., server_time_ms: _Optional[int] = ...) -> None: ...
+    log_chunks: bool
+    def __init__(self, session_id: _Optional[str] = ..., report_interval_s: _Optional[int] = ..., server_time_ms: _Optional[int] = ..., log_chunks: _Optional[bool] = ...) -> None: ...
 
 class BundleRef(_message.Message):
     __slots__ = ("size_bytes", "sha256")
