@@ -138,7 +138,8 @@ class ControlSession:
         """Upload a result from where the master left off; returns once it holds all."""
         channel = self._live_channel()
         digest = await asyncio.to_thread(sha256_file, archive)
-        await transfer.upload_result(channel, self._credential, task_id, attempt, archive, digest, usage)
+        await transfer.upload_result(channel, self._credential, task_id, attempt, archive, digest, usage,
+                                     max_message_bytes=self._max_message_bytes)
 
     def update_settings(self, initial_s: float, max_s: float) -> None:
         self._initial, self._max = initial_s, max_s

@@ -58,13 +58,13 @@ async def fetch_bundle(channel: grpc.aio.Channel, credential: str, task_id: str,
 
 
 async def _chunks(task_id: str, attempt: int, path: Path, offset: int, total: int, sha256: str,
-                  usage: SignedRecord | None = None) -> AsyncIterator[pb.ResultChunk]:
+                  usage: SignedRecord | None, chunk_bytes: int) -> AsyncIterator[pb.ResultChunk]:
     # The record rides on the first chunk of every call, so a resumed upload carries it too.
     first = pb.SignedUsage(record=usage.record, signature=usage.signature) if usage is not None else None
     with path.open("rb") as fh:
         fh.seek(offset)
         while True:
-            data = fh.read(CHUNK_BYTES)
+            data = fh.read(chunk_bytes)
             if not data and offset < total:
                 raise ProtocolError(f"result of {task_id} shrank while uploading")
             yield pb.ResultChunk(task_id=task_id, offset=offset, data=data, total_bytes=total, sha256=sha256,
@@ -77,16 +77,18 @@ async def _chunks(task_id: str, attempt: int, path: Path, offset: int, total: in
 
 async def upload_result(
     channel: grpc.aio.Channel, credential: str, task_id: str, attempt: int, archive: Path, sha256: str,
-    usage: SignedRecord | None = None,
+    usage: SignedRecord | None = None, max_message_bytes: int = 0,
 ) -> None:
     """Upload from the offset the master already holds; returns once it holds all.
     Every call names the attempt, so an old attempt's bytes are never taken for it.
     ``usage``: the task's signed usage record (None only where the node has no key).
     UsageRecordError when the master refused the record (it then dropped the partial
-    result: the next call starts from 0)."""
+    result: the next call starts from 0). ``max_message_bytes``: the channel's send
+    limit (0: none set); a chunk stays under it, or gRPC refuses every try."""
     stub = rpc.NodeControlStub(channel)
     meta = auth_metadata(credential)
     total = archive.stat().st_size
+    chunk_bytes = min(CHUNK_BYTES, max_message_bytes - 16 * 1024) if max_message_bytes else CHUNK_BYTES
     try:
         held = await stub.ResultOffset(pb.ResultOffsetRequest(task_id=task_id, attempt=attempt), metadata=meta)
         if held.complete:
@@ -94,7 +96,7 @@ async def upload_result(
         offset = held.offset if held.offset <= total else 0
         if offset:
             logger.info("resuming result upload at %d of %d bytes", offset, total, extra={"task_id": task_id})
-        reply = await stub.UploadResult(_chunks(task_id, attempt, archive, offset, total, sha256, usage), metadata=meta)
+        reply = await stub.UploadResult(_chunks(task_id, attempt, archive, offset, total, sha256, usage, chunk_bytes), metadata=meta)
     except grpc.RpcError as exc:
         details = exc.details() if hasattr(exc, "details") else ""
         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and (details or "").startswith(USAGE_REFUSED):

@@ -48,6 +48,7 @@ from hivemind_worker.proto import worker_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
+MIN_NODE_MESSAGE_BYTES = 64 * 1024  # the least a node may set (config.py): when its limit is unknown
 DEFAULT_MAX_RESULT_BYTES = 2 * 1024 ** 3
 DISK_RESERVE_BYTES = 256 * 1024 * 1024  # what a result upload always leaves free on the master's disk
 
@@ -221,11 +222,16 @@ class ControlService(pb_grpc.NodeControlServicer):
         if request.offset > total:
             await _abort(context, grpc.StatusCode.OUT_OF_RANGE,
                                 f"offset {request.offset} is past the bundle's end ({total} bytes)")
+        # Chunks the node can receive: it said its limit in hello (gRPC refuses a larger
+        # message outright, and the fetch would fail the same way on every try).
+        session = self.sessions.sessions.get(node["node_id"])
+        limit = session.max_message_bytes if session is not None else MIN_NODE_MESSAGE_BYTES
+        chunk_bytes = max(16 * 1024, min(self.chunk_bytes, limit - 16 * 1024))
         with open(path, "rb") as fh:
             fh.seek(request.offset)
             offset = request.offset
             while offset < total:
-                data = fh.read(self.chunk_bytes)
+                data = fh.read(chunk_bytes)
                 if not data:
                     break
                 yield pb.BundleChunk(offset=offset, data=data, total_bytes=total, sha256=digest)
