@@ -53,6 +53,22 @@ def make_node(tmp_path):
     yield make
     for node in nodes:
         node.stop()
+        _remove_task_containers(node)
+
+
+def _remove_task_containers(node) -> None:
+    """A node stopped with a task not yet delivered (handoff) leaves its container for the
+    next agent; no agent comes after a test: remove them, or they pile up on the engine."""
+    try:
+        node_id = node.node_id()
+    except (OSError, ValueError, KeyError):
+        return  # never enrolled
+    if not shutil.which("docker"):
+        return
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=hivemind.node_id={node_id}"],
+                         capture_output=True, text=True, timeout=30).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=60)
 
 
 def cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
