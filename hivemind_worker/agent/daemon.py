@@ -80,6 +80,11 @@ class Agent:
         self._background: dict[str, asyncio.Task] = {}  # long-lived; one ending is unhealthy
         self._chores: dict[str, asyncio.Task] = {}  # short, periodic (e.g. reading the tunnel)
         self._log_extra = {"node_id": identity.node_id}
+        # A drain may overrun its deadline by this much while the tasks are cancelled
+        # and reported; the stop timeout is extended in windows while it runs.
+        self.drain_grace_s = 10.0
+        self.stop_extend_every_s = 10.0
+        self.stop_extend_window_s = 30.0
 
     # ------------------------------------------------------------------ lifecycle
     async def serve(self) -> None:
@@ -131,10 +136,18 @@ class Agent:
         self.drain.start(DrainCause.SHUTDOWN)
         self.router.send_drain()
         if self.parts.tasks is not None and not self.force_exit and not self.handoff:
+            extender = asyncio.create_task(self._extend_stop_timeout(), name="stop-timeout")
+            started = time.monotonic()
             try:
-                await asyncio.wait_for(self.parts.tasks.drain(self.settings.drain_timeout_s), self.settings.drain_timeout_s + 10)
+                await asyncio.wait_for(self.parts.tasks.drain(self.settings.drain_timeout_s),
+                                       self.settings.drain_timeout_s + self.drain_grace_s)
             except asyncio.TimeoutError:
-                logger.warning("drain did not finish in time")
+                logger.warning("drain did not finish in time", extra=self._log_extra)
+            else:
+                logger.info("drain finished in %.1f s", time.monotonic() - started, extra=self._log_extra)
+            finally:
+                extender.cancel()
+                await asyncio.gather(extender, return_exceptions=True)
         self.session.close_stream()
         session = self._background.get("session")
         if session is not None:
@@ -176,6 +189,18 @@ class Agent:
             except WorkerError as exc:
                 logger.warning("telemetry sample failed: %s", exc)
             await self._wait_exit(self.router.report_interval_override or self.settings.report_interval_s)
+
+    async def _extend_stop_timeout(self) -> None:
+        """While the drain runs, keep asking systemd for more time to stop.
+
+        The unit's TimeoutStopSec= is written once, at install, for the drain_timeout_s
+        of that day; raised later (worker.toml, a drop-in's environment, a reload), the
+        drain the operator asked for would be SIGKILLed halfway. The requests come from
+        the event loop and end with the drain, which is bounded (drain_timeout_s plus
+        the grace): a wedged daemon stops asking and is killed one window later."""
+        while True:
+            self.parts.notifier.extend_timeout(self.stop_extend_window_s)
+            await asyncio.sleep(self.stop_extend_every_s)
 
     async def _watchdog_loop(self, interval: float) -> None:
         while True:

@@ -24,11 +24,19 @@ class Notifier(Protocol):
     def watchdog(self) -> None: ...
     def reloading(self) -> None: ...
     def stopping(self, status: str | None = None) -> None: ...
+    def extend_timeout(self, seconds: float) -> None: ...
 
 
 def _one_line(text: str) -> str:
     # A newline would start a new KEY=VALUE assignment in the datagram.
     return " ".join(text.split())
+
+
+def _extend_line(seconds: float) -> str:
+    # systemd >= 236 (older ones ignore it): the service must send again within this
+    # window or be timed out, but only once the state (here: stopping) has lasted
+    # longer than its configured timeout (TimeoutStopSec=), which it never shortens.
+    return f"EXTEND_TIMEOUT_USEC={max(0, round(seconds * 1_000_000))}"
 
 
 class SystemdNotifier:
@@ -60,6 +68,9 @@ class SystemdNotifier:
     def stopping(self, status: str | None = None) -> None:
         self._send("STOPPING=1", *([f"STATUS={_one_line(status)}"] if status else []))
 
+    def extend_timeout(self, seconds: float) -> None:
+        self._send(_extend_line(seconds))
+
 
 class FakeNotifier:
     """Records what would have been sent, as sd_notify lines, for tests."""
@@ -85,6 +96,9 @@ class FakeNotifier:
         self.sent.append("STOPPING=1")
         if status:
             self.sent.append(f"STATUS={_one_line(status)}")
+
+    def extend_timeout(self, seconds: float) -> None:
+        self.sent.append(_extend_line(seconds))
 
     @property
     def statuses(self) -> list[str]:

@@ -50,7 +50,9 @@ RestartPreventExitStatus=2 3 6
 TimeoutStartSec=120
 # SIGTERM (stop, restart, upgrade): under stop_mode "handoff" (the default) the agent
 # exits at once and running tasks keep running for the next agent; under "drain" it
-# drains for up to drain_timeout_s ({drain_s}s); then SIGKILL. SIGINT always drains.
+# drains for up to drain_timeout_s ({drain_s}s at install). SIGINT always drains. While it
+# drains it extends this timeout (EXTEND_TIMEOUT_USEC, 30 s at a time), so a larger
+# drain_timeout_s set later is not cut short; a daemon that stops asking is SIGKILLed.
 # KillMode=mixed: SIGTERM to the main process only, SIGKILL to all at the end.
 TimeoutStopSec={stop_s}
 KillMode=mixed

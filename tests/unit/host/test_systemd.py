@@ -25,9 +25,10 @@ def test_real_notifier_sends_datagrams(tmp_path, monkeypatch):
         notifier.watchdog()
         notifier.reloading()
         notifier.stopping("bye")
-        got = [server.recv(4096).decode() for _ in range(5)]
+        notifier.extend_timeout(30)
+        got = [server.recv(4096).decode() for _ in range(6)]
     assert got == ["READY=1\nSTATUS=serving 2 tasks", "STATUS=draining", "WATCHDOG=1", "RELOADING=1",
-                   "STOPPING=1\nSTATUS=bye"]
+                   "STOPPING=1\nSTATUS=bye", "EXTEND_TIMEOUT_USEC=30000000"]
 
 
 def test_real_notifier_is_silent_outside_systemd(monkeypatch):
