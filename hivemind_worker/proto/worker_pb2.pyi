@@ -333,16 +333,18 @@ class WorkerMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryReport, _Mapping]] = ..., task_event: _Optional[_Union[TaskEvent, _Mapping]] = ..., logs: _Optional[_Union[LogBatch, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "report_interval_s", "server_time_ms", "log_chunks")
+    __slots__ = ("session_id", "report_interval_s", "server_time_ms", "log_chunks", "max_message_bytes")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REPORT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     LOG_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     report_interval_s: int
     server_time_ms: int
     log_chunks: bool
-    def __init__(self, session_id: _Optional[str] = ..., report_interval_s: _Optional[int] = ..., server_time_ms: _Optional[int] = ..., log_chunks: _Optional[bool] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, session_id: _Optional[str] = ..., report_interval_s: _Optional[int] = ..., server_time_ms: _Optional[int] = ..., log_chunks: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class BundleRef(_message.Message):
     __slots__ = ("size_bytes", "sha256")
