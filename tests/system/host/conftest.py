@@ -126,14 +126,16 @@ def _build_deps_venv(wheelhouse: Path, rootfs: Path, workdir: Path, tar: Path) -
         tmp.rename(tar)
 
 
-def boot_worker_machine(wheelhouse: Path, rootfs: Path, workdir: Path) -> Machine:
+def boot_worker_machine(wheelhouse: Path, rootfs: Path, workdir: Path,
+                        binds: tuple[tuple[Path, str], ...] = ()) -> Machine:
     """A booted machine with the worker in /opt/hivemind-worker, the host's Docker
-    socket, and a docker group with the socket's gid (as docker.io would make it)."""
+    socket, and a docker group with the socket's gid (as docker.io would make it);
+    ``binds``: more host directories, read-write."""
     deps = _deps_venv_tar(wheelhouse, rootfs, workdir)
     m = Machine.from_tarball(rootfs, workdir)
     _no_sshd(m)
     subprocess.run(["tar", "--numeric-owner", "-xpf", str(deps), "-C", str(m.root)], check=True)
-    binds = [(DOCKER_SOCK.resolve(), "/run/docker.sock")] if DOCKER_SOCK.exists() else []
+    binds = (*binds, *([(DOCKER_SOCK.resolve(), "/run/docker.sock")] if DOCKER_SOCK.exists() else []))
     m.boot(binds=binds, ro_binds=[(wheelhouse.resolve(), "/mnt/wheels")])
     m.exec(f"{VENV}/bin/pip", "install", "-q", "--no-index", "--no-deps", "--force-reinstall",
            *[f"/mnt/wheels/project/{w.name}" for w in (wheelhouse / "project").glob("*.whl")], timeout=300)

@@ -64,14 +64,16 @@ def test_build_apt_repo_refuses_what_it_cannot_place(tmp_path):
     assert done.returncode != 0 and "names no release" in done.stderr, done.stderr
 
 
-def _prerm_drain_wait(python: str, config_dir: Path) -> str:
-    """prerm's drain_wait_s, run on its own against a config directory."""
+def _prerm_drain_wait(python: str, config_dir: Path, path: str | None = None) -> str:
+    """prerm's drain_wait_s, run on its own against a config directory (``path``: a
+    PATH to find ``systemctl`` on)."""
     text = (REPO / "packaging" / "debian" / "prerm").read_text()
     func = re.search(r"^drain_wait_s\(\) \{\n.*?^\}\n", text, re.M | re.S)
     assert func, "packaging/debian/prerm has no drain_wait_s()"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
     done = subprocess.run(["sh", "-c", func.group(0) + 'drain_wait_s "$0"', python], capture_output=True,
-                          text=True, timeout=60, env={**env, "HIVEMIND_CONFIG_DIR": str(config_dir)})
+                          text=True, timeout=60, env={**env, "HIVEMIND_CONFIG_DIR": str(config_dir),
+                                                      **({"PATH": path} if path else {})})
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -88,3 +90,26 @@ def test_prerm_waits_for_the_configured_drain(tmp_path):
     (tmp_path / "worker.toml").write_text("drain_timeout_s = \n")  # broken: not TOML
     assert _prerm_drain_wait(python, tmp_path) == "150"
     assert _prerm_drain_wait(str(tmp_path / "no-python"), tmp_path) == "150"
+
+
+def test_prerm_reads_the_units_environment(tmp_path):
+    """The service's settings come from worker.toml and then the unit's Environment=
+    (a drop-in's HIVEMIND_DRAIN_TIMEOUT_S): prerm waits for what the service will do.
+    Here ``systemctl`` prints what `systemctl show -P Environment` prints; the real one
+    is asked in tests/system/host/test_stop_timeout.py."""
+    from hivemind_worker.systemd.unit import DRAIN_MARGIN_S
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shown = tmp_path / "environment"
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\n[ "$*" = "show -P Environment hivemind-worker.service" ] '
+                                       f'&& exec cat {shown}\nexit 1\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    (tmp_path / "worker.toml").write_text("drain_timeout_s = 100\n")
+    shown.write_text('PYTHONUNBUFFERED=1 "GREETING=a b" HIVEMIND_DRAIN_TIMEOUT_S=240\n')
+    assert _prerm_drain_wait(sys.executable, tmp_path, path) == str(240 + DRAIN_MARGIN_S)
+    shown.write_text("PYTHONUNBUFFERED=1\n")  # no override: worker.toml's
+    assert _prerm_drain_wait(sys.executable, tmp_path, path) == str(100 + DRAIN_MARGIN_S)
+    shown.write_text("HIVEMIND_DRAIN_TIMEOUT_S=soon\n")  # the service would not start either
+    assert _prerm_drain_wait(sys.executable, tmp_path, path) == "150"
