@@ -81,15 +81,18 @@ esac
 
 # A removal drains whatever stop_mode says (SIGINT): running tasks finish, or are
 # cancelled at drain_timeout_s and reported, before the unit stops. The wait: the
-# configured drain_timeout_s plus the unit's stop margin (as the .deb's prerm does);
-# 150 s when the settings cannot be read.
+# configured drain_timeout_s (worker.toml, then the unit's Environment=) plus the unit's
+# stop margin (as the .deb's prerm does); 150 s when the settings cannot be read.
 drain_service() {
     systemctl is-active --quiet "$UNIT" 2>/dev/null || return 0
     local limit
-    limit=$("$VENV/bin/python" -B -c 'import math
+    limit=$(HIVEMIND_UNIT_ENVIRONMENT=$(systemctl show -P Environment "$UNIT" 2>/dev/null || true) \
+        "$VENV/bin/python" -B -c 'import math, os, shlex
 from hivemind_worker.config import load_settings
 from hivemind_worker.systemd.unit import DRAIN_MARGIN_S
-print(math.ceil(load_settings().drain_timeout_s) + DRAIN_MARGIN_S)' 2>/dev/null) || limit=150
+env = dict(os.environ)
+env.update(item.split("=", 1) for item in shlex.split(env.pop("HIVEMIND_UNIT_ENVIRONMENT", "")) if "=" in item)
+print(math.ceil(load_settings(environ=env).drain_timeout_s) + DRAIN_MARGIN_S)' 2>/dev/null) || limit=150
     say "draining running tasks before the removal (at most ${limit} s)"
     systemctl kill --kill-whom=main --signal=SIGINT "$UNIT" || return 0
     local waited=0   # MainPID, not is-active: a draining agent's unit reads "deactivating"

@@ -113,3 +113,29 @@ def test_prerm_reads_the_units_environment(tmp_path):
     assert _prerm_drain_wait(sys.executable, tmp_path, path) == str(100 + DRAIN_MARGIN_S)
     shown.write_text("HIVEMIND_DRAIN_TIMEOUT_S=soon\n")  # the service would not start either
     assert _prerm_drain_wait(sys.executable, tmp_path, path) == "150"
+
+
+def test_install_sh_uninstall_reads_the_units_environment(tmp_path):
+    """install.sh --uninstall waits as prerm does (drain_service, run on its own; the
+    stand-in systemctl answers for an active unit whose agent exits at once)."""
+    from hivemind_worker.systemd.unit import DRAIN_MARGIN_S
+
+    func = re.search(r"^drain_service\(\) \{\n.*?^\}\n", (REPO / "install.sh").read_text(), re.M | re.S)
+    assert func, "install.sh has no drain_service()"
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to(sys.executable)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "systemctl").write_text(
+        '#!/bin/sh\ncase "$*" in\n'
+        '  "show -P Environment hivemind-worker.service") echo "PYTHONUNBUFFERED=1 HIVEMIND_DRAIN_TIMEOUT_S=240" ;;\n'
+        '  "show -P MainPID hivemind-worker.service") echo 0 ;;\n'
+        '  "is-active --quiet hivemind-worker.service"|"kill --kill-whom=main --signal=SIGINT hivemind-worker.service") ;;\n'
+        '  *) exit 1 ;;\nesac\n')
+    (tmp_path / "bin" / "systemctl").chmod(0o755)
+    (tmp_path / "worker.toml").write_text("drain_timeout_s = 100\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
+    script = f'UNIT=hivemind-worker.service VENV={tmp_path / "venv"}\nsay() {{ echo "$*"; }}\n{func.group(0)}drain_service\n'
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**env, "HIVEMIND_CONFIG_DIR": str(tmp_path), "PATH": f"{tmp_path / 'bin'}:{env['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    assert f"(at most {240 + DRAIN_MARGIN_S} s)" in done.stdout, done.stdout
