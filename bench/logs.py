@@ -91,13 +91,15 @@ def node_round(stack: DevStack, command: tuple[str, ...], lines: int, timeout: f
         if time.monotonic() - t0 > timeout:
             raise SystemExit(f"the task did not finish; see {stack.base}")
         peak = max(peak, proc.memory_info().rss)
-        top = stack.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM logs WHERE task_id=?", (task_id,)).fetchone()[0]
+        top = stack.conn.execute("SELECT COALESCE(MAX(last_seq), 0) FROM log_chunks WHERE task_id=?",
+                                 (task_id,)).fetchone()[0]
         samples.append((time.monotonic(), top))
         time.sleep(0.1)
     row = stack.conn.execute(
-        "SELECT COUNT(*), SUM(stream != 'system'), MAX(seq), MIN(time_ms), "
-        "MAX(CASE WHEN stream != 'system' THEN time_ms END), MAX(CASE WHEN stream != 'system' THEN seq END) "
-        "FROM logs WHERE task_id=?", (task_id,),
+        "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0), "
+        "SUM(CASE WHEN stream != 'system' THEN last_seq - first_seq + 1 END), "
+        "MAX(last_seq), MIN(time_ms), MAX(CASE WHEN stream != 'system' THEN time_ms END), "
+        "MAX(CASE WHEN stream != 'system' THEN last_seq END) FROM log_chunks WHERE task_id=?", (task_id,),
     ).fetchone()
     stored, task_lines, top, first_ms, last_ms, last_task_seq = row
     cpu = sum(proc.cpu_times()[:2]) - cpu0[0], sum(master.cpu_times()[:2]) - cpu0[1]

@@ -81,14 +81,19 @@ CREATE TABLE IF NOT EXISTS task_events (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, id);
-CREATE TABLE IF NOT EXISTS logs (
+-- A task's log as chunks: lines first_seq..last_seq of one stream, read at one time,
+-- as the bytes the task wrote (each line ending in a newline); chunks never overlap. A
+-- rowid table with an index, not WITHOUT ROWID: its rows are up to a few hundred KB,
+-- and the index's small entries keep the lookups by seq off the text's pages.
+CREATE TABLE IF NOT EXISTS log_chunks (
     task_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
     stream TEXT NOT NULL,
-    text TEXT NOT NULL,
     time_ms INTEGER,
-    PRIMARY KEY (task_id, seq)
-) WITHOUT ROWID;
+    text BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS log_chunks_seq ON log_chunks (task_id, first_seq);
 -- Per task, the highest seq up to which every log line is stored: advancing it
 -- over each new batch keeps storing O(batch) however long the log grows.
 CREATE TABLE IF NOT EXISTS log_marks (
@@ -145,10 +150,27 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _migrate_logs(conn: sqlite3.Connection) -> None:
+    """A state.db from before chunks keeps a line per row in ``logs``: each becomes a
+    one-line chunk (a "\n" in its text written as "\\n", as a node's line would be
+    now), once; the old table goes."""
+    exists = "SELECT 1 FROM sqlite_master WHERE type='table' AND name='logs'"
+    if conn.execute(exists).fetchone() is None:
+        return
+    with Tx(conn):
+        if conn.execute(exists).fetchone() is None:  # another process migrated it first
+            return
+        conn.execute("INSERT OR IGNORE INTO log_chunks (task_id, first_seq, last_seq, stream, time_ms, text)"
+                     " SELECT task_id, seq, seq, stream, time_ms, CAST(replace(text, char(10), '\\n') || char(10) AS BLOB)"
+                     " FROM logs ORDER BY task_id, seq")
+        conn.execute("DROP TABLE logs")
+
+
 def open_db(path: Path) -> sqlite3.Connection:
     conn = connect(path)
     conn.executescript(SCHEMA)
     _add_columns(conn)
+    _migrate_logs(conn)
     if path.exists():
         path.chmod(0o600)
     return conn

@@ -28,7 +28,7 @@ import time
 import grpc
 from google.protobuf import json_format
 
-from hivemind_worker.devmaster import registry, taskdb
+from hivemind_worker.devmaster import logstore, registry, taskdb
 from hivemind_worker.devmaster.attempts import Attempts, RetryPolicy, state_name
 from hivemind_worker.devmaster.layout import StateDir
 from hivemind_worker.proto import worker_pb2 as pb
@@ -156,7 +156,8 @@ class SessionHub:
         reader = None
         try:
             await context.write(pb.MasterMessage(welcome=pb.Welcome(
-                session_id=session.session_id, report_interval_s=0, server_time_ms=int(time.time() * 1000))))
+                session_id=session.session_id, report_interval_s=0, server_time_ms=int(time.time() * 1000),
+                log_chunks=True)))
             self.attempts.reconcile(node_id, hello.tasks, session.stale)
             self.wake.set()
             reader = asyncio.ensure_future(self._read(session, requests))
@@ -216,19 +217,24 @@ class SessionHub:
             session.send(pb.MasterMessage(event_ack=ack))
 
     def _on_logs(self, session: Session, batch: pb.LogBatch) -> None:
+        names = _STREAM_NAMES
+        # Chunks (lines as the task wrote them) cost no Python step per line; an old
+        # node's LogLines become chunks too. logstore checks both before storing.
+        chunks = [(c.first_seq, names.get(c.stream, "unspecified"), c.time_ms, c.text) for c in batch.chunks]
+        if batch.lines:
+            chunks[:0] = logstore.line_chunks(
+                (line.seq, names.get(line.stream, "unspecified"), line.text, line.time_ms) for line in batch.lines)
         row = taskdb.get_task(self.conn, batch.task_id)
         if row is None or row["node_id"] != session.node_id or batch.task_id in session.stale:
             # An old attempt's (or an unknown task's) lines: nobody here will read them;
             # acknowledged so that the node frees its spool.
-            logger.info("dropping %d log lines of a stale or unknown attempt", len(batch.lines),
+            seq = logstore.last_seq(chunks)
+            logger.info("dropping the log lines up to seq %d of a stale or unknown attempt", seq,
                         extra={"node_id": session.node_id, "task_id": batch.task_id})
-            if batch.lines:
-                seq = max(line.seq for line in batch.lines)
+            if seq:
                 session.send(pb.MasterMessage(log_ack=pb.LogAck(task_id=batch.task_id, seq=seq)))
             return
-        names = _STREAM_NAMES
-        lines = [(line.seq, names.get(line.stream, "unspecified"), line.text, line.time_ms) for line in batch.lines]
-        seq, note = taskdb.store_logs(self.conn, batch.task_id, lines, self.log_limits)
+        seq, note = logstore.store_chunks(self.conn, batch.task_id, chunks, self.log_limits)
         if note:
             logger.warning("log of the task limited: %s", note,
                            extra={"node_id": session.node_id, "task_id": batch.task_id})

@@ -213,7 +213,7 @@ def new_attempt(conn: sqlite3.Connection, task_id: str, reason: str) -> int:
             " first_deferred_at=NULL, log_lines=0, log_bytes=0, updated_at=? WHERE task_id=?",
             (reason, now(), task_id),
         )
-        conn.execute("DELETE FROM logs WHERE task_id=?", (task_id,))
+        conn.execute("DELETE FROM log_chunks WHERE task_id=?", (task_id,))
         conn.execute("DELETE FROM log_marks WHERE task_id=?", (task_id,))
         return known_task(conn, task_id)["attempt"]
 

@@ -23,6 +23,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Callable
 
+from hivemind_worker.devmaster import logstore
 from tests.conftest import cli
 from tests.support.stack import DevMaster, Node, wait_for
 
@@ -106,7 +107,9 @@ def node_finished(node: Node, task_id: str) -> bool:
 
 
 def log_lines(master: DevMaster, task_id: str) -> list[dict]:
-    return db_rows(master, "SELECT seq, stream, text FROM logs WHERE task_id=? ORDER BY seq", (task_id,))
+    """Every stored line (seq, stream, text, time_ms) in seq order; the master keeps them as chunks."""
+    with closing(sqlite3.connect(f"file:{master.state / 'state.db'}?mode=ro", uri=True, timeout=10)) as conn:
+        return logstore.logs_after(conn, task_id, 0, limit=10**9)
 
 
 def assert_lines_once(master: DevMaster, task_id: str, expected: list[str], prefix: str = "line ",

@@ -186,6 +186,11 @@ class FakeNode:
         await self.send(logs=pb.LogBatch(task_id=task_id, lines=[
             pb.LogLine(seq=seq, stream=stream, text=text) for seq, stream, text in lines]))
 
+    async def chunks(self, task_id: str, chunks: list[tuple[int, int, bytes]]) -> None:
+        """(first_seq, stream, text) LogChunks, as a node that was welcomed with log_chunks sends them."""
+        await self.send(logs=pb.LogBatch(task_id=task_id, chunks=[
+            pb.LogChunk(first_seq=first, stream=stream, time_ms=1, text=text) for first, stream, text in chunks]))
+
     async def upload(self, task_id: str, data: bytes, sha256: str, offset: int = 0, end: int | None = None,
                      chunk: int = 64 * 1024, attempt: int = 0, total: int | None = None,
                      usage: pb.SignedUsage | None = None) -> pb.UploadResultResponse:

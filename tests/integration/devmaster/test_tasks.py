@@ -143,6 +143,27 @@ async def test_logs_are_stored_once_and_acknowledged(master, make_node, db):
         (1, "stdout", "one"), (2, "stderr", "two"), (3, "stdout", "three"), (5, "stdout", "five")]
 
 
+async def test_log_chunks_are_welcomed_stored_once_and_checked(master, make_node, db):
+    node = await make_node()
+    assert node.welcome.log_chunks
+    task_id = queue(master)
+    await node.recv_kind("assign")
+    out, err = pb.LOG_STREAM_STDOUT, pb.LOG_STREAM_STDERR
+    await node.chunks(task_id, [(1, out, b"one\ntwo\n"), (3, err, b"\xffthree\n")])
+    assert (await node.recv_kind("log_ack")).seq == 3
+    # A resend from before the ack, then a malformed chunk (acknowledged, dropped, the
+    # log says so) and the session goes on.
+    await node.chunks(task_id, [(2, out, b"two\nthree?\nfour\n"), (5, err, b"five")])
+    assert (await node.recv_kind("log_ack")).seq == 5
+    await node.chunks(task_id, [(6, out, b"six\n")])
+    assert (await node.recv_kind("log_ack")).seq == 6
+    rows = taskdb.logs_after(db, task_id, 0)
+    assert [(r["seq"], r["stream"], r["text"]) for r in rows] == [
+        (1, "stdout", "one"), (2, "stdout", "two"), (3, "stderr", "\ufffdthree"), (4, "stdout", "four"),
+        (5, "system", "[dev-master] 1 line(s) dropped: the node sent them malformed (an unfinished last line)"),
+        (6, "stdout", "six")]
+
+
 async def test_hello_reconciliation(master, make_node, db):
     node = await make_node()
     unacked = queue(master)
