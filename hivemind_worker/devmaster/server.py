@@ -103,9 +103,10 @@ class DevMaster:
         self.ca_hash = ca.ca_hash(self.state)
         self.conn = conn = open_db(self.state.db)
         registry.reset_sessions(conn)
-        self.sessions = SessionHub(conn, self._wake, self.state, self.config.retry, self.config.log_limits)
-        hub_ip = registry.hub_address(self.config.vpn_subnet).split("/")[0] if self.hub else ""
         limit = self.config.max_message_bytes
+        self.sessions = SessionHub(conn, self._wake, self.state, self.config.retry, self.config.log_limits,
+                                   max_message_bytes=limit)
+        hub_ip = registry.hub_address(self.config.vpn_subnet).split("/")[0] if self.hub else ""
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

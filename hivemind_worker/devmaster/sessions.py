@@ -112,8 +112,10 @@ class SessionHub:
     """All live sessions of one `serve`, and the assignment of queued tasks."""
 
     def __init__(self, conn: sqlite3.Connection, wake: asyncio.Event, state: StateDir,
-                 policy: RetryPolicy = RetryPolicy(), log_limits: taskdb.LogLimits = taskdb.LogLimits()) -> None:
+                 policy: RetryPolicy = RetryPolicy(), log_limits: taskdb.LogLimits = taskdb.LogLimits(),
+                 max_message_bytes: int = 0) -> None:
         self.conn = conn
+        self.max_message_bytes = max_message_bytes  # what this master receives (0: not said), told in the Welcome
         self.wake = wake
         self.sessions: dict[str, Session] = {}
         self.log_limits = log_limits
@@ -157,7 +159,7 @@ class SessionHub:
         try:
             await context.write(pb.MasterMessage(welcome=pb.Welcome(
                 session_id=session.session_id, report_interval_s=0, server_time_ms=int(time.time() * 1000),
-                log_chunks=True)))
+                log_chunks=True, max_message_bytes=self.max_message_bytes)))
             self.attempts.reconcile(node_id, hello.tasks, session.stale)
             self.wake.set()
             reader = asyncio.ensure_future(self._read(session, requests))

@@ -145,7 +145,7 @@ async def test_logs_are_stored_once_and_acknowledged(master, make_node, db):
 
 async def test_log_chunks_are_welcomed_stored_once_and_checked(master, make_node, db):
     node = await make_node()
-    assert node.welcome.log_chunks
+    assert node.welcome.log_chunks and node.welcome.max_message_bytes == master.config.max_message_bytes
     task_id = queue(master)
     await node.recv_kind("assign")
     out, err = pb.LOG_STREAM_STDOUT, pb.LOG_STREAM_STDERR
