@@ -20,7 +20,7 @@ from typing import Any, Callable, Coroutine
 
 from hivemind_worker.control.session import ControlSession
 from hivemind_worker.errors import MasterUnreachable, UsageRecordError
-from hivemind_worker.tasks.model import LogRecord, TaskEvent
+from hivemind_worker.tasks.model import LogChunk, TaskEvent
 from hivemind_worker.tasks.result import read_usage
 from hivemind_worker.identity import UsageKey
 from hivemind_worker.usage import SignedRecord
@@ -56,11 +56,11 @@ class SessionHost:
         except MasterUnreachable as exc:
             logger.info("event for %s not sent: %s", event.task_id, exc)
 
-    async def emit_logs(self, task_id: str, lines: list[LogRecord]) -> None:
-        count, size = self.session.send_logs(task_id, lines)
+    async def emit_logs(self, task_id: str, chunks: list[LogChunk]) -> None:
+        count, size = self.session.send_logs(task_id, chunks)
         self.counters["log_lines_sent"] += count
         self.counters["log_bytes_sent"] += size
-        if count < len(lines):
+        if count < sum(chunk.lines for chunk in chunks):
             raise MasterUnreachable("no session with the master right now; the lines are resent after reconnect")
 
     def _connected(self) -> ControlSession:

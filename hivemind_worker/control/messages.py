@@ -11,7 +11,7 @@ from typing import Any, Mapping, Union
 from hivemind_worker.proto import worker_pb2 as pb
 from hivemind_worker.tasks.model import (
     HeldTask,
-    LogRecord,
+    LogChunk,
     LogStream,
     NetworkPolicy,
     Resources,
@@ -76,29 +76,73 @@ def drain_message(draining: bool, reason: str) -> pb.WorkerMessage:
     return pb.WorkerMessage(drain=pb.Drain(draining=draining, reason=reason))
 
 
-def log_messages(task_id: str, lines: list[LogRecord], max_bytes: int) -> list[tuple[pb.WorkerMessage, int, int]]:
-    """Split lines into messages that stay well under the session's size limit:
-    (message, lines in it, text bytes in it). Lines are added in place (lines.add):
-    a LogLine object per line would cost more than the line."""
+_CUT = b" [hivemind: line truncated]\n"
+
+
+def log_messages(task_id: str, chunks: list[LogChunk], max_bytes: int,
+                 as_chunks: bool) -> list[tuple[pb.WorkerMessage, int, int]]:
+    """Split chunks into messages that stay well under the session's size limit:
+    (message, lines in it, text bytes in it). ``as_chunks``: the master takes
+    LogChunks (its Welcome said so), a chunk split at a line where a message is full;
+    otherwise a LogLine per line, decoded (UTF-8, invalid bytes replaced). A line too
+    long for a message is cut and says so."""
     budget = max(max_bytes // 2, 16 * 1024)
-    codes = {id(k): v for k, v in _STREAM.items()}  # by identity: an Enum's hash is Python code
+    if not as_chunks:
+        return _line_messages(task_id, chunks, budget)
     out: list[tuple[pb.WorkerMessage, int, int]] = []
     message, size, count, text_bytes = None, 0, 0, 0
-    for line in lines:
-        text = line.text
-        if len(text) > budget - 64:  # one pathological line: cut it, say so
-            text = text[: budget - 96] + " [hivemind: line truncated]"
-        cost = len(text) + 32
-        if message is None or size + cost > budget:
-            if message is not None:
-                out.append((message, count, text_bytes))
-            message = pb.WorkerMessage(logs=pb.LogBatch(task_id=task_id))
-            add = message.logs.lines.add
-            size = count = text_bytes = 0
-        add(seq=line.seq, stream=codes[id(line.stream)], text=text, time_ms=line.time_ms)
-        size += cost
-        count += 1
-        text_bytes += len(text) + 1
+    for chunk in chunks:
+        code, seq, text = _STREAM[chunk.stream], chunk.first_seq, chunk.text
+        while text:
+            if message is None:
+                message = pb.WorkerMessage(logs=pb.LogBatch(task_id=task_id))
+                add = message.logs.chunks.add
+                size = count = text_bytes = 0
+            room = budget - size - 48  # 48: a chunk's own fields and framing
+            if len(text) <= room:
+                piece, text = text, b""
+            else:  # the message is full: split the chunk at a line
+                cut = text.rfind(b"\n", 0, max(room, 0)) + 1
+                if cut:
+                    piece, text = text[:cut], text[cut:]
+                elif size:  # not one more line fits: the next message
+                    out.append((message, count, text_bytes))
+                    message = None
+                    continue
+                else:  # one line longer than a whole message: cut it, say so
+                    piece, text = text[: budget - 96] + _CUT, text[text.index(b"\n") + 1 :]
+            n = piece.count(b"\n")
+            add(first_seq=seq, stream=code, time_ms=chunk.time_ms, text=piece)
+            seq += n
+            count += n
+            size += len(piece) + 48
+            text_bytes += len(piece)
+    if message is not None:
+        out.append((message, count, text_bytes))
+    return out
+
+
+def _line_messages(task_id: str, chunks: list[LogChunk], budget: int) -> list[tuple[pb.WorkerMessage, int, int]]:
+    """A LogLine per line, for a master that does not take chunks. Lines are added in
+    place (lines.add): a LogLine object per line would cost more than the line."""
+    out: list[tuple[pb.WorkerMessage, int, int]] = []
+    message, size, count, text_bytes = None, 0, 0, 0
+    for chunk in chunks:
+        code, time_ms = _STREAM[chunk.stream], chunk.time_ms
+        for seq, text in enumerate(chunk.text.decode("utf-8", "replace").split("\n")[:-1], chunk.first_seq):
+            if len(text) > budget - 64:  # one pathological line: cut it, say so
+                text = text[: budget - 96] + " [hivemind: line truncated]"
+            cost = len(text) + 32
+            if message is None or size + cost > budget:
+                if message is not None:
+                    out.append((message, count, text_bytes))
+                message = pb.WorkerMessage(logs=pb.LogBatch(task_id=task_id))
+                add = message.logs.lines.add
+                size = count = text_bytes = 0
+            add(seq=seq, stream=code, text=text, time_ms=time_ms)
+            size += cost
+            count += 1
+            text_bytes += len(text) + 1
     if message is not None:
         out.append((message, count, text_bytes))
     return out
@@ -151,6 +195,7 @@ class Welcome:
     session_id: str
     report_interval_s: int = 0  # 0 = keep the node's setting
     server_time_ms: int = 0
+    log_chunks: bool = False  # the master takes LogBatch.chunks (else LogLines)
 
 
 @dataclass(frozen=True)
@@ -212,7 +257,7 @@ def request_from_pb(spec: pb.TaskSpec) -> TaskRequest:
 
 
 def welcome_from_pb(w: pb.Welcome) -> Welcome:
-    return Welcome(w.session_id, w.report_interval_s, w.server_time_ms)
+    return Welcome(w.session_id, w.report_interval_s, w.server_time_ms, w.log_chunks)
 
 
 def from_master(message: pb.MasterMessage) -> MasterCommand | None:

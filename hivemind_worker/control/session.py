@@ -27,7 +27,7 @@ from hivemind_worker.control.messages import MasterCommand, NodeHello, Welcome
 from hivemind_worker.errors import CredentialRevoked, MasterUnreachable
 from hivemind_worker.fsutil import sha256_file
 from hivemind_worker.proto import worker_pb2 as pb
-from hivemind_worker.tasks.model import LogRecord, Resources, TaskEvent
+from hivemind_worker.tasks.model import LogChunk, Resources, TaskEvent
 from hivemind_worker.proto import worker_pb2_grpc as rpc
 from hivemind_worker.usage import SignedRecord
 
@@ -85,11 +85,15 @@ class ControlSession:
         self._target = target
         self._rng = rng or random.Random()
         self._max_message_bytes = max_message_bytes
+        # What this session may send: the node's own limit, or the master's if its
+        # Welcome says it takes less (it would refuse a bigger message on every try).
+        self._send_limit = max_message_bytes
         self._outbox: asyncio.Queue | None = None
         self.channel: grpc.aio.Channel | None = None
         self.state = SessionState.CONNECTING
         self.reconnects = 0
         self.session_id = ""
+        self.log_chunks = False  # this session's master takes LogChunks (its Welcome said so)
         self.last_error = ""
         self.connected_since: float | None = None
 
@@ -114,11 +118,12 @@ class ControlSession:
     def send_report(self, sample: Mapping[str, Any], free: Resources | None = None) -> bool:
         return self.send(pb.WorkerMessage(telemetry=messages.report_from_sample(sample, free)))
 
-    def send_logs(self, task_id: str, lines: list[LogRecord]) -> tuple[int, int]:
+    def send_logs(self, task_id: str, chunks: list[LogChunk]) -> tuple[int, int]:
         """Queue lines in batches under the message limit; returns (lines, bytes)
         queued, which stops short at the first batch the session could not take."""
         count = size = 0
-        for message, lines_in, bytes_in in messages.log_messages(task_id, lines, self._max_message_bytes):
+        for message, lines_in, bytes_in in messages.log_messages(task_id, chunks, self._send_limit,
+                                                                 self.log_chunks):
             if not self.send(message):
                 break
             count += lines_in
@@ -139,7 +144,7 @@ class ControlSession:
         channel = self._live_channel()
         digest = await asyncio.to_thread(sha256_file, archive)
         await transfer.upload_result(channel, self._credential, task_id, attempt, archive, digest, usage,
-                                     max_message_bytes=self._max_message_bytes)
+                                     max_message_bytes=self._send_limit)
 
     def update_settings(self, initial_s: float, max_s: float) -> None:
         self._initial, self._max = initial_s, max_s
@@ -201,6 +206,8 @@ class ControlSession:
                 raise _closed(self._target)
             self._outbox = outbox
             self.session_id = first.welcome.session_id
+            self.log_chunks = first.welcome.log_chunks
+            self._send_limit = min(self._max_message_bytes, first.welcome.max_message_bytes or self._max_message_bytes)
             self.state = SessionState.CONNECTED
             self.connected_since = time.time()
             self.last_error = ""

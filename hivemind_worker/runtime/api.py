@@ -14,7 +14,9 @@ from typing import AsyncIterator, Callable, Iterable, Protocol
 from hivemind_worker.runtime.spec import ContainerInfo, ContainerSpec, ContainerStats, ExitInfo
 from hivemind_worker.vocab import LogStream
 
-LogLine = tuple[LogStream, str, int]  # (stream, line without its newline, time in unix ms)
+# (stream, complete lines as the task wrote them, each ending in b"\n", time in unix ms):
+# see runtime/logstream.py
+LogChunk = tuple[LogStream, bytes, int]
 
 
 class ContainerRuntime(Protocol):
@@ -33,12 +35,13 @@ class ContainerRuntime(Protocol):
     async def start(self, container_id: str, /) -> None:
         """TaskError (e.g. GPU driver missing); the container then stays Created: remove() it."""
 
-    def follow_logs(self, container_id: str, /, since_s: float | None = None) -> AsyncIterator[list[LogLine]]:
-        """The container's output in batches of lines, in order (a batch: what one read
-        brought; per line would cost more than the line at the engine's rate). Ends when
-        the container exits; ``since_s`` (epoch seconds) is inclusive. A line whose time
-        is logstream.INTERRUPTED is what a broken stream had of an unfinished line, just
-        before RuntimeUnavailable. Close it with contextlib.aclosing() to stop its reader
+    def follow_logs(self, container_id: str, /, since_s: float | None = None) -> AsyncIterator[list[LogChunk]]:
+        """The container's output in batches of chunks, in order (a batch: what one read
+        brought; a chunk: consecutive lines of one stream, raw bytes; per line would cost
+        more than the line at the engine's rate). Ends when the container exits;
+        ``since_s`` (epoch seconds) is inclusive. A chunk whose time is
+        logstream.INTERRUPTED is what a broken stream had of an unfinished line (no
+        newline), just before RuntimeUnavailable. Close it with contextlib.aclosing() to stop its reader
         at once when leaving early."""
 
     async def wait(self, container_id: str, /) -> ExitInfo: ...

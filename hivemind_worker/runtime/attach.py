@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable
 
 from hivemind_worker.errors import WorkerError
 from hivemind_worker.runtime import logstream
-from hivemind_worker.runtime.logstream import Line
+from hivemind_worker.runtime.logstream import Chunk
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Attachments:
         api.start(container_id)
 
     def follow(self, api_of: Callable[[], Any], container_id: str, since_s: float | None,
-               translate: Callable[[BaseException], WorkerError]) -> AsyncIterator[list[Line]]:
+               translate: Callable[[BaseException], WorkerError]) -> AsyncIterator[list[Chunk]]:
         """logstream.follow of the attach stream opened at the start if nobody took it
         yet (``since_s`` None), else of the logs endpoint (a resumed read)."""
 

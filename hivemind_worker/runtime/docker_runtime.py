@@ -25,6 +25,7 @@ from hivemind_worker.runtime.engine_probe import EngineProbe, container_info
 from hivemind_worker.runtime.egress import EgressFirewall, EgressPolicy, ensure_network
 from hivemind_worker.runtime.gpu import GpuInventory, NvmlGpuInventory
 from hivemind_worker.runtime.images import ImageGc
+from hivemind_worker.runtime.logstream import Chunk
 from hivemind_worker.runtime.pull import PullProgress
 from hivemind_worker.runtime.spec import (
     LABEL_MANAGED,
@@ -40,7 +41,7 @@ from hivemind_worker.runtime.spec import (
 )
 from hivemind_worker.runtime.stats import StatsReader
 from hivemind_worker.runtime.translate import docker_errors, is_conflict, is_not_found, translate
-from hivemind_worker.vocab import LogStream, NetworkPolicy
+from hivemind_worker.vocab import NetworkPolicy
 
 if TYPE_CHECKING:
     import docker
@@ -286,7 +287,7 @@ class DockerRuntime:
     async def start(self, container_id: str) -> None:
         await self._call(f"start container {container_id[:12]}", lambda: self._attached.start(self._docker().api, container_id))
 
-    def follow_logs(self, container_id: str, since_s: float | None = None) -> AsyncIterator[list[tuple[LogStream, str, int]]]:
+    def follow_logs(self, container_id: str, since_s: float | None = None) -> AsyncIterator[list[Chunk]]:
         return self._attached.follow(lambda: self._docker().api, container_id, since_s,
                                      lambda exc: translate(exc, f"follow logs of container {container_id[:12]}"))
 

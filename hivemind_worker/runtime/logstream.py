@@ -1,5 +1,5 @@
 """Reading a container's output: one dedicated thread reads Docker's multiplexed
-stream and feeds the event loop batches of lines (no polling).
+stream and feeds the event loop batches of chunks of lines (no polling).
 
 A task started by the agent is read from its attach stream, opened before the
 start (Attachments): the engine's own copy of the output, a frame per write of the
@@ -7,8 +7,9 @@ task, no per-line JSON or timestamps; the log driver still keeps everything for
 `docker logs` and for a resumed read (the agent restarted, the engine came back),
 which follows the logs endpoint (a timestamped frame per line) and skips by count
 what was already read. The thread parses frames itself (docker-py's helpers drop
-the stream id), splits lines in bulk, and cuts a line longer than MAX_LINE_BYTES
-into pieces so a task printing without newlines cannot grow the agent's memory.
+the stream id) and hands on the bytes the task wrote, a chunk of whole lines per
+run of frames (no decoding, no per-line object: the engine's rate is hundreds of
+thousands of lines a second), and cuts a line longer than MAX_LINE_BYTES into pieces so a task printing without newlines cannot grow the agent's memory.
 At most MAX_BATCHES_IN_FLIGHT batches wait for the consumer; a slow consumer slows
 the reader (and the task, or Docker's log file), so memory stays flat.
 
@@ -40,7 +41,10 @@ _END = object()
 # The time of what an interrupted stream held of an unfinished line: not a line yet.
 INTERRUPTED = -1
 
-Line = tuple[LogStream, str, int]
+# (stream, text, time_ms): complete lines of one stream as the task wrote them, each
+# ending in b"\n" (no CR before it); or, timed INTERRUPTED, what a broken stream had
+# of an unfinished line (no newline).
+Chunk = tuple[LogStream, bytes, int]
 
 
 def docker_time_ms(stamp: str) -> int:
@@ -75,13 +79,16 @@ class _Clock:
 
 
 class FrameParser:
-    """Docker's multiplexed stream -> complete lines, split in bulk.
+    """Docker's multiplexed stream -> chunks of complete lines, as the task wrote them.
 
     ``stamped``: every frame starts with Docker's time (the logs endpoint with
     timestamps=1, one frame per line); otherwise (the attach stream, one frame per
-    write of the task, often many lines) a line carries the time it was read.
-    A line is cut into pieces of MAX_LINE_BYTES from its start, however the frames
-    fell, so that two reads of the same output give the same lines (a resumed
+    write of the task, often many lines) a chunk carries the time it was read.
+    No decoding and no per-line split: a run of frames of one stream is cut at its
+    last newline (the rest waits for the next frame); only a chunk longer than
+    MAX_LINE_BYTES can hold a line that long, so only such a chunk is looked at line
+    by line. A line is cut into pieces of MAX_LINE_BYTES from its start, however the
+    frames fell, so that two reads of the same output give the same lines (a resumed
     read skips lines by count)."""
 
     def __init__(self, stamped: bool = True, clock: Callable[[], float] = time.time) -> None:
@@ -92,13 +99,13 @@ class FrameParser:
         self._pending_ms: dict[int, int] = {1: 0, 2: 0}
         self._clock = _Clock()
 
-    def feed(self, chunk: bytes) -> list[Line]:
+    def feed(self, chunk: bytes) -> list[Chunk]:
         buf = self._buf
         buf += chunk
-        out: list[Line] = []
+        out: list[Chunk] = []
         pos, size = 0, len(buf)
         now_ms = 0 if self._stamped else int(self._now() * 1000)
-        run_id, run = 0, list[bytes]()  # consecutive unstamped payloads of one stream: split at once
+        run_id, run = 0, list[bytes]()  # consecutive unstamped payloads of one stream: one chunk
         while size - pos >= 8:
             length = int.from_bytes(buf[pos + 4 : pos + 8], "big")
             if size - pos - 8 < length:
@@ -120,18 +127,21 @@ class FrameParser:
         if run:
             self._text(run_id, b"".join(run), now_ms, out)
         del buf[:pos]
+        if self._stamped and len(out) > 1:  # a line per frame: merge lines of one time
+            out = [(stream, b"".join(c[1] for c in same), ms)
+                   for (stream, ms), same in itertools.groupby(out, key=lambda c: (c[0], c[2]))]
         return out
 
-    def flush(self) -> list[Line]:
-        """Whatever was printed without a final newline."""
-        out: list[Line] = []
+    def flush(self) -> list[Chunk]:
+        """Whatever was printed without a final newline, as a line."""
+        out: list[Chunk] = []
         for stream_id, pending in self._pending.items():
             if pending:
-                out.append((_STREAMS[stream_id], pending.decode("utf-8", "replace"), self._pending_ms[stream_id]))
+                out.append((_STREAMS[stream_id], bytes(pending) + b"\n", self._pending_ms[stream_id]))
                 pending.clear()
         return out
 
-    def _text(self, stream_id: int, text: bytes, at_ms: int, out: list[Line]) -> None:
+    def _text(self, stream_id: int, text: bytes, at_ms: int, out: list[Chunk]) -> None:
         pending = self._pending[stream_id]
         last = text.rfind(b"\n")
         if last < 0:
@@ -140,37 +150,41 @@ class FrameParser:
             pending += text
             self._overflow(stream_id, pending, out)
             return
-        first_ms = self._pending_ms[stream_id] if pending else at_ms
         if pending:
-            pending += text[:last]
+            at_ms = self._pending_ms[stream_id]
+            pending += text[: last + 1]
             body = bytes(pending)
             pending.clear()
         else:
-            body = text[:last]
-        stream = _STREAMS[stream_id]
-        if len(body) > MAX_LINE_BYTES and max(map(len, body.split(b"\n"))) > MAX_LINE_BYTES:
-            lines = [piece for raw in body.split(b"\n") for piece in _pieces(raw)]
-            texts = [raw.decode("utf-8", "replace") for raw in lines]
-        else:
-            texts = body.decode("utf-8", "replace").split("\n")
-            if b"\r" in body:
-                texts = [t[:-1] if t.endswith("\r") else t for t in texts]
-        start = len(out)
-        out.extend(zip(itertools.repeat(stream), texts, itertools.repeat(at_ms)))
-        if first_ms != at_ms:
-            out[start] = (stream, out[start][1], first_ms)
+            body = text[: last + 1]
+        if len(body) > MAX_LINE_BYTES and _has_long_line(body):
+            body = b"".join([piece + b"\n" for raw in body[:-1].split(b"\n") for piece in _pieces(raw)])
+        elif b"\r\n" in body:
+            body = body.replace(b"\r\n", b"\n")
+        out.append((_STREAMS[stream_id], body, at_ms))
         rest = text[last + 1 :]
         if rest:
             self._pending_ms[stream_id] = at_ms
             pending += rest
             self._overflow(stream_id, pending, out)
 
-    def _overflow(self, stream_id: int, pending: bytearray, out: list[Line]) -> None:
+    def _overflow(self, stream_id: int, pending: bytearray, out: list[Chunk]) -> None:
         """No newline yet: pieces of MAX_LINE_BYTES go out, so memory stays flat."""
         while len(pending) > MAX_LINE_BYTES:
-            out.append((_STREAMS[stream_id], bytes(pending[:MAX_LINE_BYTES]).decode("utf-8", "replace"),
-                        self._pending_ms[stream_id]))
+            out.append((_STREAMS[stream_id], bytes(pending[:MAX_LINE_BYTES]) + b"\n", self._pending_ms[stream_id]))
             del pending[:MAX_LINE_BYTES]
+
+
+def _has_long_line(body: bytes) -> bool:
+    """Does body (ending in a newline) hold a line longer than MAX_LINE_BYTES? A few
+    searches per MAX_LINE_BYTES of text, whatever the number of lines."""
+    start = 0
+    while len(body) - start > MAX_LINE_BYTES:
+        last = body.rfind(b"\n", start, start + MAX_LINE_BYTES + 1)
+        if last < 0:
+            return True
+        start = last + 1
+    return False
 
 
 def _pieces(line: bytes) -> list[bytes]:
@@ -285,8 +299,8 @@ async def follow(
     translate: Callable[[BaseException], WorkerError],
     name: str,
     running: Callable[[], bool] | None = None,
-) -> AsyncIterator[list[Line]]:
-    """Yield batches of (stream, line, time_ms) until the stream ends (the container exited).
+) -> AsyncIterator[list[Chunk]]:
+    """Yield batches of chunks (stream, lines, time_ms) until the stream ends (the container exited).
 
     ``open_stream`` gives (response, stamped). A stream that ends while the container
     still runs (``running``; the engine went away) raises RuntimeUnavailable, after
@@ -312,24 +326,24 @@ async def follow(
             if stop.is_set():
                 return
             parser = FrameParser(stamped)
-            for chunk in body_blocks(response):
+            for block in body_blocks(response):
                 if stop.is_set():
                     return
-                lines = parser.feed(chunk)
-                if lines:
+                chunks = parser.feed(block)
+                if chunks:
                     while not slots.acquire(timeout=0.5):
                         if stop.is_set():
                             return
-                    deliver(lines)
+                    deliver(chunks)
             rest = parser.flush()
             if rest and running is not None:
                 try:
                     cut = _still_running(running)
                 except BaseException:
-                    deliver([(s, text, INTERRUPTED) for s, text, _ in rest])
+                    deliver([(s, text[:-1], INTERRUPTED) for s, text, _ in rest])
                     raise
                 if cut:
-                    deliver([(s, text, INTERRUPTED) for s, text, _ in rest])
+                    deliver([(s, text[:-1], INTERRUPTED) for s, text, _ in rest])
                     deliver(RuntimeUnavailable(
                         f"the log stream of {name} ended while the container still runs (the engine went "
                         "away?); its output is read again from the engine's log"))

@@ -1,7 +1,8 @@
 """Moving a task's log lines: container -> spool (the pump) -> host (the sender).
 
 The pump follows the container's log stream (Docker pushes lines; nothing polls)
-into the task's LogSpool, which batches them (FLUSH_LINES lines / FLUSH_BYTES) and
+into the task's LogSpool, in chunks of lines as the reader gives them (no per-line
+work in the usual case), which batches them (FLUSH_LINES lines / FLUSH_BYTES) and
 a ticker flushes what is left every BATCH_INTERVAL_S, so a quiet task's lines still
 leave within 50 ms. The sender reads flushed lines back from the spool and hands
 them to the host in order: what is pending, up to SEND_MAX_LINES / SEND_MAX_BYTES
@@ -10,7 +11,7 @@ one batch, so a slow or absent master costs disk (bounded by the spool), not mem
 
 A resumed read (the agent restarted, the engine came back, a stalled reader was
 replaced) gets the engine's whole log of the container and skips, per stream, as
-many lines as the spool holds (the reader cuts lines alike however the stream came:
+many lines as the spool holds, counted inside chunks (the reader cuts lines alike however the stream came:
 runtime/logstream.py), so no line is lost or doubled; the last skipped line is
 checked against the spool's. The live read (the attach stream) stamps a line with
 the time it was read, which the engine's log does not know: a count, not a time,
@@ -27,7 +28,7 @@ import logging
 from typing import Callable
 
 from hivemind_worker.runtime.api import ContainerRuntime
-from hivemind_worker.runtime.logstream import INTERRUPTED
+from hivemind_worker.runtime.logstream import INTERRUPTED, Chunk
 from hivemind_worker.tasks.logspool import LogSpool
 from hivemind_worker.tasks.model import LogStream, TaskHost
 
@@ -121,9 +122,9 @@ class LogSender:
                     )
                     self.online = False
                     break
-                self.sent_seq = max(self.sent_seq, batch[-1].seq)
-                size = sum(len(rec.text) for rec in batch)
-                self._in_flight.append((batch[-1].seq, size))
+                self.sent_seq = max(self.sent_seq, batch[-1].last_seq)
+                size = sum(len(chunk.text) for chunk in batch)
+                self._in_flight.append((batch[-1].last_seq, size))
                 self._in_flight_bytes += size
 
     async def stop(self) -> None:
@@ -158,7 +159,7 @@ async def pump(runtime: ContainerRuntime, container_id: str, spool: LogSpool, se
             if not skip and not carry and batch[0][2] != INTERRUPTED:
                 spool.add_many(batch)  # the usual case: nothing to skip, carry or hold back
             else:
-                _one_by_one(spool, batch, skip, carry)
+                spool.add_many(_resumed(spool, batch, skip, carry))
             if spool.flushed_seq != flushed:
                 flushed = spool.flushed_seq
                 sender.wake()
@@ -168,38 +169,45 @@ async def pump(runtime: ContainerRuntime, container_id: str, spool: LogSpool, se
         sender.wake()
 
 
-def _one_by_one(spool: LogSpool, batch: list[tuple[LogStream, str, int]], skip: dict[LogStream, int],
-                carry: dict[LogStream, str]) -> None:
-    """A batch of a resumed read (``skip``: how many lines per stream the spool has),
-    of a broken stream (INTERRUPTED) or after one (``carry``)."""
-    for stream, line, time_ms in batch:
+def _resumed(spool: LogSpool, batch: list[Chunk], skip: dict[LogStream, int],
+             carry: dict[LogStream, bytes]) -> list[Chunk]:
+    """What to spool of a batch of a resumed read (``skip``: how many lines per stream
+    the spool has), of a broken stream (INTERRUPTED) or after one (``carry``)."""
+    out: list[Chunk] = []
+    for stream, text, time_ms in batch:
         if time_ms == INTERRUPTED:  # no line yet: what the stream had of one when it broke
             if not skip.get(stream):
-                held = carry.get(stream, "")
-                carry[stream] = line if line.startswith(held) else held + line
+                held = carry.get(stream, b"")
+                carry[stream] = text if text.startswith(held) else held + text
             continue
-        if skip:
-            left = skip.get(stream, 0)
-            if left:
-                if left > 1:
-                    skip[stream] = left - 1
-                else:
-                    del skip[stream]
-                    _check_aligned(spool, stream, line, time_ms)
+        left = skip.get(stream, 0)
+        if left:
+            lines = text.count(b"\n")
+            if lines < left:
+                skip[stream] = left - lines
                 continue
-        if carry and stream in carry:
+            del skip[stream]
+            cut = len(text) - len(text.split(b"\n", left)[-1])  # after the last line to skip
+            _check_aligned(spool, stream, text[text.rfind(b"\n", 0, cut - 1) + 1 : cut - 1], time_ms, out)
+            text = text[cut:]
+            if not text:
+                continue
+        if stream in carry:
             held = carry.pop(stream)
-            if not line.startswith(held):  # the engine lost what it had not logged yet
-                line = held + line
-        spool.add(stream, line, time_ms)
+            if not text.startswith(held):  # the engine lost what it had not logged yet
+                text = held + text
+        out.append((stream, text, time_ms))
+    return out
 
 
-def _check_aligned(spool: LogSpool, stream: LogStream, line: str, time_ms: int) -> None:
+def _check_aligned(spool: LogSpool, stream: LogStream, line: bytes, time_ms: int, before: list[Chunk]) -> None:
     if line == spool.last_text(stream):
         return
+    spool.add_many(before)  # the lines read before this one go first
+    before.clear()
     # The engine's log no longer starts where it did (rotated away) or differs: say so
     # where the reader of the log will see it.
     logger.warning("resumed log read of %s did not line up with the spool (%s line %r, spooled %r)",
-                   spool.path, stream.value, line[:80], (spool.last_text(stream) or "")[:80])
+                   spool.path, stream.value, line[:80], (spool.last_text(stream) or b"")[:80])
     spool.system("[hivemind] the engine's log did not line up with what was read before (rotated?); "
                  "lines around here may be missing or repeated", time_ms)

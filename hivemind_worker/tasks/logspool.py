@@ -1,19 +1,24 @@
 """A task's log lines on disk: sequence-numbered, bounded, readable back from any seq.
 
-One append-only file per task, one record per line:
-``<seq>\\t<o|e|s>\\t<time_ms>\\t<text>\\n``. Sequence numbers start at 1 and have no
-gaps. The file is the spool the sender re-reads after a reconnect (lines the master
-has not acknowledged are sent again with the same seqs) and, once the task ended, the
-``logs`` file of its result archive.
+One append-only file per task, one record per chunk (consecutive lines of one
+stream read at one time, runtime/logstream.py): a header
+``<first_seq>\\t<o|e|s>\\t<time_ms>\\t<length>\\n`` and then ``length`` bytes of text,
+the lines as the task wrote them, each ending in a newline. Sequence numbers start
+at 1 and have no gaps (a chunk of n lines holds first_seq .. first_seq+n-1). The
+file is the spool the sender re-reads after a reconnect (lines the master has not
+acknowledged are sent again with the same seqs, a chunk split where the ack fell)
+and, once the task ended, the ``logs`` file of its result archive.
 
-Bounded: once the file would pass ``max_bytes`` every further line is dropped (the
-log stays a contiguous prefix) and ``finish()`` appends ONE system line saying how
-many lines and bytes were dropped. A full disk (ENOSPC) is treated the same way: the
-lines that could not be written are dropped (the file is cut back to its last whole
-record, so it stays a gapless prefix), ``disk_error`` says why (the runner then stops
-the task) and the marker line is written once there is room again. Memory stays flat whatever the task prints: a
-small write buffer, a sparse seq -> offset index and the last few lines for the
-monitor.
+Bounded: once the file would pass ``max_bytes`` the chunk is cut after its last
+line that fits, every further line is dropped (the log stays a contiguous prefix)
+and ``finish()`` appends ONE system line saying how many lines and bytes were
+dropped. A full disk (ENOSPC) is treated the same way: the lines that could not be
+written are dropped (the file is cut back to its last whole record, so it stays a
+gapless prefix), ``disk_error`` says why (the runner then stops the task) and the
+marker line is written once there is room again. Memory stays flat whatever the
+task prints: a small write buffer, a sparse seq -> offset index (an entry per
+_INDEX_EVERY lines or more, at record starts) and the offsets of the last few
+records for the monitor's tail.
 
 Recovery: ``LogSpool(path, ...)`` on an existing file re-reads it, cuts a torn last
 record (the agent was killed mid-write) and restores the position, so the log pump
@@ -25,52 +30,73 @@ what an interrupted read had of an unfinished line (see logpump.pump).
 This module does file I/O only (buffered writes to the page cache, one write per
 FLUSH_LINES/FLUSH_BYTES, done on the event loop on purpose: they cost microseconds
 and keep lines strictly ordered); it knows nothing about Docker or the master.
-Per line it keeps no object beyond the record's bytes until the write: the pump
-feeds it at the engine's rate.
+It does no per-line work: a chunk is counted (bytes.count) and copied, never split,
+except where a read starts or stops inside it or the limit falls in it.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
+import collections
+import io
 import os
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
-from hivemind_worker.tasks.model import LogRecord, LogStream
+from hivemind_worker.tasks.model import LogChunk, LogRecord, LogStream
 
-_CODE = {LogStream.STDOUT: "o", LogStream.STDERR: "e", LogStream.SYSTEM: "s"}
-_STREAM = {v: k for k, v in _CODE.items()}
 _STREAMS = (LogStream.STDOUT, LogStream.STDERR, LogStream.SYSTEM)
-_BCODES = (b"o", b"e", b"s")  # per index in _STREAMS; per-line state is indexed, not keyed by
-# the enum: an Enum's __hash__ is Python code, a call per line per lookup.
-_BCODE_OF = {id(stream): code for stream, code in zip(_STREAMS, _BCODES)}
-_BSTREAM = {v.encode(): k for k, v in _CODE.items()}
-_INDEX_EVERY = 256  # one offset per this many lines: ~100 KB of index per million lines
+_BCODES = (b"o", b"e", b"s")  # per index in _STREAMS; per-chunk state is indexed, not keyed by
+# the enum: an Enum's __hash__ is Python code.
+_BSTREAM = dict(zip(_BCODES, _STREAMS))
+_INDEX_EVERY = 256  # an offset per this many lines or more: ~100 KB of index per million lines at most
+_RECENT = 128  # offsets of the last records kept for tail()
 FLUSH_LINES = 2000
 FLUSH_BYTES = 256 * 1024
 TAIL_BYTES = 256 * 1024  # read back for tail(): the monitor's last lines
+_MARKERS = (b"[hivemind] log limit", b"[hivemind] node disk full")
+
+Chunk = tuple[LogStream, bytes, int]  # (stream, lines each ending in b"\n", time_ms)
 
 
 def _mib(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MiB"
 
 
-def parse_record(raw: bytes) -> LogRecord:
-    seq, code, time_ms, text = raw.rstrip(b"\n").split(b"\t", 3)
-    return LogRecord(int(seq), _STREAM[code.decode()], text.decode("utf-8", "replace"), int(time_ms))
+def _after_lines(text: bytes, n: int) -> int:
+    """The offset just after the n-th line of text (0 for n = 0)."""
+    return len(text) - len(text.split(b"\n", n)[-1]) if n else 0
+
+
+def _records(fh: BinaryIO) -> Iterator[tuple[int, int, int, int, bytes, int]]:
+    """(first_seq, stream index, time_ms, lines, text, record length) of each whole
+    record from fh's position on; stops at the first torn or malformed one."""
+    while True:
+        head = fh.readline()
+        try:
+            first, code, time_ms, length = head.split(b"\t")
+            seq, k, ms, n = int(first), _BCODES.index(code), int(time_ms), int(length)
+        except ValueError:  # the end, or a torn header: the agent died mid-write
+            return
+        text = fh.read(n) if head.endswith(b"\n") else b""
+        if len(text) != n or not text.endswith(b"\n"):
+            return  # a torn text
+        yield seq, k, ms, text.count(b"\n"), text, len(head) + n
 
 
 def render_text(spool_path: Path, dest: Path) -> None:
-    """The spool as a plain log file (one line per record, text only) for the result
-    archive, a block at a time. Blocking: run it in a thread."""
+    """The spool as a plain log file (the raw bytes of every line, system lines
+    included) for the result archive. Blocking: run it in a thread."""
     with open(spool_path, "rb") as src, open(dest, "wb") as out:
-        rest = b""
-        while block := src.read(1024 * 1024):
-            records = (rest + block).split(b"\n")
-            rest = records.pop()
-            out.write(b"".join([r.split(b"\t", 3)[-1] + b"\n" for r in records if r.count(b"\t", 0, 64) >= 3]))
-        if rest.count(b"\t") >= 3:
-            out.write(rest.split(b"\t", 3)[3] + b"\n")
+        texts: list[bytes] = []
+        size = 0
+        for _, _, _, _, text, _ in _records(src):
+            texts.append(text)
+            size += len(text)
+            if size >= 1024 * 1024:
+                out.write(b"".join(texts))
+                texts, size = [], 0
+        out.write(b"".join(texts))
 
 
 class LogSpool:
@@ -85,13 +111,16 @@ class LogSpool:
         self.finished = False  # the drop marker / end was written
         self.disk_error = ""  # why the file could not be written (ENOSPC), if it could not
         self._counts = [0, 0, 0]  # lines spooled per stream (index in _STREAMS)
-        self._last: list[str | None] = [None, None, None]  # the last one, per stream
-        self.carry: dict[LogStream, str] = {}  # an interrupted read's unfinished line
+        self._last: list[bytes | None] = [None, None, None]  # the last chunk, per stream
+        self.carry: dict[LogStream, bytes] = {}  # an interrupted read's unfinished line
         self._index_seq: list[int] = []
         self._index_off: list[int] = []
-        self._buf: list[bytes] = []
+        self._recent: collections.deque[int] = collections.deque(maxlen=_RECENT)
+        self._buf: list[bytes] = []  # headers and texts, in order
+        self._buf_meta: list[tuple[int, int]] = []  # (stream index, lines) per buffered record
+        self._buf_lines = 0
         self._buf_bytes = 0
-        self._cursor = (0, 0)  # (next seq, its offset) for sequential reads
+        self._cursor = (0, 0)  # (first seq, offset) of a record: where the last read stopped
         path.parent.mkdir(parents=True, exist_ok=True)
         self._recover()
         self._w = open(path, "ab", buffering=0)
@@ -103,103 +132,79 @@ class LogSpool:
             return
         good = 0
         with open(self.path, "rb") as fh:
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    break  # torn record: the agent died mid-write; cut it
-                try:
-                    rec = parse_record(raw)
-                except (ValueError, KeyError):
+            for first, k, _, lines, text, length in _records(fh):
+                if first != self.last_seq + 1:
                     break
-                if rec.seq != self.last_seq + 1:
-                    break
-                self._note(rec, good)
-                good += len(raw)
+                self._note(first, k, lines, text, good)
+                if k == 2 and text.startswith(_MARKERS):
+                    self.finished = True
+                good += length
         if good != self.path.stat().st_size:
             os.truncate(self.path, good)
         self.size = good
         self.flushed_seq = self.last_seq
 
-    def _note(self, rec: LogRecord, offset: int) -> None:
-        self.last_seq = rec.seq
-        if (rec.seq - 1) % _INDEX_EVERY == 0:
-            self._index_seq.append(rec.seq)
+    def _note(self, seq: int, k: int, lines: int, text: bytes, offset: int) -> None:
+        """A record at offset: the index, the counts, the last chunk per stream."""
+        if not self._index_seq or seq - self._index_seq[-1] >= _INDEX_EVERY:
+            self._index_seq.append(seq)
             self._index_off.append(offset)
-        if rec.stream is LogStream.SYSTEM and rec.text.startswith(("[hivemind] log limit", "[hivemind] node disk full")):
-            self.finished = True
-        k = _STREAMS.index(rec.stream)
-        self._counts[k] += 1
-        self._last[k] = rec.text
+        self._recent.append(offset)
+        self._counts[k] += lines
+        self._last[k] = text
+        self.last_seq = seq + lines - 1
 
     def counts(self) -> dict[LogStream, int]:
         """How many lines of the container's stdout and stderr the spool holds."""
         return {LogStream.STDOUT: self._counts[0], LogStream.STDERR: self._counts[1]}
 
-    def last_text(self, stream: LogStream) -> str | None:
-        return self._last[_STREAMS.index(stream)]
+    def last_text(self, stream: LogStream) -> bytes | None:
+        """The last line of a stream, without its newline."""
+        text = self._last[_STREAMS.index(stream)]
+        return None if text is None else text[text.rfind(b"\n", 0, len(text) - 1) + 1 : -1]
 
     # -- writing --------------------------------------------------------------------
-    def add(self, stream: LogStream, text: str, time_ms: int) -> None:
+    def add(self, stream: LogStream, text: str | bytes, time_ms: int) -> None:
+        """One line (without its newline; one inside it becomes a space)."""
+        data = text.encode("utf-8", "replace") if isinstance(text, str) else text
+        self.add_many([(stream, data.replace(b"\n", b" ") + b"\n", time_ms)])
+
+    def add_many(self, chunks: list[Chunk]) -> None:
+        """Chunks of whole lines (stream, text, time_ms), a record each."""
+        for stream, text, time_ms in chunks:
+            k = 0 if stream is LogStream.STDOUT else 1 if stream is LogStream.STDERR else 2
+            self._append(k, text, time_ms)
+            if self._buf_lines >= FLUSH_LINES or self._buf_bytes >= FLUSH_BYTES:
+                self.flush()
+
+    def _append(self, k: int, text: bytes, time_ms: int, never_drop: bool = False) -> None:
         if self.finished:
             return
-        data = text.encode("utf-8", "replace")
-        if self.dropped_lines or self.disk_error or self.size + len(data) + 32 > self.max_bytes:
-            # Once over the limit every later line goes too, so the log stays a prefix.
-            self.dropped_lines += 1
-            self.dropped_bytes += len(data) + 1
-            return
-        self._append(stream, text, data, time_ms)
-        if len(self._buf) >= FLUSH_LINES or self._buf_bytes >= FLUSH_BYTES:
-            self.flush()
-
-    def add_many(self, lines: list[tuple[LogStream, str, int]]) -> None:
-        """add() of a batch (stream, text, time_ms), formatted in one pass."""
-        datas = [text.encode("utf-8", "replace") for _, text, _ in lines]
-        if (self.finished or self.dropped_lines or self.disk_error
-                or self.size + sum(map(len, datas)) + 32 * len(lines) > self.max_bytes):
-            for line in lines:  # the limit falls in this batch (or was passed): line by line
-                self.add(*line)
-            return
-        start = self.last_seq + 1
-        ids = [id(stream) for stream, _, _ in lines]
-        raws = [b"%d\t%b\t%d\t%b\n" % (seq, _BCODE_OF[i], line[2], data.replace(b"\n", b" ") if b"\n" in data else data)
-                for seq, i, line, data in zip(itertools.count(start), ids, lines, datas)]
-        offsets = list(itertools.accumulate(map(len, raws), initial=self.size))
-        for i in range((1 - start) % _INDEX_EVERY, len(raws), _INDEX_EVERY):
-            self._index_seq.append(start + i)
-            self._index_off.append(offsets[i])
-        for k, stream in enumerate(_STREAMS):
-            n = ids.count(id(stream))
-            if n:
-                self._counts[k] += n
-                self._last[k] = lines[len(ids) - 1 - ids[::-1].index(id(stream))][1]
-        self.last_seq = start + len(raws) - 1
-        self._buf.extend(raws)
-        self._buf_bytes += offsets[-1] - self.size
-        self.size = offsets[-1]
-        if len(self._buf) >= FLUSH_LINES or self._buf_bytes >= FLUSH_BYTES:
-            self.flush()
-
-    def _append(self, stream: LogStream, text: str, data: bytes, time_ms: int) -> None:
-        # Called per line at the engine's rate: attribute reads and objects kept few.
-        seq = self.last_seq = self.last_seq + 1
-        if b"\n" in data:
-            data = data.replace(b"\n", b" ")
-        k = 0 if stream is LogStream.STDOUT else 1 if stream is LogStream.STDERR else 2
-        raw = b"%d\t%b\t%d\t%b\n" % (seq, _BCODES[k], time_ms, data)
-        size = self.size
-        if not (seq - 1) % _INDEX_EVERY:
-            self._index_seq.append(seq)
-            self._index_off.append(size)
-        self._counts[k] += 1
-        self._last[k] = text
-        self._buf.append(raw)
-        self._buf_bytes += len(raw)
-        self.size = size + len(raw)
+        seq = self.last_seq + 1
+        head = b"%d\t%b\t%d\t%d\n" % (seq, _BCODES[k], time_ms, len(text))
+        if not never_drop and (self.dropped_lines or self.disk_error
+                               or self.size + len(head) + len(text) > self.max_bytes):
+            # Over the limit: the lines that fit stay, every later one goes too, so the
+            # log stays a prefix.
+            room = self.max_bytes - self.size - len(head)
+            keep = 0 if self.dropped_lines or self.disk_error or room <= 0 else text.rfind(b"\n", 0, room) + 1
+            self.dropped_lines += text.count(b"\n", keep)
+            self.dropped_bytes += len(text) - keep
+            if not keep:
+                return
+            text = text[:keep]
+            head = b"%d\t%b\t%d\t%d\n" % (seq, _BCODES[k], time_ms, len(text))
+        lines = text.count(b"\n")
+        self._note(seq, k, lines, text, self.size)
+        self._buf += (head, text)
+        self._buf_meta.append((k, lines))
+        self._buf_lines += lines
+        self._buf_bytes += len(head) + len(text)
+        self.size += len(head) + len(text)
 
     def system(self, text: str, time_ms: int) -> None:
         """A line of the worker's own (it counts against the limit but is never dropped)."""
-        if not self.finished:
-            self._append(LogStream.SYSTEM, text, text.encode(), time_ms)
+        self._append(2, text.encode("utf-8", "replace").replace(b"\n", b" ") + b"\n", time_ms, never_drop=True)
 
     def flush(self) -> int:
         """Write buffered lines to the file; returns the last readable seq."""
@@ -213,7 +218,8 @@ class LogSpool:
             except OSError as exc:
                 self._lose_buffer(start, exc)
             self._buf.clear()
-            self._buf_bytes = 0
+            self._buf_meta.clear()
+            self._buf_lines = self._buf_bytes = 0
         self.flushed_seq = self.last_seq
         return self.flushed_seq
 
@@ -225,19 +231,22 @@ class LogSpool:
             os.truncate(self.path, start)
         except OSError:
             pass  # the torn tail is cut on the next recovery
-        self.dropped_lines += len(self._buf)
+        self.dropped_lines += self._buf_lines
         self.dropped_bytes += self._buf_bytes
-        for raw in self._buf:  # not spooled after all: a resumed read must not skip them
-            self._counts[_BCODES.index(raw.split(b"\t", 2)[1])] -= 1
+        for k, lines in self._buf_meta:  # not spooled after all: a resumed read must not skip them
+            self._counts[k] -= lines
         self.size = start
-        self.last_seq -= len(self._buf)
+        self.last_seq -= self._buf_lines
         while self._index_seq and self._index_seq[-1] > self.last_seq:
             self._index_seq.pop()
             self._index_off.pop()
+        while self._recent and self._recent[-1] >= start:
+            self._recent.pop()
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        """Lines buffered, not yet written."""
+        return self._buf_lines
 
     def finish(self, time_ms: int) -> None:
         """The container's output has ended: write the drop marker if lines were dropped."""
@@ -255,58 +264,71 @@ class LogSpool:
         self.flush()
 
     # -- reading --------------------------------------------------------------------
-    def read(self, from_seq: int, max_lines: int = FLUSH_LINES, max_bytes: int = 1024 * 1024) -> list[LogRecord]:
-        """Records from ``from_seq`` on (already flushed ones), at most max_lines, and
-        no more once max_bytes are reached. Reads in blocks, not a line at a time."""
+    def read(self, from_seq: int, max_lines: int = FLUSH_LINES, max_bytes: int = 1024 * 1024) -> list[LogChunk]:
+        """Lines from ``from_seq`` on (already flushed ones) in chunks, at most max_lines,
+        and no more once max_bytes of text are reached (a chunk is cut at a line)."""
         if from_seq > self.flushed_seq or from_seq < 1:
             return []
-        seq, off = self._cursor
-        if seq != from_seq:
-            i = bisect.bisect_right(self._index_seq, from_seq) - 1
-            seq, off = self._index_seq[i], self._index_off[i]
+        i = bisect.bisect_right(self._index_seq, from_seq) - 1
+        seq, off = self._index_seq[i], self._index_off[i]
+        if seq <= self._cursor[0] <= from_seq:  # sequential reads: from where the last one stopped
+            seq, off = self._cursor
+        end = self.size - self._buf_bytes
         self._r.seek(off)
-        while seq < from_seq:  # from the index entry on: fewer than _INDEX_EVERY records
-            off += len(self._r.readline())
-            seq += 1
-        out: list[LogRecord] = []
-        want = min(max_lines, self.flushed_seq - seq + 1)
-        size, rest = 0, b""
-        while len(out) < want and size < max_bytes:
-            block = self._r.read(max(64 * 1024, max_bytes - size + 4096))
-            if not block:
+        out: list[LogChunk] = []
+        lines = size = 0
+        for first, k, time_ms, n, text, length in _records(self._r):
+            if off >= end or lines >= max_lines or size >= max_bytes:
                 break
-            raws = (rest + block).split(b"\n")
-            rest = raws.pop()  # an unfinished record: the next block finishes it
-            for raw in raws:
-                if len(out) >= want or size >= max_bytes:
-                    break
-                _, code, time_ms, text = raw.split(b"\t", 3)
-                out.append(LogRecord(seq, _BSTREAM[code], text.decode("utf-8", "replace"), int(time_ms)))
-                size += len(raw) + 1
-                seq += 1
-        self._cursor = (seq, off + size)
+            if first + n <= from_seq:  # before from_seq: fewer than _INDEX_EVERY lines
+                off += length
+                continue
+            whole = True
+            if first < from_seq:  # the read starts inside this chunk
+                text = text[_after_lines(text, from_seq - first) :]
+                n -= from_seq - first
+            if n > max_lines - lines:
+                text, n, whole = text[: _after_lines(text, max_lines - lines)], max_lines - lines, False
+            if size + len(text) > max_bytes:  # up to the line that reaches max_bytes
+                cut = text.find(b"\n", max_bytes - size - 1) + 1
+                if cut < len(text):
+                    text, n, whole = text[:cut], text.count(b"\n", 0, cut), False
+            out.append(LogChunk(max(first, from_seq), _STREAMS[k], text, time_ms, n))
+            lines += n
+            size += len(text)
+            if not whole:
+                self._cursor = (first, off)  # the next read starts inside this chunk
+                return out
+            off += length
+        self._cursor = (out[-1].last_seq + 1, off) if out else self._cursor
         return out
 
     def tail(self, n: int) -> list[LogRecord]:
-        """Up to the last n records (fewer when they are long), read back from the end of
+        """Up to the last n lines (fewer when they are long), read back from the end of
         the file and the write buffer: nothing is kept per line for it."""
-        if n <= 0:
+        if n <= 0 or not self._recent:
             return []
-        raws = self._buf[-n:]
+        start = self._recent[0]
+        for off in reversed(self._recent):
+            start = off
+            if self.size - off >= TAIL_BYTES:
+                break
         on_disk = self.size - self._buf_bytes
-        if len(raws) < n and on_disk > 0:
-            start = max(0, on_disk - TAIL_BYTES)
+        block = b""
+        if start < on_disk:
             try:
                 with open(self.path, "rb") as fh:
                     fh.seek(start)
                     block = fh.read(on_disk - start)
             except FileNotFoundError:  # the task's directory is being removed (delivered): the monitor shows less
-                block = b""
-            older = block.split(b"\n")[:-1]
-            if start > 0:
-                older = older[1:]  # the first one is cut
-            raws = older[-(n - len(raws)):] + raws
-        return [parse_record(raw) for raw in raws]
+                start = on_disk
+        buffered = b"".join(self._buf)
+        data = io.BytesIO(block + buffered[max(0, start - on_disk) :])
+        out: list[LogRecord] = []
+        for first, k, time_ms, _, text, _ in _records(data):
+            out += LogChunk(first, _STREAMS[k], text, time_ms, 0).records()
+            del out[:-n]
+        return out
 
     def close(self) -> None:
         try:

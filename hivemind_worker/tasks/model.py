@@ -125,6 +125,28 @@ class LogRecord:
 
 
 @dataclass(frozen=True)
+class LogChunk:
+    """Lines first_seq .. last_seq of one stream, read at one time: the bytes the task
+    wrote (not necessarily UTF-8), each line ending in b"\\n". What the spool gives the
+    sender: an object per chunk, none per line."""
+
+    first_seq: int
+    stream: LogStream
+    text: bytes
+    time_ms: int
+    lines: int  # text.count(b"\n")
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.lines - 1
+
+    def records(self) -> list[LogRecord]:
+        """Line by line, decoded (UTF-8, invalid bytes replaced): for readers of a few lines."""
+        texts = self.text.decode("utf-8", "replace").split("\n")[:-1]
+        return [LogRecord(self.first_seq + i, self.stream, text, self.time_ms) for i, text in enumerate(texts)]
+
+
+@dataclass(frozen=True)
 class HeldTask:
     """A task the node still holds, reported in the session's hello."""
 
@@ -193,8 +215,9 @@ class TaskHost(Protocol):
         a seq are journaled first and resent after resync until acknowledged (the
         manager's ack_event); seq 0 (progress, DEFERRED) is never resent."""
 
-    async def emit_logs(self, task_id: str, lines: list[LogRecord]) -> None:
-        """Send log lines; the master acknowledges them later through ack_logs()."""
+    async def emit_logs(self, task_id: str, chunks: list[LogChunk]) -> None:
+        """Send log lines (chunks in seq order); the master acknowledges them later
+        through ack_logs()."""
 
     async def fetch_bundle(self, task_id: str, dest: Path, size: int, sha256: str) -> None:
         """Download the task's bundle into ``dest``, verified; raises on failure."""

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hivemind_worker.errors import BundleError
 from hivemind_worker.fsutil import sha256_file as sha256_file  # the tests import it from here too
-from hivemind_worker.tasks.model import LogRecord, TaskEvent, TaskHost, TaskStatus
+from hivemind_worker.tasks.model import LogChunk, LogRecord, TaskEvent, TaskHost, TaskStatus
 from hivemind_worker.tasks.result import read_usage
 from hivemind_worker.usage import SignedRecord, sign
 
@@ -71,11 +71,11 @@ class LocalTaskHost:
             await self.manager.ack_event(event.task_id, event.attempt, event.seq)
         await self._notify()
 
-    async def emit_logs(self, task_id: str, lines: list[LogRecord]) -> None:
+    async def emit_logs(self, task_id: str, chunks: list[LogChunk]) -> None:
         self._check_online()
         last = self.last_seq.get(task_id, 0)
         kept = self.lines.setdefault(task_id, [])
-        for rec in lines:
+        for rec in [rec for chunk in chunks for rec in chunk.records()]:
             if rec.seq <= last:
                 self.duplicates += 1
                 continue

@@ -69,6 +69,11 @@ class Ran:
         return "\n".join(l for s, l, _ in self.lines if stream is None or s is stream)
 
 
+def lines_of(chunks: list[tuple[LogStream, bytes, int]]) -> list[tuple[LogStream, str, int]]:
+    """follow_logs' chunks line by line, decoded: what these tests compare."""
+    return [(s, line, t) for s, text, t in chunks for line in text.decode("utf-8", "replace").split("\n")[:-1]]
+
+
 async def run_to_end(rt: DockerRuntime, spec: ContainerSpec, timeout: float = 60, remove: bool = True) -> Ran:
     """create -> start -> follow logs -> wait, as the task manager does."""
     cid = await rt.create(spec)
@@ -76,7 +81,7 @@ async def run_to_end(rt: DockerRuntime, spec: ContainerSpec, timeout: float = 60
         await rt.start(cid)
 
         async def collect():
-            return [line async for batch in rt.follow_logs(cid) for line in batch]
+            return [line async for batch in rt.follow_logs(cid) for line in lines_of(batch)]
 
         lines, exit_info = await asyncio.wait_for(asyncio.gather(collect(), rt.wait(cid)), timeout)
         return Ran(cid, exit_info, lines)

@@ -16,7 +16,7 @@ from hivemind_worker.errors import RuntimeUnavailable, TaskError, TaskRejected
 from hivemind_worker.runtime import DockerRuntime, GpuAllocator, GpuDevice, StaticGpuInventory
 from hivemind_worker.tasks.model import LogStream, NetworkPolicy
 
-from .conftest import run_to_end
+from .conftest import lines_of, run_to_end
 
 pytestmark = pytest.mark.docker
 
@@ -181,12 +181,14 @@ async def test_follow_logs_since_skips_earlier_lines(runtime, make_spec):
     ran = await run_to_end(runtime, spec, remove=False)
     try:
         # The engine's own time of the line (the live read stamps its read time instead).
-        second_ms = [t async for batch in runtime.follow_logs(ran.container_id, since_s=0.0) for _, l, t in batch if l == "second"][0]
+        second_ms = [t async for batch in runtime.follow_logs(ran.container_id, since_s=0.0)
+                     for _, l, t in lines_of(batch) if l == "second"][0]
         again = [l async for batch in runtime.follow_logs(ran.container_id, since_s=(second_ms - 200) / 1000)
-                 for _, l, _ in batch]
+                 for _, l, _ in lines_of(batch)]
         assert again == ["second"]
         # since is inclusive at the line's own millisecond (what a re-attach resumes from)
-        exact = [l async for batch in runtime.follow_logs(ran.container_id, since_s=second_ms / 1000) for _, l, _ in batch]
+        exact = [l async for batch in runtime.follow_logs(ran.container_id, since_s=second_ms / 1000)
+                 for _, l, _ in lines_of(batch)]
         assert exact == ["second"]
     finally:
         await runtime.remove(ran.container_id)
@@ -196,7 +198,7 @@ async def test_leaving_a_log_stream_early_stops_its_thread(runtime, make_spec):
     cid = await runtime.create(make_spec(command=sh("echo first; sleep 300")))
     await runtime.start(cid)
     async for batch in runtime.follow_logs(cid):
-        assert batch[0][1] == "first"
+        assert batch[0][1] == b"first\n"
         break
     for _ in range(50):
         if not [t for t in threading.enumerate() if t.name.startswith("hivemind-logs-")]:

@@ -71,7 +71,7 @@ class FakeSession:
         return self.connected
 
     def send_logs(self, task_id: str, lines: list) -> tuple[int, int]:
-        return (len(lines), 0) if self.connected else (0, 0)
+        return (sum(chunk.lines for chunk in lines), 0) if self.connected else (0, 0)
 
     def update_settings(self, initial_s: float, max_s: float) -> None:
         self.backoff = (initial_s, max_s)

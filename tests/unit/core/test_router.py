@@ -57,8 +57,8 @@ class FakeMasterSession:
     def send_logs(self, task_id, lines):
         if not self.connected:
             return 0, 0
-        self._later(LogAck(task_id, lines[-1].seq))
-        return len(lines), sum(len(r.text) + 1 for r in lines)
+        self._later(LogAck(task_id, lines[-1].last_seq))
+        return sum(c.lines for c in lines), sum(len(c.text) for c in lines)
 
     def send_drain(self, draining: bool, reason: str) -> bool:
         self.drains.append((draining, reason))

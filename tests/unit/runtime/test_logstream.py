@@ -13,33 +13,42 @@ def frame(stream: int, payload: bytes) -> bytes:
     return bytes([stream, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
 
 
+def split(chunks: list) -> list:
+    """Chunks (stream, lines, time) -> (stream, line, time) per line (the tests' view)."""
+    out = []
+    for stream, text, time_ms in chunks:
+        assert text.endswith(b"\n") and b"\r\n" not in text
+        out += [(stream, line, time_ms) for line in text.split(b"\n")[:-1]]
+    return out
+
+
 def test_lines_streams_and_times():
     data = frame(1, T + b"hello\n") + frame(2, T + b"oops\r\n") + frame(1, T + b"no newline")
     parser = FrameParser()
     lines = []
     for i in range(0, len(data), 5):  # frames split anywhere by the transport
-        lines += parser.feed(data[i : i + 5])
-    lines += parser.flush()
+        lines += split(parser.feed(data[i : i + 5]))
+    lines += split(parser.flush())
     ms = 1795886401123
     assert lines == [
-        (LogStream.STDOUT, "hello", ms),
-        (LogStream.STDERR, "oops", ms),
-        (LogStream.STDOUT, "no newline", ms),
+        (LogStream.STDOUT, b"hello", ms),
+        (LogStream.STDERR, b"oops", ms),
+        (LogStream.STDOUT, b"no newline", ms),
     ]
 
 
 def test_partial_messages_join_and_long_lines_are_cut():
     parser = FrameParser()
-    out = parser.feed(frame(1, T + b"a" * 10) + frame(1, T + b"b" * 10 + b"\n"))
-    assert [l[1] for l in out] == ["a" * 10 + "b" * 10]
-    out = parser.feed(frame(1, T + b"x" * (MAX_LINE_BYTES + 5)))
+    out = split(parser.feed(frame(1, T + b"a" * 10) + frame(1, T + b"b" * 10 + b"\n")))
+    assert [l[1] for l in out] == [b"a" * 10 + b"b" * 10]
+    out = split(parser.feed(frame(1, T + b"x" * (MAX_LINE_BYTES + 5))))
     assert [len(l[1]) for l in out] == [MAX_LINE_BYTES]
-    assert [len(l[1]) for l in parser.flush()] == [5]
+    assert [len(l[1]) for l in split(parser.flush())] == [5]
 
 
-def test_invalid_utf8_is_replaced_not_fatal():
-    (line,) = FrameParser().feed(frame(1, T + b"\xff\xfe ok\n"))
-    assert line[1].endswith(" ok")
+def test_invalid_utf8_is_carried_raw():
+    (chunk,) = FrameParser().feed(frame(1, T + b"\xff\xfe ok\n"))
+    assert chunk[1] == b"\xff\xfe ok\n"
 
 
 def test_cpu_percent_from_consecutive_one_shot_readings():
@@ -89,10 +98,9 @@ def test_pull_progress_sums_layers_and_throttles():
 def test_the_attach_stream_splits_in_bulk_and_stamps_the_read_time():
     parser = FrameParser(stamped=False, clock=lambda: 1795886401.5)
     data = frame(1, b"a\nb\r\nc") + frame(1, b"d\n") + frame(2, b"e1\ne2\n") + frame(1, b"\n")
-    lines = parser.feed(data)
-    assert lines == [(LogStream.STDOUT, "a", 1795886401500), (LogStream.STDOUT, "b", 1795886401500),
-                     (LogStream.STDOUT, "cd", 1795886401500), (LogStream.STDERR, "e1", 1795886401500),
-                     (LogStream.STDERR, "e2", 1795886401500), (LogStream.STDOUT, "", 1795886401500)]
+    chunks = parser.feed(data)
+    assert chunks == [(LogStream.STDOUT, b"a\nb\ncd\n", 1795886401500), (LogStream.STDERR, b"e1\ne2\n", 1795886401500),
+                      (LogStream.STDOUT, b"\n", 1795886401500)]
 
 
 def test_both_streams_cut_lines_alike_however_the_frames_fell():
@@ -108,12 +116,12 @@ def test_both_streams_cut_lines_alike_however_the_frames_fell():
         wire = b"".join(frame(1, text[i : i + size]) for i in range(0, len(text), size))
         for i in range(0, len(wire), 65_536):
             got += attach.feed(wire[i : i + 65_536])
-        got_attach.append([line for _, line, _ in got + attach.flush()])
+        got_attach.append([line for _, line, _ in split(got + attach.flush())])
     logs = FrameParser()
     pieces = [text[i : i + 16384] for i in range(0, len(text), 16384)]  # json-file's partial entries
-    got_logs = [line for _, line, _ in logs.feed(b"".join(frame(1, T + p) for p in pieces)) + logs.flush()]
+    got_logs = [line for _, line, _ in split(logs.feed(b"".join(frame(1, T + p) for p in pieces)) + logs.flush())]
     assert all(g == got_logs for g in got_attach)
-    assert got_logs[0] == "short" and [len(x) for x in got_logs[1:4]] == [MAX_LINE_BYTES, MAX_LINE_BYTES, 7]
+    assert got_logs[0] == b"short" and [len(x) for x in got_logs[1:4]] == [MAX_LINE_BYTES, MAX_LINE_BYTES, 7]
 
 
 class _Body:
@@ -141,13 +149,13 @@ async def test_a_stream_that_ends_while_the_container_runs_is_an_interruption_no
         async for batch in follow(lambda: (body, False), lambda: None, lambda exc: RuntimeUnavailable(str(exc)),
                                   "c", running=lambda: True):
             got += [(item[1], item[2] == INTERRUPTED) for item in batch]
-    assert got == [("line 30", False), ("line 3", True)]
+    assert got == [(b"line 30\n", False), (b"line 3", True)]
     # The container's own end: the unfinished last line is a line.
     body = _Body([frame(1, b"line 30\nlast")])
     lines = [item[1:] async for batch in follow(lambda: (body, False), lambda: None,
                                                 lambda exc: RuntimeUnavailable(str(exc)), "c", running=lambda: False)
              for item in batch]
-    assert [text for text, _ in lines] == ["line 30", "last"] and lines[1][1] != INTERRUPTED
+    assert [text for text, _ in lines] == [b"line 30\n", b"last\n"] and lines[1][1] != INTERRUPTED
 
 
 def test_an_attach_stream_nobody_takes_is_closed(monkeypatch):
@@ -171,3 +179,20 @@ def test_an_attach_stream_nobody_takes_is_closed(monkeypatch):
     taken = held.take("followed")
     held._expire("followed", taken)  # its timer, once it fires: the follower's now, left open
     assert taken is not None and not closed.is_set()
+
+
+def test_chunks_carry_the_bytes_as_written_crlf_made_lf():
+    parser = FrameParser(stamped=False, clock=lambda: 1.0)
+    text = b"".join(b"line %d\r\n" % i for i in range(40_000)) + b"\xff\xfe\r\n"  # > MAX_LINE_BYTES, short lines
+    (chunk,) = parser.feed(frame(2, text))
+    assert chunk == (LogStream.STDERR, text.replace(b"\r\n", b"\n"), 1000)
+    (chunk,) = parser.feed(frame(1, b"a\n" + b"y" * (MAX_LINE_BYTES + 3) + b"\r\nb\r\n"))
+    assert chunk[1] == b"a\n" + b"y" * MAX_LINE_BYTES + b"\nyyy\nb\n"
+
+
+def test_the_logs_endpoint_merges_lines_of_one_time_and_stream():
+    t2 = b"2026-11-28T17:20:01.124000000Z "
+    data = frame(1, T + b"a\n") + frame(1, T + b"b\n") + frame(2, T + b"c\n") + frame(1, t2 + b"d\n")
+    ms = 1795886401123
+    assert FrameParser().feed(data) == [(LogStream.STDOUT, b"a\nb\n", ms), (LogStream.STDERR, b"c\n", ms),
+                                        (LogStream.STDOUT, b"d\n", ms + 1)]

@@ -112,7 +112,7 @@ class FakeRuntime:
                 stream, text, t = c.log[i]
                 i += 1
                 if since_s is None or t >= since_s * 1000 - 0.5:
-                    yield [(stream, text, t)]
+                    yield [(stream, text.encode() + b"\n", t)]  # a chunk of one line, as logstream gives
             if not c.running and i >= len(c.log):
                 return
             c.changed.clear()
@@ -189,3 +189,8 @@ def request(task_id: str, **kw) -> TaskRequest:
 if TYPE_CHECKING:  # mypy (tests/unit/core/test_types.py) holds the fakes to the seams they stand in for
     _runtime: ContainerRuntime = FakeRuntime()
     _clock: Clock = FakeClock()
+
+
+def records(chunks: list) -> list:
+    """The spool's chunks line by line (LogRecords, decoded): what the tests compare."""
+    return [rec for chunk in chunks for rec in chunk.records()]

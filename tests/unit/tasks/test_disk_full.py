@@ -18,6 +18,7 @@ from hivemind_worker.tasks.logspool import LogSpool
 from hivemind_worker.tasks.model import LogStream
 from hivemind_worker.tasks.result import build_result
 from hivemind_worker.tasks.workspace import TaskDirs
+from tests.unit.tasks.fakes import records
 
 pytestmark = pytest.mark.root
 KiB, MiB = 1024, 1024**2
@@ -54,14 +55,14 @@ def test_spool_on_a_full_disk_keeps_a_gapless_prefix_and_says_why(small_fs: Path
     assert spool.disk_error and spool.dropped_lines > 0
     kept = spool.flushed_seq
     assert 10 < kept < 400 and spool.last_seq == kept
-    assert [r.seq for r in spool.read(1, max_lines=1000)] == list(range(1, kept + 1))
+    assert [r.seq for r in records(spool.read(1, max_lines=1000))] == list(range(1, kept + 1))
     spool.add(LogStream.STDOUT, "after the error", 5000)  # dropped, never a gap
     assert spool.last_seq == kept
     filler.unlink()  # room again: the marker goes in
     spool.finish(6000)
     spool.close()
     again = LogSpool(small_fs / "logs.spool", max_bytes=10**9)
-    marker = again.read(kept + 1)[0]
+    marker = records(again.read(kept + 1))[0]
     assert marker.stream is LogStream.SYSTEM and marker.text.startswith("[hivemind] node disk full")
     assert f"dropped {400 - kept + 1} lines" in marker.text and again.finished
     again.close()

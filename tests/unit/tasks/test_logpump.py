@@ -16,14 +16,16 @@ from hivemind_worker.tasks.logpump import LogSender, pump
 from hivemind_worker.tasks.logspool import LogSpool
 from hivemind_worker.tasks.model import LogStream
 from tests.support.localhost import LocalTaskHost
+from tests.unit.tasks.fakes import records
 
 OUT, ERR = LogStream.STDOUT, LogStream.STDERR
 
 
 class Reads:
     """follow_logs() answering each call with the next scripted read: (stream, text,
-    time) items, in batches of 7 (an INTERRUPTED one in its own, as logstream gives
-    it), then either the end (None) or an error to raise."""
+    time) items, in batches of 7 lines as chunks (consecutive lines of one stream in
+    one chunk, as logstream gives them, so a skip by count ends inside a chunk; an
+    INTERRUPTED one in its own batch), then either the end (None) or an error to raise."""
 
     def __init__(self, *reads: tuple[list[tuple[LogStream, str, int]], BaseException | None]) -> None:
         self.reads = list(reads)
@@ -36,18 +38,29 @@ class Reads:
         for item in items:
             if item[2] == INTERRUPTED:
                 if batch:
-                    yield batch
-                yield [item]
+                    yield chunks(batch)
+                yield [(item[0], item[1].encode(), INTERRUPTED)]
+                yield [(item[0], item[1].encode(), INTERRUPTED)]
                 batch = []
                 continue
             batch.append(item)
             if len(batch) == 7:
-                yield batch
+                yield chunks(batch)
                 batch = []
         if batch:
-            yield batch
+            yield chunks(batch)
         if error is not None:
             raise error
+
+
+def chunks(lines: list[tuple[LogStream, str, int]]) -> list[tuple[LogStream, bytes, int]]:
+    out: list[tuple[LogStream, bytes, int]] = []
+    for stream, text, time_ms in lines:
+        if out and out[-1][0] is stream:
+            out[-1] = (stream, out[-1][1] + text.encode() + b"\n", out[-1][2])
+        else:
+            out.append((stream, text.encode() + b"\n", time_ms))
+    return out
 
 
 def out(i: int) -> tuple[LogStream, str, int]:
@@ -56,7 +69,7 @@ def out(i: int) -> tuple[LogStream, str, int]:
 
 def spooled(spool: LogSpool) -> list[tuple[LogStream, str]]:
     spool.flush()
-    return [(r.stream, r.text) for r in spool.read(1, 10**6, 10**9)]
+    return [(r.stream, r.text) for r in records(spool.read(1, 10**6, 10**9))]
 
 
 async def run_pumps(tmp_path: Path, runtime: Reads) -> LogSpool:
