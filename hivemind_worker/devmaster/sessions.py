@@ -7,8 +7,9 @@ LogAck once stored - and drain notices); the writer sends what ``dispatch()`` an
 the result upload queue for the node.
 
 Hello reconciliation and the rules for events, deferrals, lost tasks and attempts
-live in ``attempts``; this module routes messages to them. Log lines are stored within
-the per-task limits (``taskdb.LogLimits``) and acknowledged once stored or dropped.
+live in ``attempts``; this module routes messages to them. Log lines - chunks (the
+Welcome asks for them) or an old node's LogLines - are stored by ``logstore`` within the
+per-task limits and acknowledged once stored or dropped.
 
 Assignment is first fit in priority order against the capacity from hello minus
 the tasks still running on the node; draining nodes get nothing, a node does not get
