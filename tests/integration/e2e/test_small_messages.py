@@ -46,3 +46,32 @@ def test_small_message_limit_moves_bundle_result_and_logs(devmaster, make_node, 
     assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
     assert node.proc.poll() is None
     assert "RESOURCE_EXHAUSTED" not in node.log.read_text()
+
+
+def test_a_master_with_a_small_limit_gets_everything_from_a_default_node(make_node, task_image, tmp_path):
+    """The other way round: the master takes at most 64 KiB a message and says so in its
+    welcome; a node left at its 4 MiB default sends under the master's limit."""
+    from tests.conftest import free_port
+    from tests.support.stack import DevMaster
+
+    master = DevMaster(tmp_path / "master", free_port(), tmp_path / "master.log", ("--max-message-bytes", "65536"))
+    master.start()
+    try:
+        node = connected_node(master, make_node)
+        bundle = tmp_path / "bundle"
+        bundle.mkdir()
+        (bundle / "blob.bin").write_bytes(os.urandom(40 * 1024))
+        (bundle / "main.py").write_text(TASK)
+        out = tmp_path / "out"
+        proc = submit(master, str(bundle), "--image", task_image, "--cpus", "0.5", "--memory", "256m",
+                      "--wait", "--output", str(out))
+        stdout, stderr = proc.communicate(timeout=240)
+        assert proc.returncode == 0, stderr + node.log.read_text()[-3000:]
+        lines = stdout.splitlines()
+        assert [l for l in lines if l.startswith("line ")] == [f"line {i:05d} " + "y" * 90 for i in range(3000)]
+        [archive] = list(out.glob("*.tar.gz"))
+        with tarfile.open(archive) as tar:
+            assert len(tar.extractfile("output/more.bin").read()) == 1024 * 1024
+        assert "RESOURCE_EXHAUSTED" not in node.log.read_text()
+    finally:
+        master.stop()
