@@ -101,17 +101,18 @@ def log_messages(task_id: str, chunks: list[LogChunk], max_bytes: int,
             room = budget - size - 48  # 48: a chunk's own fields and framing
             if len(text) <= room:
                 piece, text = text, b""
+                n = chunk.lines if seq == chunk.first_seq else piece.count(b"\n")
             else:  # the message is full: split the chunk at a line
                 cut = text.rfind(b"\n", 0, max(room, 0)) + 1
                 if cut:
                     piece, text = text[:cut], text[cut:]
+                    n = piece.count(b"\n")
                 elif size:  # not one more line fits: the next message
                     out.append((message, count, text_bytes))
                     message = None
                     continue
                 else:  # one line longer than a whole message: cut it, say so
-                    piece, text = text[: budget - 96] + _CUT, text[text.index(b"\n") + 1 :]
-            n = piece.count(b"\n")
+                    piece, text, n = text[: budget - 96] + _CUT, text[text.index(b"\n") + 1 :], 1
             add(first_seq=seq, stream=code, time_ms=chunk.time_ms, text=piece)
             seq += n
             count += n

@@ -137,7 +137,8 @@ class FrameParser:
         out: list[Chunk] = []
         for stream_id, pending in self._pending.items():
             if pending:
-                out.append((_STREAMS[stream_id], bytes(pending) + b"\n", self._pending_ms[stream_id]))
+                line = bytes(pending)
+                out.append((_STREAMS[stream_id], line.removesuffix(b"\r") + b"\n", self._pending_ms[stream_id]))
                 pending.clear()
         return out
 
@@ -159,7 +160,7 @@ class FrameParser:
             body = text[: last + 1]
         if len(body) > MAX_LINE_BYTES and _has_long_line(body):
             body = b"".join([piece + b"\n" for raw in body[:-1].split(b"\n") for piece in _pieces(raw)])
-        elif b"\r\n" in body:
+        elif b"\r" in body and b"\r\n" in body:  # one byte is found far faster than two
             body = body.replace(b"\r\n", b"\n")
         out.append((_STREAMS[stream_id], body, at_ms))
         rest = text[last + 1 :]

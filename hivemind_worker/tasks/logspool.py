@@ -2,8 +2,9 @@
 
 One append-only file per task, one record per chunk (consecutive lines of one
 stream read at one time, runtime/logstream.py): a header
-``<first_seq>\\t<o|e|s>\\t<time_ms>\\t<length>\\n`` and then ``length`` bytes of text,
-the lines as the task wrote them, each ending in a newline. Sequence numbers start
+``<first_seq>\\t<o|e|s>\\t<time_ms>\\t<lines>\\t<length>\\n`` and then ``length`` bytes
+of text, the lines as the task wrote them, each ending in a newline (counted once,
+when spooled: a count costs a pass over the text). Sequence numbers start
 at 1 and have no gaps (a chunk of n lines holds first_seq .. first_seq+n-1). The
 file is the spool the sender re-reads after a reconnect (lines the master has not
 acknowledged are sent again with the same seqs, a chunk split where the ack fell)
@@ -68,20 +69,56 @@ def _after_lines(text: bytes, n: int) -> int:
     return len(text) - len(text.split(b"\n", n)[-1]) if n else 0
 
 
-def _records(fh: BinaryIO) -> Iterator[tuple[int, int, int, int, bytes, int]]:
+def _records(fh: BinaryIO, check: bool = False) -> Iterator[tuple[int, int, int, int, bytes, int]]:
     """(first_seq, stream index, time_ms, lines, text, record length) of each whole
-    record from fh's position on; stops at the first torn or malformed one."""
+    record from fh's position on; stops at the first torn or malformed one (``check``:
+    its line count too, for a file not read since the agent started)."""
     while True:
         head = fh.readline()
         try:
-            first, code, time_ms, length = head.split(b"\t")
-            seq, k, ms, n = int(first), _BCODES.index(code), int(time_ms), int(length)
+            first, code, time_ms, count, length = head.split(b"\t")
+            seq, k, ms, lines, n = int(first), _BCODES.index(code), int(time_ms), int(count), int(length)
         except ValueError:  # the end, or a torn header: the agent died mid-write
             return
         text = fh.read(n) if head.endswith(b"\n") else b""
-        if len(text) != n or not text.endswith(b"\n"):
+        if len(text) != n or not text.endswith(b"\n") or (check and text.count(b"\n") != lines):
             return  # a torn text
-        yield seq, k, ms, text.count(b"\n"), text, len(head) + n
+        yield seq, k, ms, lines, text, len(head) + n
+
+
+def _upgrade(path: Path) -> None:
+    """A spool of an agent before chunks (a record per line: ``seq\\tcode\\ttime\\ttext``),
+    met when an upgrade hands a running task over: rewritten as chunks (lines of one
+    stream and time together), so the new agent resumes it by count like its own."""
+    with open(path, "rb") as fh:
+        if next(_records(fh, check=True), None) is not None:
+            return  # chunks already (or empty)
+        fh.seek(0)
+        head = fh.readline().rstrip(b"\n").split(b"\t")
+        if len(head) == 5 and head[3].isdigit() and head[4].isdigit():
+            return  # the header of a torn first chunk, not a line (recovery cuts it)
+        fh.seek(0)
+        out: list[bytes] = []
+        run: list[bytes] = []
+        key: tuple[bytes, bytes] = (b"", b"")
+        seq = first = 1
+        for raw in fh:
+            fields = raw.rstrip(b"\n").split(b"\t", 3)
+            if not raw.endswith(b"\n") or len(fields) != 4 or fields[0] != b"%d" % seq or fields[1] not in _BCODES:
+                break  # a torn record: the old agent died mid-write
+            if run and (fields[1], fields[2]) != key:
+                out.append(b"%d\t%b\t%b\t%d\t%d\n%b" % (first, *key, len(run), sum(map(len, run)), b"".join(run)))
+                run, first = [], seq
+            key = (fields[1], fields[2])
+            run.append(fields[3] + b"\n")
+            seq += 1
+        if run:
+            out.append(b"%d\t%b\t%b\t%d\t%d\n%b" % (first, *key, len(run), sum(map(len, run)), b"".join(run)))
+    if seq == 1:
+        return  # nothing of the old format either: recovery cuts what is there
+    tmp = path.with_name(path.name + ".upgrade")
+    tmp.write_bytes(b"".join(out))
+    os.replace(tmp, path)
 
 
 def render_text(spool_path: Path, dest: Path) -> None:
@@ -130,9 +167,10 @@ class LogSpool:
     def _recover(self) -> None:
         if not self.path.exists():
             return
+        _upgrade(self.path)
         good = 0
         with open(self.path, "rb") as fh:
-            for first, k, _, lines, text, length in _records(fh):
+            for first, k, _, lines, text, length in _records(fh, check=True):
                 if first != self.last_seq + 1:
                     break
                 self._note(first, k, lines, text, good)
@@ -181,7 +219,8 @@ class LogSpool:
         if self.finished:
             return
         seq = self.last_seq + 1
-        head = b"%d\t%b\t%d\t%d\n" % (seq, _BCODES[k], time_ms, len(text))
+        lines = text.count(b"\n")
+        head = b"%d\t%b\t%d\t%d\t%d\n" % (seq, _BCODES[k], time_ms, lines, len(text))
         if not never_drop and (self.dropped_lines or self.disk_error
                                or self.size + len(head) + len(text) > self.max_bytes):
             # Over the limit: the lines that fit stay, every later one goes too, so the
@@ -193,8 +232,8 @@ class LogSpool:
             if not keep:
                 return
             text = text[:keep]
-            head = b"%d\t%b\t%d\t%d\n" % (seq, _BCODES[k], time_ms, len(text))
-        lines = text.count(b"\n")
+            lines = text.count(b"\n")
+            head = b"%d\t%b\t%d\t%d\t%d\n" % (seq, _BCODES[k], time_ms, lines, len(text))
         self._note(seq, k, lines, text, self.size)
         self._buf += (head, text)
         self._buf_meta.append((k, lines))

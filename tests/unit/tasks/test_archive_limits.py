@@ -59,7 +59,7 @@ def test_a_task_that_leaves_a_sparse_file_fails_with_the_reason_and_its_logs(tmp
     sparse(dirs.output / "x", 4 * TIB)
     (dirs.output / "fine.txt").write_text("kept out too: the output is one unit\n")
     spool = tmp_path / "spool"
-    spool.write_bytes(b"1\to\t0\t20\nwrote a sparse file\n")  # one record: header, then the text
+    spool.write_bytes(b"1\to\t0\t1\t20\nwrote a sparse file\n")  # one record: header, then the text
     record = {"task_id": "t-sparse", "status": "exited", "reason": "exited with code 0"}
     t0 = time.monotonic()
     size, _, failure = build_result(dirs, spool, record, 1024**3)

@@ -63,8 +63,8 @@ def test_limit_drops_the_rest_with_one_marker_and_flat_size(tmp_path: Path) -> N
     again.close()
 
 
-@pytest.mark.parametrize("torn", [b"11\to\t103\t2", b"11\to\t103\t20\nhalf a chunk\nhalf a li",
-                                  b"11\to\t103\t13\nno newline at its end"])
+@pytest.mark.parametrize("torn", [b"11\to\t103\t1\t2", b"11\to\t103\t3\t40\nhalf a chunk\nhalf a li",
+                                  b"11\to\t103\t1\t13\nno newline at its end", b"11\to\t103\t5\t5\nfour\n"])
 def test_recovery_cuts_a_torn_record_and_resumes(tmp_path: Path, torn: bytes) -> None:
     path = tmp_path / "s"
     spool = LogSpool(path, max_bytes=10**9)

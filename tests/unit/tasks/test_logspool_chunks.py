@@ -105,3 +105,21 @@ def test_tail_spans_records_on_disk_and_in_the_buffer(tmp_path: Path) -> None:
     assert [(r.seq, r.stream, r.text) for r in spool.tail(4)] == [(2, OUT, "b"), (3, ERR, "c"), (4, OUT, "d"),
                                                                    (5, OUT, "e")]
     spool.close()
+
+
+def test_a_spool_of_the_agent_before_chunks_is_taken_over(tmp_path: Path) -> None:
+    """An upgrade hands a running task to this agent: its per-line spool is rewritten
+    as chunks and resumed by count (a torn last line cut, as ever)."""
+    old = b"1\to\t5\tone\n2\to\t5\ttwo\tand a tab\n3\te\t5\toops\n4\to\t6\tfour\n5\to\t6\tfi"
+    (tmp_path / "s").write_bytes(old)
+    spool = LogSpool(tmp_path / "s", max_bytes=10**9)
+    assert spool.last_seq == 4 and spool.counts() == {OUT: 3, ERR: 1} and spool.last_text(OUT) == b"four"
+    spool.add(OUT, "five", 7)
+    spool.flush()
+    assert [(r.seq, r.stream, r.text, r.time_ms) for r in records(spool.read(1, 100))] == [
+        (1, OUT, "one", 5), (2, OUT, "two\tand a tab", 5), (3, ERR, "oops", 5), (4, OUT, "four", 6), (5, OUT, "five", 7)]
+    spool.close()
+    (tmp_path / "t").write_bytes(b"1\to\t5\t2\t10\nline 1\nli")  # this agent's first chunk, torn: not an old line
+    spool = LogSpool(tmp_path / "t", max_bytes=10**9)
+    assert spool.last_seq == 0 and (tmp_path / "t").stat().st_size == 0
+    spool.close()
