@@ -9,8 +9,8 @@ which follows the logs endpoint (a timestamped frame per line) and skips by coun
 what was already read. The thread parses frames itself (docker-py's helpers drop
 the stream id) and hands on the bytes the task wrote, a chunk of whole lines per
 run of frames (no decoding, no per-line object: the engine's rate is hundreds of
-thousands of lines a second), and cuts a line longer than MAX_LINE_BYTES into pieces so a task printing without newlines cannot grow the agent's memory.
-At most MAX_BATCHES_IN_FLIGHT batches wait for the consumer; a slow consumer slows
+thousands of lines a second), and cuts a line longer than MAX_LINE_BYTES into
+pieces so a task printing without newlines cannot grow the agent's memory. At most MAX_BATCHES_IN_FLIGHT batches wait for the consumer; a slow consumer slows
 the reader (and the task, or Docker's log file), so memory stays flat.
 
 This module must not interpret the lines (sequence numbers, spooling, dropping

@@ -11,9 +11,9 @@ one batch, so a slow or absent master costs disk (bounded by the spool), not mem
 
 A resumed read (the agent restarted, the engine came back, a stalled reader was
 replaced) gets the engine's whole log of the container and skips, per stream, as
-many lines as the spool holds, counted inside chunks (the reader cuts lines alike however the stream came:
-runtime/logstream.py), so no line is lost or doubled; the last skipped line is
-checked against the spool's. The live read (the attach stream) stamps a line with
+many lines as the spool holds, counted inside its chunks (the reader cuts lines
+alike however the stream came: runtime/logstream.py), so no line is lost or
+doubled; the last skipped line is checked against the spool's. The live read (the attach stream) stamps a line with
 the time it was read, which the engine's log does not know: a count, not a time,
 says where to resume. What an interrupted read had of an unfinished line waits in
 the spool's ``carry`` and is joined to that line when the resumed read gets it (the

@@ -68,6 +68,31 @@ def test_spool_on_a_full_disk_keeps_a_gapless_prefix_and_says_why(small_fs: Path
     again.close()
 
 
+def test_chunks_on_a_full_disk_are_dropped_whole_and_uncounted(small_fs: Path) -> None:
+    """Chunks of several lines: the file is cut back to its last whole record and the
+    per-stream counts (what a resumed read skips) stay those of the file."""
+    filler = fill(small_fs, 64 * KiB)
+    spool = LogSpool(small_fs / "logs.spool", max_bytes=10**9)
+    for i in range(100):  # ~400 KB in chunks of 1-7 lines: far more than fits
+        stream = LogStream.STDERR if i % 3 else LogStream.STDOUT
+        spool.add_many([(stream, b"".join(b"%d.%d " % (i, j) + b"x" * 1000 + b"\n" for j in range(i % 7 + 1)), i)])
+        if i % 4 == 3:
+            spool.flush()
+    spool.flush()
+    kept = spool.flushed_seq
+    assert spool.disk_error and 10 < kept < spool.last_seq + spool.dropped_lines
+    lines = records(spool.read(1, max_lines=10**6, max_bytes=10**9))
+    assert [r.seq for r in lines] == list(range(1, kept + 1))
+    per_stream = {s: sum(r.stream is s for r in lines) for s in (LogStream.STDOUT, LogStream.STDERR)}
+    assert spool.counts() == per_stream
+    filler.unlink()
+    spool.finish(6000)
+    spool.close()
+    again = LogSpool(small_fs / "logs.spool", max_bytes=10**9)
+    assert again.counts() == per_stream and again.last_seq == kept + 1 and again.finished
+    again.close()
+
+
 def test_result_on_a_full_disk_drops_the_output_keeps_logs_and_record(small_fs: Path) -> None:
     dirs = TaskDirs(small_fs / "tasks", "t1")
     dirs.output.mkdir(parents=True)

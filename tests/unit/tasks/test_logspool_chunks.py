@@ -117,7 +117,8 @@ def test_a_spool_of_the_agent_before_chunks_is_taken_over(tmp_path: Path) -> Non
     spool.add(OUT, "five", 7)
     spool.flush()
     assert [(r.seq, r.stream, r.text, r.time_ms) for r in records(spool.read(1, 100))] == [
-        (1, OUT, "one", 5), (2, OUT, "two\tand a tab", 5), (3, ERR, "oops", 5), (4, OUT, "four", 6), (5, OUT, "five", 7)]
+        (1, OUT, "one", 5), (2, OUT, "two\tand a tab", 5), (3, ERR, "oops", 5), (4, OUT, "four", 6),
+        (5, OUT, "five", 7)]
     spool.close()
     (tmp_path / "t").write_bytes(b"1\to\t5\t2\t10\nline 1\nli")  # this agent's first chunk, torn: not an old line
     spool = LogSpool(tmp_path / "t", max_bytes=10**9)
