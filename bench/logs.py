@@ -9,7 +9,8 @@ container whose attach stream is read to the end (what `docker run` attached get
 - node read: lines/s the node read, from the first to the last line's read time
   (the time each stored line carries is the node's read time);
 - master stored: lines/s landing in the dev-master's database, first to last;
-- the ratios node/attached (goal >= 0.8) and master/node (goal >= 0.8);
+- the ratios node/attached (goal >= 0.8) and master/node (goal >= 0.8), per round (the sides
+  go in alternating order) and of the medians; dockerd's CPU per line on both sides;
 - the daemon's RSS before, at peak (sampled every 100 ms) and at the end: "flat"
   means the peak does not grow with the output (try ``--total-bytes 1GiB``: the node's
   spool limit drops lines past it, by design, but every line is still read).
@@ -54,10 +55,17 @@ def printer(lines: int, line_bytes: int) -> tuple[str, ...]:
     return ("python3", "-c", code)
 
 
-def attached_rate(command: tuple[str, ...], lines: int) -> float:
+def engine_cpu() -> float:
+    """CPU-seconds of dockerd so far: the engine's share of a round (its log driver and
+    attach copies), the same work on both sides."""
+    return sum(sum(p.cpu_times()[:2]) for p in psutil.process_iter(["name"]) if p.info["name"] == "dockerd")
+
+
+def attached_rate(command: tuple[str, ...], lines: int) -> tuple[float, float]:
     """Lines/s of a bare container's attach stream (attached before its start, read
-    raw to the end), the same image and command as the task."""
+    raw to the end), the same image and command as the task; and dockerd's CPU per line."""
     api = docker.from_env().api
+    engine0 = engine_cpu()
     cid = api.create_container(IMAGE, list(command), host_config=api.create_host_config(
         network_mode="none", cpu_quota=100_000, cpu_period=100_000, mem_limit="512m"))["Id"]
     try:
@@ -74,7 +82,7 @@ def attached_rate(command: tuple[str, ...], lines: int) -> float:
         span = time.monotonic() - first
         if newlines < lines:
             raise SystemExit(f"the attached reference read {newlines} of {lines} lines")
-        return lines / span
+        return lines / span, (engine_cpu() - engine0) / lines * 1e6
     finally:
         api.remove_container(cid, force=True)
 
@@ -82,7 +90,7 @@ def attached_rate(command: tuple[str, ...], lines: int) -> float:
 def node_round(stack: DevStack, command: tuple[str, ...], lines: int, timeout: float) -> dict:
     proc = psutil.Process(stack.worker.pid)
     master = psutil.Process(stack.procs[0].pid)
-    cpu0 = sum(proc.cpu_times()[:2]), sum(master.cpu_times()[:2])
+    cpu0 = sum(proc.cpu_times()[:2]), sum(master.cpu_times()[:2]), engine_cpu()
     rss_before = peak = proc.memory_info().rss
     samples: list[tuple[float, int]] = []
     t0 = time.monotonic()
@@ -102,7 +110,7 @@ def node_round(stack: DevStack, command: tuple[str, ...], lines: int, timeout: f
         "MAX(CASE WHEN stream != 'system' THEN last_seq END) FROM log_chunks WHERE task_id=?", (task_id,),
     ).fetchone()
     stored, task_lines, top, first_ms, last_ms, last_task_seq = row
-    cpu = sum(proc.cpu_times()[:2]) - cpu0[0], sum(master.cpu_times()[:2]) - cpu0[1]
+    cpu = sum(proc.cpu_times()[:2]) - cpu0[0], sum(master.cpu_times()[:2]) - cpu0[1], engine_cpu() - cpu0[2]
     samples.append((time.monotonic(), top))
     first = next(t for t, seq in samples if seq > 0)
     # The spool limit's marker line comes at the task's end: not throughput.
@@ -112,6 +120,7 @@ def node_round(stack: DevStack, command: tuple[str, ...], lines: int, timeout: f
         "node_rate": task_lines / max((last_ms - first_ms) / 1000, 1e-3),
         "master_rate": task_lines / max(last - first, 0.1),
         "node_cpu_us": cpu[0] / lines * 1e6, "master_cpu_us": cpu[1] / max(stored, 1) * 1e6,
+        "engine_cpu_us": cpu[2] / lines * 1e6,
         "rss_before": rss_before, "rss_peak": peak, "rss_end": proc.memory_info().rss,
         "outcome": stack.conn.execute("SELECT outcome FROM tasks WHERE task_id=?", (task_id,)).fetchone()[0],
     }
@@ -133,13 +142,21 @@ def main() -> None:
     with DevStack("hivemind-bench-logs-", env) as stack:
         stack.wait_done([stack.submit(("python3", "-c", "pass"))], 120)  # connected and warm
         for i in range(args.rounds):
-            ref = attached_rate(command, lines)
-            r = node_round(stack, command, lines, 600 + lines / 5000)
-            r["attached"] = ref
+            # Which side goes first alternates: a machine whose load drifts favours neither.
+            if i % 2:
+                r = node_round(stack, command, lines, 600 + lines / 5000)
+                ref, engine_ref = attached_rate(command, lines)
+            else:
+                ref, engine_ref = attached_rate(command, lines)
+                r = node_round(stack, command, lines, 600 + lines / 5000)
+            r.update(attached=ref, engine_ref_us=engine_ref, node_ratio=r["node_rate"] / ref,
+                     master_ratio=r["master_rate"] / r["node_rate"])
             rounds.append(r)
-            print(f"round {i + 1}: attached {ref:,.0f} lines/s | node read {r['node_rate']:,.0f} | master stored "
-                  f"{r['master_rate']:,.0f} ({r['stored']:,} lines, gaps {r['gaps']}, {r['outcome']}) | CPU per line: "
-                  f"node {r['node_cpu_us']:.1f} us, master {r['master_cpu_us']:.1f} us | daemon RSS "
+            print(f"round {i + 1}: attached {ref:,.0f} lines/s | node read {r['node_rate']:,.0f} "
+                  f"({r['node_ratio']:.2f}x) | master stored "
+                  f"{r['master_rate']:,.0f} ({r['master_ratio']:.2f}x; {r['stored']:,} lines, gaps {r['gaps']}, {r['outcome']}) "
+                  f"| CPU per line: node {r['node_cpu_us']:.1f} us, master {r['master_cpu_us']:.1f} us, dockerd "
+                  f"{r['engine_cpu_us']:.1f} us (attached: {engine_ref:.1f} us) | daemon RSS "
                   f"{r['rss_before'] / MIB:.1f} -> peak {r['rss_peak'] / MIB:.1f} -> end {r['rss_end'] / MIB:.1f} MiB "
                   f"| load {os.getloadavg()[0]:.2f}")
         stack.ok = True
@@ -151,8 +168,10 @@ def main() -> None:
     print(f"medians of {len(rounds)}: attached {attached:,.0f} lines/s, node read {node:,.0f} lines/s, "
           f"master stored {master:,.0f} lines/s; CPU per line: node {med('node_cpu_us'):.1f} us (whole task: "
           f"read, spool, send, archive), master {med('master_cpu_us'):.1f} us")
-    print(f"node read / attached = {node / attached:.2f} (goal >= 0.8); "
-          f"master stored / node read = {master / node:.2f} (goal >= 0.8)")
+    print(f"node read / attached = {node / attached:.2f}, median of the rounds' ratios {med('node_ratio'):.2f} "
+          f"(goal >= 0.8); master stored / node read = {master / node:.2f}, median of the rounds' ratios "
+          f"{med('master_ratio'):.2f} (goal >= 0.8); dockerd CPU per line {med('engine_cpu_us'):.1f} us "
+          f"(attached: {med('engine_ref_us'):.1f} us)")
     print(f"daemon RSS: before {med('rss_before') / MIB:.1f} MiB, peak {med('rss_peak') / MIB:.1f} MiB "
           f"(+{(med('rss_peak') - med('rss_before')) / MIB:.1f}), end {med('rss_end') / MIB:.1f} MiB")
 
