@@ -2,8 +2,10 @@
 
 A dev-master and an enrolled daemon (`hivemind-worker run`) on loopback; each round
 runs one task in the real task image that prints ``--total-bytes`` of numbered lines
-(100 bytes by default), and, in the same round, the same image and command in a bare
-container whose attach stream is read to the end (what `docker run` attached gets):
+(100 bytes by default), and, in the same round, the same image, command and
+PYTHONUNBUFFERED=1 (which run_task.sh gives every task: a write, and a frame, per
+print) in a bare container whose attach stream is read to the end (what `docker run`
+attached gets):
 
 - attached: lines/s of the attach stream, first byte to end (the engine's rate);
 - node read: lines/s the node read, from the first to the last line's read time
@@ -66,7 +68,10 @@ def attached_rate(command: tuple[str, ...], lines: int) -> tuple[float, float]:
     raw to the end), the same image and command as the task; and dockerd's CPU per line."""
     api = docker.from_env().api
     engine0 = engine_cpu()
-    cid = api.create_container(IMAGE, list(command), host_config=api.create_host_config(
+    # The task's environment as run_task.sh makes it: PYTHONUNBUFFERED=1, so every print
+    # is one write and one frame on the stream, for the engine and for any reader.
+    cid = api.create_container(IMAGE, list(command), environment={"PYTHONUNBUFFERED": "1"},
+                               host_config=api.create_host_config(
         network_mode="none", cpu_quota=100_000, cpu_period=100_000, mem_limit="512m"))["Id"]
     try:
         response = api._post(api._url("/containers/{0}/attach", cid),

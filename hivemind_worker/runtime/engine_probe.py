@@ -20,7 +20,7 @@ import urllib.parse
 from typing import Any
 
 from hivemind_worker.errors import RuntimeUnavailable
-from hivemind_worker.runtime.logstream import docker_time_ms
+from hivemind_worker.runtime.dockertime import docker_time_ms
 from hivemind_worker.runtime.spec import LABEL_GPUS, LABEL_NODE, LABEL_TASK, ContainerInfo
 from hivemind_worker.runtime.translate import FIX_DOCKER
 

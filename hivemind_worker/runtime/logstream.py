@@ -20,15 +20,16 @@ are the task manager's business).
 from __future__ import annotations
 
 import asyncio
-import calendar
 import itertools
 import logging
 import socket
+import struct
 import threading
 import time
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from hivemind_worker.errors import RuntimeUnavailable, WorkerError
+from hivemind_worker.runtime.dockertime import StampClock
 from hivemind_worker.vocab import LogStream
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ MAX_BATCHES_IN_FLIGHT = 4  # of up to READ_BYTES each: a few MB at most
 READ_BYTES = 256 * 1024
 _STREAMS = {1: LogStream.STDOUT, 2: LogStream.STDERR}
 _END = object()
+_HEADER = struct.Struct(">BxxxI").unpack_from  # stream id, 3 bytes unused, payload length
 # The time of what an interrupted stream held of an unfinished line: not a line yet.
 INTERRUPTED = -1
 
@@ -45,37 +47,6 @@ INTERRUPTED = -1
 # ending in b"\n" (no CR before it); or, timed INTERRUPTED, what a broken stream had
 # of an unfinished line (no newline).
 Chunk = tuple[LogStream, bytes, int]
-
-
-def docker_time_ms(stamp: str) -> int:
-    """Docker's RFC 3339 time (UTC, up to nanoseconds) -> epoch milliseconds; the one
-    parser of it (log lines here, container start times in docker_runtime.py).
-    ValueError when it is not one."""
-    head, _, rest = stamp.partition(".")
-    seconds = calendar.timegm(time.strptime(head.rstrip("Z"), "%Y-%m-%dT%H:%M:%S"))
-    digits = "".join(c for c in rest[:3] if c.isdigit())
-    return seconds * 1000 + (int(digits.ljust(3, "0")) if digits else 0)
-
-
-class _Clock:
-    """RFC 3339 (Docker's fixed nanosecond form, UTC) -> epoch milliseconds, with
-    the seconds part cached: consecutive lines almost always share it."""
-
-    def __init__(self) -> None:
-        self._head = b""
-        self._epoch_ms = 0
-
-    def ms(self, stamp: bytes) -> int:
-        head = stamp[:19]
-        if head != self._head:
-            try:
-                self._epoch_ms = docker_time_ms(head.decode())
-            except ValueError:
-                return int(time.time() * 1000)
-            self._head = head
-        frac = stamp[20:23] if stamp[19:20] == b"." else b""
-        digits = bytes(c for c in frac if 48 <= c <= 57)
-        return self._epoch_ms + (int(digits.ljust(3, b"0")) if digits else 0)
 
 
 class FrameParser:
@@ -94,43 +65,61 @@ class FrameParser:
     def __init__(self, stamped: bool = True, clock: Callable[[], float] = time.time) -> None:
         self._stamped = stamped
         self._now = clock
-        self._buf = bytearray()
+        self._buf = b""  # an unfinished frame
         self._pending: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
         self._pending_ms: dict[int, int] = {1: 0, 2: 0}
-        self._clock = _Clock()
+        self._clock = StampClock()
 
     def feed(self, chunk: bytes) -> list[Chunk]:
-        buf = self._buf
-        buf += chunk
+        data = self._buf + chunk if self._buf else chunk
         out: list[Chunk] = []
-        pos, size = 0, len(buf)
-        now_ms = 0 if self._stamped else int(self._now() * 1000)
-        run_id, run = 0, list[bytes]()  # consecutive unstamped payloads of one stream: one chunk
+        pos = self._stamped_frames(data, out) if self._stamped else self._frames(data, out)
+        self._buf = data[pos:]
+        return out
+
+    def _frames(self, data: bytes, out: list[Chunk]) -> int:
+        """Unstamped frames (the attach stream): a run of one stream's payloads is one
+        chunk. Under PYTHONUNBUFFERED (run_task.sh) a task writes a frame per print, so
+        this runs once per line: one unpack_from and one slice (cheaper than a
+        memoryview for small payloads) per frame. Returns where an unfinished frame starts."""
+        now_ms = int(self._now() * 1000)
+        pos, size = 0, len(data)
+        run_id, run = 0, list[bytes]()
+        append = run.append
         while size - pos >= 8:
-            length = int.from_bytes(buf[pos + 4 : pos + 8], "big")
-            if size - pos - 8 < length:
+            stream_id, length = _HEADER(data, pos)
+            end = pos + 8 + length
+            if end > size:
                 break
-            stream_id = buf[pos]
-            payload = bytes(buf[pos + 8 : pos + 8 + length])
-            pos += 8 + length
-            if stream_id not in self._pending:
-                continue  # stdin echo or unknown: not a task's output
-            if self._stamped:
-                stamp, _, text = payload.partition(b" ")
-                self._text(stream_id, text, self._clock.ms(stamp), out)
-                continue
-            if run and stream_id != run_id:
-                self._text(run_id, b"".join(run), now_ms, out)
-                run = []
-            run_id = stream_id
-            run.append(payload)
+            if stream_id != run_id:
+                if run:
+                    self._text(run_id, b"".join(run), now_ms, out)
+                    run.clear()
+                run_id = stream_id if stream_id in self._pending else 0  # 0: stdin echo or unknown, skipped
+            if run_id:
+                append(data[pos + 8 : end])
+            pos = end
         if run:
             self._text(run_id, b"".join(run), now_ms, out)
-        del buf[:pos]
-        if self._stamped and len(out) > 1:  # a line per frame: merge lines of one time
-            out = [(stream, b"".join(c[1] for c in same), ms)
-                   for (stream, ms), same in itertools.groupby(out, key=lambda c: (c[0], c[2]))]
-        return out
+        return pos
+
+    def _stamped_frames(self, data: bytes, out: list[Chunk]) -> int:
+        """Stamped frames (the logs endpoint, a resumed read): a line per frame, each
+        with Docker's time; consecutive lines of one stream and time become one chunk."""
+        pos, size = 0, len(data)
+        lines: list[Chunk] = []
+        while size - pos >= 8:
+            stream_id, length = _HEADER(data, pos)
+            end = pos + 8 + length
+            if end > size:
+                break
+            if stream_id in self._pending:
+                stamp, _, text = data[pos + 8 : end].partition(b" ")
+                self._text(stream_id, text, self._clock.ms(stamp), lines)
+            pos = end
+        out.extend((stream, b"".join(c[1] for c in same), ms)
+                   for (stream, ms), same in itertools.groupby(lines, key=lambda c: (c[0], c[2])))
+        return pos
 
     def flush(self) -> list[Chunk]:
         """Whatever was printed without a final newline, as a line."""
