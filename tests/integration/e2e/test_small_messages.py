@@ -23,24 +23,31 @@ print('z' * 100_000)
 """
 
 
-def test_small_message_limit_moves_bundle_result_and_logs(devmaster, make_node, task_image, tmp_path):
-    node = connected_node(devmaster, make_node, max_message_bytes=65536)
+def run_task(master, node, task_image, tmp_path, blob: bytes) -> tuple[list[str], tarfile.TarFile]:
+    """Submit TASK with ``blob`` in its bundle and wait: its output lines and result
+    archive, after checking that it ended well and every numbered line came once."""
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    blob = os.urandom(300 * 1024)  # random: the zip cannot shrink it under one message
     (bundle / "blob.bin").write_bytes(blob)
     (bundle / "main.py").write_text(TASK)
     out = tmp_path / "out"
-    proc = submit(devmaster, str(bundle), "--image", task_image, "--cpus", "0.5", "--memory", "256m",
+    proc = submit(master, str(bundle), "--image", task_image, "--cpus", "0.5", "--memory", "256m",
                   "--wait", "--output", str(out))
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr + node.log.read_text()[-3000:]
     lines = stdout.splitlines()
     assert [l for l in lines if l.startswith("line ")] == [f"line {i:05d} " + "y" * 90 for i in range(3000)]
+    [archive] = list(out.glob("*.tar.gz"))
+    return lines, tarfile.open(archive)
+
+
+def test_small_message_limit_moves_bundle_result_and_logs(devmaster, make_node, task_image, tmp_path):
+    node = connected_node(devmaster, make_node, max_message_bytes=65536)
+    blob = os.urandom(300 * 1024)  # random: the zip cannot shrink it under one message
+    lines, tar = run_task(devmaster, node, task_image, tmp_path, blob)
     [long_line] = [l for l in lines if l.startswith("zzz")]
     assert long_line.endswith("[hivemind: line truncated]") and len(long_line) < 65536
-    [archive] = list(out.glob("*.tar.gz"))
-    with tarfile.open(archive) as tar:
+    with tar:
         got = tar.extractfile("output/blob.bin").read()
         assert len(tar.extractfile("output/more.bin").read()) == 1024 * 1024
     assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
@@ -58,19 +65,8 @@ def test_a_master_with_a_small_limit_gets_everything_from_a_default_node(make_no
     master.start()
     try:
         node = connected_node(master, make_node)
-        bundle = tmp_path / "bundle"
-        bundle.mkdir()
-        (bundle / "blob.bin").write_bytes(os.urandom(40 * 1024))
-        (bundle / "main.py").write_text(TASK)
-        out = tmp_path / "out"
-        proc = submit(master, str(bundle), "--image", task_image, "--cpus", "0.5", "--memory", "256m",
-                      "--wait", "--output", str(out))
-        stdout, stderr = proc.communicate(timeout=240)
-        assert proc.returncode == 0, stderr + node.log.read_text()[-3000:]
-        lines = stdout.splitlines()
-        assert [l for l in lines if l.startswith("line ")] == [f"line {i:05d} " + "y" * 90 for i in range(3000)]
-        [archive] = list(out.glob("*.tar.gz"))
-        with tarfile.open(archive) as tar:
+        _, tar = run_task(master, node, task_image, tmp_path, os.urandom(40 * 1024))
+        with tar:
             assert len(tar.extractfile("output/more.bin").read()) == 1024 * 1024
         assert "RESOURCE_EXHAUSTED" not in node.log.read_text()
     finally:

@@ -33,7 +33,7 @@ class HeldDrain:
         self.closed = False
 
     async def start(self) -> None:
-        pass
+        """Nothing to start: the drain is all the agent asks of this fake."""
 
     async def drain(self, deadline_s: float) -> None:
         self.draining.set()
