@@ -5,21 +5,19 @@ user's helper container), so the logs fit in the result and the disk is free aga
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import shutil
 import subprocess
-import sys
-import sysconfig
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.support.nonroot import AgentPython, agent_python
+
 pytestmark = [pytest.mark.docker, pytest.mark.root]
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[2]
 AGENT_UID = 4243
 
 
@@ -41,27 +39,17 @@ def open_state():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def test_non_root_agent_frees_a_workspace_it_cannot_delete(open_state, task_image, node_id) -> None:
-    docker_gid = grp.getgrnam("docker").gr_gid
-    site = sysconfig.get_paths()["purelib"]
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{REPO}:{site}", "HOME": str(open_state.parent)}
-    python = None
-    for candidate in (sys.executable, "/usr/bin/python3"):  # the test's may live under root's home
-        try:
-            probe = subprocess.run([candidate, "-c", "import docker, psutil, hivemind_worker.tasks.manager"],
-                                   env=env, user=AGENT_UID, group=AGENT_UID, extra_groups=[docker_gid],
-                                   capture_output=True)
-        except OSError:  # not executable by that user
-            continue
-        if probe.returncode == 0:
-            python = candidate
-            break
-    assert python, f"no Python that uid {AGENT_UID} can run with this project importable"
-    done = subprocess.run(
-        [python, str(HERE / "nonroot_disk_proc.py"), str(open_state), node_id, task_image],
-        env=env, user=AGENT_UID, group=AGENT_UID, extra_groups=[docker_gid],
-        capture_output=True, text=True, timeout=240,
-    )
+@pytest.fixture
+def agent():
+    """The agent's Python as uid 4243, whatever directory the checkout lies in."""
+    with agent_python(AGENT_UID) as found:
+        yield found
+
+
+def test_non_root_agent_frees_a_workspace_it_cannot_delete(open_state, agent: AgentPython, task_image,
+                                                           node_id) -> None:
+    done = agent.run(HERE / "nonroot_disk_proc.py", str(open_state), node_id, task_image,
+                     home=open_state.parent, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["uid"] == AGENT_UID

@@ -4,14 +4,10 @@ still read their output and remove everything afterwards."""
 
 from __future__ import annotations
 
-import grp
 import io
 import json
 import os
 import shutil
-import subprocess
-import sys
-import sysconfig
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from hivemind_worker.config import Settings
+from tests.support.nonroot import AgentPython, agent_python
 
 pytestmark = pytest.mark.docker
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[2]
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 AGENT_UID = 4242
 
 MAIN = """
@@ -51,32 +46,15 @@ def open_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_non_root_agent_runs_reads_and_cleans_up(open_dir, task_image, node_id) -> None:
-    tmp_path = open_dir
-    if os.geteuid() != 0:
-        pytest.skip("needs root to start the agent as another user")
-    try:
-        docker_gid = grp.getgrnam("docker").gr_gid
-    except KeyError:
-        pytest.skip("needs a docker group (the service user's way to the Docker socket)")
-    # The test's interpreter may live under root's home (pyenv): try it, then the
-    # system's, with this environment's packages on the path.
-    site = sysconfig.get_paths()["purelib"]
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{REPO}:{site}", "HOME": str(tmp_path)}
-    python = None
-    for candidate in (sys.executable, str(SYSTEM_PYTHON)):
-        try:
-            probe = subprocess.run([candidate, "-c", "import docker, psutil, hivemind_worker.tasks.manager"],
-                                   env=env, user=AGENT_UID, group=AGENT_UID, extra_groups=[docker_gid],
-                                   capture_output=True)
-        except OSError:  # not executable by that user
-            continue
-        if probe.returncode == 0:
-            python = candidate
-            break
-    if python is None:
-        pytest.skip(f"no Python that uid {AGENT_UID} can run with this project importable")
+@pytest.fixture
+def agent():
+    """The agent's Python as uid 4242, whatever directory the checkout lies in."""
+    with agent_python(AGENT_UID) as found:
+        yield found
 
+
+def test_non_root_agent_runs_reads_and_cleans_up(open_dir, agent: AgentPython, task_image, node_id) -> None:
+    tmp_path = open_dir
     state = tmp_path / "state"
     state.mkdir()
     os.chown(state, AGENT_UID, AGENT_UID)
@@ -86,11 +64,8 @@ def test_non_root_agent_runs_reads_and_cleans_up(open_dir, task_image, node_id) 
         zf.writestr("data/input.txt", "in")
     bundle = tmp_path / "bundle.zip"
     bundle.write_bytes(buf.getvalue())
-    done = subprocess.run(
-        [python, str(HERE / "nonroot_proc.py"), str(state), node_id, task_image, str(bundle)],
-        env=env, user=AGENT_UID, group=AGENT_UID, extra_groups=[docker_gid],
-        capture_output=True, text=True, timeout=180,
-    )
+    done = agent.run(HERE / "nonroot_proc.py", str(state), node_id, task_image, str(bundle),
+                     home=tmp_path, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["uid"] == AGENT_UID
