@@ -246,15 +246,15 @@ class SessionHub:
 
     # ------------------------------------------------------------ master -> nodes
 
-    def _free(self, session: Session) -> tuple[int, int, int]:
+    def _room(self, session: Session) -> list[int]:
+        """What the node has left: [cpu, memory, gpus, task slots] (slots: a large
+        number when the node did not say), after the tasks active on it."""
         cpu, mem, gpus = session.capacity
-        for row in taskdb.active_on(self.conn, session.node_id):
+        active = taskdb.active_on(self.conn, session.node_id)
+        for row in active:
             c, m, g = _resources(json.loads(row["spec_json"]))
             cpu, mem, gpus = cpu - c, mem - m, gpus - g
-        return cpu, mem, gpus
-
-    def _slots_full(self, session: Session) -> bool:
-        return bool(session.task_slots) and len(taskdb.active_on(self.conn, session.node_id)) >= session.task_slots
+        return [cpu, mem, gpus, (session.task_slots or 1 << 30) - len(active)]
 
     def dispatch(self) -> None:
         """Assign queued tasks, pass on cancellations, end revoked nodes' streams."""
@@ -277,8 +277,13 @@ class SessionHub:
         candidates = [s for s in self.sessions.values() if not s.draining and not s.ending]
         if not candidates:
             return
+        # Each node's room is read once per pass and kept as tasks go to it: a pass
+        # costs a query per node, not per queued task and node.
+        room = {s.node_id: self._room(s) for s in candidates}
         now = time.time()
         for row in taskdb.queued(self.conn):
+            if not any(r[3] > 0 for r in room.values()):
+                break  # every node's task slots are full: the rest wait for the next pass
             need = _resources(json.loads(row["spec_json"]))
             message = pb.MasterMessage(assign=task_spec(row))
             size = message.ByteSize() + MESSAGE_OVERHEAD_BYTES
@@ -289,12 +294,13 @@ class SessionHub:
                               "put large data in the bundle, not in --env or --command")
                 continue
             for session in candidates:
-                if size > session.max_message_bytes or self._slots_full(session) or row["task_id"] in session.stale:
+                free = room[session.node_id]
+                if size > session.max_message_bytes or free[3] <= 0 or row["task_id"] in session.stale:
                     continue
                 if row["deferred_by"] == session.node_id and (row["deferred_until"] or 0) > now:
                     continue  # it said "not now" a moment ago; others may take it
-                free = self._free(session)
                 if all(n <= f for n, f in zip(need, free)) and taskdb.assign(self.conn, row["task_id"], session.node_id):
+                    room[session.node_id] = [f - n for f, n in zip(free, (*need, 1))]
                     session.send(message)
                     logger.info("task assigned", extra={"node_id": session.node_id, "task_id": row["task_id"]})
                     break
