@@ -64,11 +64,6 @@ class Attachments:
             del self._held[container_id]
         response.close()
 
-    def start(self, api: Any, container_id: str) -> None:
-        """Attach, then start (blocking)."""
-        self.open(api, container_id)
-        api.start(container_id)
-
     def follow(self, api_of: Callable[[], Any], container_id: str, since_s: float | None,
                translate: Callable[[BaseException], WorkerError]) -> AsyncIterator[list[Chunk]]:
         """logstream.follow of the attach stream opened at the start if nobody took it

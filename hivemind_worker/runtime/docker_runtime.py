@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import shutil
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, TypeVar
 
 from hivemind_worker.errors import TaskError, WorkerError
 from hivemind_worker.runtime import attach
-from hivemind_worker.runtime.engine_probe import EngineProbe, container_info
+from hivemind_worker.runtime.engine_probe import DockerPyCalls, EngineProbe, container_info
 from hivemind_worker.runtime.egress import EgressFirewall, EgressPolicy, ensure_network
 from hivemind_worker.runtime.gpu import GpuInventory, NvmlGpuInventory
 from hivemind_worker.runtime.images import ImageGc
@@ -37,10 +35,11 @@ from hivemind_worker.runtime.spec import (
     ExitInfo,
     create_kwargs,
     host_user,
+    prepare_workspace,
     userns_base,
 )
 from hivemind_worker.runtime.stats import StatsReader
-from hivemind_worker.runtime.translate import docker_errors, is_conflict, is_not_found, translate
+from hivemind_worker.runtime.translate import docker_errors, is_conflict, is_image_missing, is_not_found, translate
 from hivemind_worker.vocab import NetworkPolicy
 
 if TYPE_CHECKING:
@@ -129,6 +128,11 @@ class DockerRuntime:
             raise
         except Exception as exc:
             raise translate(exc, what) from exc
+
+    def _calls(self) -> EngineProbe | DockerPyCalls:
+        """Where a task's create/start/wait/kill/remove go: the probe over a unix socket
+        (a third of docker-py's CPU per call), docker-py for any other DOCKER_HOST."""
+        return self._probe if self._probe is not None else DockerPyCalls(self._docker().api)
 
     def close(self) -> None:
         for client in (self._client, self._fresh):
@@ -249,22 +253,24 @@ class DockerRuntime:
         def make() -> str:
             from docker.models.containers import _create_container_args
 
-            # The low-level call with the high-level call's own translation of the
-            # arguments: containers.create() would inspect the new container as well.
+            # docker-py's own translation of the arguments into the engine's body (the
+            # high-level containers.create() would inspect the new container as well).
+            # No proxy settings from the docker CLI's config.json go into a task's env.
             api = self._docker().api
-            return api.create_container(**_create_container_args({**kwargs, "version": api._version}))["Id"]
+            args = _create_container_args({**kwargs, "version": api._version})
+            name = args.pop("name")
+            return self._calls().create(name, api.create_container_config(**args), api._version)
 
         def run() -> str:
-            _prepare_workspace(spec.workspace, host_user(spec.user, self._userns_base()))
+            prepare_workspace(spec.workspace, host_user(spec.user, self._userns_base()))
             if bridge:  # fail closed: no firewall, no container
                 ensure_network(self._docker(), self._egress.policy)
                 self._egress.ensure()
             try:
                 return make()
-            except docker_errors().ImageNotFound:
-                self._present.discard(spec.image)  # gone since we last looked: has_image() asks again
-                raise
-            except docker_errors().APIError as exc:
+            except Exception as exc:
+                if is_image_missing(exc):
+                    self._present.discard(spec.image)  # gone since we last looked: has_image() asks again
                 if not is_conflict(exc):
                     raise
                 # An earlier attempt's container, left by an engine that was away when
@@ -279,7 +285,7 @@ class DockerRuntime:
                     ) from exc
                 logger.warning("removing the stopped container of an earlier attempt of task %s", spec.task_id,
                                extra={"task_id": spec.task_id, "node_id": spec.node_id})
-                self._docker().api.remove_container(old["Id"], force=True)
+                self._calls().remove(old["Id"])
                 return make()
 
         container_id = await self._call(f"create container for task {spec.task_id}", run)
@@ -291,7 +297,11 @@ class DockerRuntime:
         return container_id
 
     async def start(self, container_id: str) -> None:
-        await self._call(f"start container {container_id[:12]}", lambda: self._attached.start(self._docker().api, container_id))
+        def run() -> None:
+            self._attached.open(self._docker().api, container_id)  # first: the task's first line is not missed
+            self._calls().start(container_id)
+
+        await self._call(f"start container {container_id[:12]}", run)
 
     def follow_logs(self, container_id: str, since_s: float | None = None) -> AsyncIterator[list[Chunk]]:
         return self._attached.follow(lambda: self._docker().api, container_id, since_s,
@@ -299,7 +309,7 @@ class DockerRuntime:
 
     async def wait(self, container_id: str) -> ExitInfo:
         def run() -> ExitInfo:
-            self._docker().api.wait(container_id, timeout=None)  # no read timeout: tasks run for hours
+            self._calls().wait(container_id)  # no read timeout: tasks run for hours
             # A new connection: an engine going away fails it (RuntimeUnavailable), and
             # the caller tells a restart from the task's own exit.
             state = self._inspect_fresh(container_id)["State"]
@@ -310,8 +320,8 @@ class DockerRuntime:
     async def kill(self, container_id: str) -> None:
         def run() -> None:
             try:
-                self._docker().api.kill(container_id)
-            except docker_errors().APIError as exc:
+                self._calls().kill(container_id)
+            except Exception as exc:
                 if not (is_not_found(exc) or is_conflict(exc)):  # gone, or not running
                     raise
 
@@ -320,8 +330,8 @@ class DockerRuntime:
     async def remove(self, container_id: str) -> None:
         def run() -> None:
             try:
-                self._docker().api.remove_container(container_id, force=True, v=True)
-            except docker_errors().APIError as exc:
+                self._calls().remove(container_id)
+            except Exception as exc:
                 if not (is_not_found(exc) or is_conflict(exc)):  # gone, or removal in progress
                     raise
 
@@ -380,20 +390,3 @@ class DockerRuntime:
             return self._stats.read(container_id, raw)
 
         return await self._call(f"read stats of container {container_id[:12]}", run)
-
-
-def _prepare_workspace(workspace: Path, user: str) -> None:
-    """The task's user must own its workspace (it runs unprivileged)."""
-    if not workspace.is_dir():
-        raise TaskError(f"workspace {workspace} does not exist; the task manager creates it before the container")
-    (workspace / "output").mkdir(exist_ok=True)
-    if os.geteuid() != 0:
-        return  # cannot chown; the caller must have made it writable
-    uid_text, _, gid_text = user.partition(":")
-    if not uid_text.isdigit():
-        return  # a user name: resolved inside the image, not here
-    uid, gid = int(uid_text), int(gid_text) if gid_text.isdigit() else -1
-    os.lchown(workspace, uid, gid)
-    for root, dirs, files in os.walk(workspace):
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), uid, gid)

@@ -9,11 +9,13 @@ network (egress.py), never Docker's default bridge.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from hivemind_worker.errors import TaskError
 from hivemind_worker.vocab import NetworkPolicy
 
 LABEL_TASK = "hivemind.task_id"
@@ -208,3 +210,20 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
             docker.types.DeviceRequest(driver="nvidia", device_ids=list(spec.gpu_device_ids), capabilities=[["gpu"]])
         ]
     return kwargs
+
+
+def prepare_workspace(workspace: Path, user: str) -> None:
+    """The task's user must own its workspace (it runs unprivileged)."""
+    if not workspace.is_dir():
+        raise TaskError(f"workspace {workspace} does not exist; the task manager creates it before the container")
+    (workspace / "output").mkdir(exist_ok=True)
+    if os.geteuid() != 0:
+        return  # cannot chown; the caller must have made it writable
+    uid_text, _, gid_text = user.partition(":")
+    if not uid_text.isdigit():
+        return  # a user name: resolved inside the image, not here
+    uid, gid = int(uid_text), int(gid_text) if gid_text.isdigit() else -1
+    os.lchown(workspace, uid, gid)
+    for root, dirs, files in os.walk(workspace):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, gid)

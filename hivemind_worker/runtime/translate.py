@@ -1,4 +1,4 @@
-"""The one boundary where docker-py and requests errors become ours.
+"""The one boundary where docker-py, requests and engine_probe errors become ours.
 
 Every call into Docker goes through ``translate``: a daemon that cannot be reached
 is RuntimeUnavailable (the node is broken: fix Docker), anything about one
@@ -17,10 +17,27 @@ FIX_DOCKER = (
 )
 
 
+class EngineRefused(Exception):
+    """The engine answered an engine_probe call with an error status (docker-py's
+    APIError, for the calls that do not go through docker-py)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status} {message}")
+        self.status_code, self.explanation = status, message
+
+
 def translate(exc: BaseException, what: str) -> WorkerError:
     """Our error for ``exc``, raised while doing ``what`` (e.g. "create container for task t1")."""
     if isinstance(exc, WorkerError):
         return exc
+    if isinstance(exc, EngineRefused):
+        if is_image_missing(exc):
+            return TaskError(f"{what}: image not found ({_explain(exc)}); check the image name and tag, or pull it")
+        if exc.status_code == 404:
+            return TaskError(f"{what}: no such container or image ({_explain(exc)})")
+        if exc.status_code >= 500 and "Cannot connect" in exc.explanation:
+            return RuntimeUnavailable(f"{what}: {_explain(exc)}; {FIX_DOCKER}")
+        return TaskError(f"{what}: Docker refused: {_explain(exc)}")
     # Here, not at the top: an idle node never loads docker-py (engine_probe.py).
     import docker.errors
     import requests.exceptions
@@ -55,14 +72,23 @@ def docker_errors() -> Any:
 
 
 def is_not_found(exc: BaseException) -> bool:
+    if isinstance(exc, EngineRefused):
+        return exc.status_code == 404
     return isinstance(exc, docker_errors().NotFound)
 
 
+def is_image_missing(exc: BaseException) -> bool:
+    """Docker says 404 "No such image" when a container is created from an image it lacks."""
+    if isinstance(exc, EngineRefused):
+        return exc.status_code == 404 and "no such image" in exc.explanation.lower()
+    return isinstance(exc, docker_errors().ImageNotFound)
+
+
 def is_conflict(exc: BaseException) -> bool:
-    return isinstance(exc, docker_errors().APIError) and exc.status_code == 409
+    return isinstance(exc, EngineRefused | docker_errors().APIError) and exc.status_code == 409
 
 
-def _explain(exc: Any) -> str:  # a docker.errors.APIError
+def _explain(exc: Any) -> str:  # a docker.errors.APIError or an EngineRefused
     text = exc.explanation if getattr(exc, "explanation", None) else str(exc)
     return _short(text)
 

@@ -137,3 +137,79 @@ def test_docker_host_as_docker_py_reads_it(monkeypatch, host, tls, expected):
             monkeypatch.setenv(name, value)
     probe = EngineProbe.for_env()
     assert (probe.socket_path if probe else None) == expected
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("through", ["probe", "docker-py"])
+def test_a_containers_life_and_the_engines_refusals_read_the_same_either_way(docker_client, task_image, through):
+    """create (docker-py's ContainerConfig as the body), start, wait, kill, remove; and
+    the refusals the runtime tells apart: a taken name (409), a container that is not
+    running (409), one that is gone (404), an image the engine lacks (404 "No such
+    image"), each translated into our error with the engine's words."""
+    from hivemind_worker.errors import TaskError
+    from hivemind_worker.runtime.engine_probe import DockerPyCalls
+    from hivemind_worker.runtime.translate import is_conflict, is_image_missing, is_not_found, translate
+
+    api = docker_client.api
+    calls = EngineProbe() if through == "probe" else DockerPyCalls(api)
+    name = f"hivemind-probe-{uuid.uuid4().hex[:8]}"
+    config = api.create_container_config(image=task_image, command=["sh", "-c", "exit 3"],
+                                         labels={LABEL_MANAGED: "1"}, environment={"A": "b c"})
+
+    def refused(fn, *args):
+        with pytest.raises(Exception) as err:
+            fn(*args)
+        return err.value
+
+    cid = calls.create(name, config, api._version)
+    try:
+        attrs = docker_client.api.inspect_container(cid)
+        assert attrs["Name"] == "/" + name and "A=b c" in attrs["Config"]["Env"]
+        taken = refused(calls.create, name, config, api._version)
+        assert is_conflict(taken) and not is_not_found(taken)
+        calls.start(cid)
+        assert calls.wait(cid) == 3
+        stopped = refused(calls.kill, cid)
+        assert is_conflict(stopped)
+        calls.remove(cid)
+        gone = refused(calls.remove, cid)
+        assert is_not_found(gone) and not is_conflict(gone) and not is_image_missing(gone)
+        assert isinstance(translate(gone, "remove it"), TaskError)
+        missing = refused(calls.create, name + "-x", {**config, "Image": "hivemind-no-such-image:never"},
+                          api._version)
+        assert is_image_missing(missing) and is_not_found(missing)
+        error = translate(missing, "create container for task t")
+        assert isinstance(error, TaskError) and "image not found" in str(error)
+        assert "hivemind-no-such-image" in str(error), "the engine's own words are kept"
+    finally:
+        for leftover in (cid, name + "-x"):
+            try:
+                docker_client.api.remove_container(leftover, force=True)
+            except Exception:
+                pass
+
+
+def test_wait_has_no_timeout_and_an_engine_gone_is_runtime_unavailable(tmp_path):
+    """wait() blocks as long as the task runs (no read timeout); a socket that closes
+    mid-call (the engine going away) is RuntimeUnavailable, as for docker-py."""
+    path = str(tmp_path / "closing.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def hang_up_later() -> None:
+        conn, _ = server.accept()
+        conn.recv(4096)
+        time.sleep(0.8)  # longer than the probe's timeout: wait() must not time out
+        conn.close()
+
+    async def run() -> None:
+        serving = asyncio.create_task(asyncio.to_thread(hang_up_later))
+        with pytest.raises(RuntimeUnavailable, match="not reachable"):
+            await asyncio.to_thread(EngineProbe(path, timeout_s=0.3).wait, "c1")
+        await serving
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.close()
