@@ -79,6 +79,7 @@ class TaskRun:
         self._prepare: asyncio.Task | None = None
         self.cpu_shares = 1024
         self._bg: set[asyncio.Task] = set()
+        self._container_gone = False  # removed once the outcome was journaled
 
     @property
     def task_id(self) -> str:
@@ -317,6 +318,12 @@ class TaskRun:
         self.ctx.release(self.task_id)
 
     async def _archive(self) -> None:
+        if self.row.container_id and not self._container_gone:
+            # The outcome is journaled and the output read: the container has nothing
+            # left to give. It goes now, while the master assigns the next task, not
+            # at DONE, when the engine would be creating that task's container (it
+            # serializes a removal and a creation).
+            self._container_gone = await self._remove_container()
         spool = self.open_spool()
         spool.flush()
         record = exit_record(self.row, spool, self.ctx.settings.task_image)
@@ -367,10 +374,19 @@ class TaskRun:
                 self.task_id, self.sender.acked_seq, self.sender.spool.flushed_seq, extra=self._extra,
             )
 
+    async def _remove_container(self) -> bool:
+        try:
+            await self.ctx.runtime.remove(self.row.container_id)
+            return True
+        except WorkerError as exc:  # the engine away: remove_traces tries again after delivery
+            logger.info("task %s: container not removed yet (%s)", self.task_id, exc, extra=self._extra)
+            return False
+
     async def _done(self) -> None:
         await self._step(TaskStatus.DONE, self.row.reason)
         await self.close_logs()
-        await remove_traces(self.ctx.runtime, self.ctx.settings, self.ctx.node_id, self.row, self.dirs)
+        row = self.row.with_(container_id="") if self._container_gone else self.row
+        await remove_traces(self.ctx.runtime, self.ctx.settings, self.ctx.node_id, row, self.dirs)
         self.ctx.on_done(self)
 
     async def close_logs(self) -> None:

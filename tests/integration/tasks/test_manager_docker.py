@@ -69,9 +69,20 @@ open(os.path.join(out, "sub", "blob.bin"), "wb").write(bytes(range(256)) * 100)
 """
 
 
+class ContainerSeeingHost(LocalTaskHost):
+    """Notes which of the node's task containers the engine still has when a result comes."""
+
+    runtime, node_id, at_upload = None, "", None
+
+    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1) -> None:
+        self.at_upload = [c.task_id for c in await self.runtime.list_managed() if c.node_id == self.node_id]
+        await super().upload_result(task_id, archive, attempt)
+
+
 async def test_bundle_runs_and_result_comes_back_intact(tmp_path, settings, docker_runtime, node_id) -> None:
     size, sha = bundle(tmp_path / "b.zip", {"main.py": MAIN, "data/input.txt": "some input"})
-    host = LocalTaskHost(tmp_path / "results", {"t-main": tmp_path / "b.zip"})
+    host = ContainerSeeingHost(tmp_path / "results", {"t-main": tmp_path / "b.zip"})
+    host.runtime, host.node_id = docker_runtime, node_id
     m = manager(settings, docker_runtime, host, node_id)
     await m.start()
     await m.assign(TaskRequest("t-main", resources=Resources(500, 256 * MiB), bundle_size=size, bundle_sha256=sha))
@@ -89,6 +100,9 @@ async def test_bundle_runs_and_result_comes_back_intact(tmp_path, settings, dock
     record = json.loads(files["exit.json"])
     assert (record["status"], record["exit_code"]) == ("exited", 0)
     assert not (settings.state_dir / "tasks" / "t-main").exists()
+    # The container went once the outcome was journaled, before the upload: the
+    # engine is not removing it while it creates the node's next task.
+    assert host.at_upload == []
     assert [c for c in await docker_runtime.list_managed() if c.node_id == node_id] == []
     await m.close()
 
