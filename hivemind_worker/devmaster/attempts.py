@@ -96,8 +96,8 @@ class Attempts:
                     self._retry(row)  # the old attempt is settled on its node
                 else:
                     taskdb.set_retry_pending(self.conn, task_id, False)
-        if state in taskdb.OUTCOMES or state in ("deferred", "done"):
-            self.wake.set()  # capacity freed, or something to assign
+        if state in taskdb.OUTCOMES or state == "deferred":
+            self.wake.set()  # capacity freed, or something to assign (a DONE frees neither: _retry wakes)
 
     # ------------------------------------------------------------ not now
 

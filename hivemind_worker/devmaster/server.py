@@ -169,9 +169,10 @@ class DevMaster:
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + SWEEP_INTERVAL_S
         while not self.should_exit:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_s)
-            except asyncio.TimeoutError:
+            try:  # (asyncio.timeout: no task per turn, as wait_for makes)
+                async with asyncio.timeout(self.config.poll_interval_s):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             if loop.time() >= next_sweep:
                 next_sweep = loop.time() + SWEEP_INTERVAL_S

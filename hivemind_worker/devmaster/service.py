@@ -292,9 +292,11 @@ class ControlService(pb_grpc.NodeControlServicer):
                             checked = usagecheck.first_chunk(node, task_id, attempt, chunk)
                         except UsageRecordError as exc:
                             self._refuse_usage(node_id, task_id, exc)
-                        fh = open(self.state.result_part(task_id), "ab")
-                        # Hashed as it arrives; what an earlier call left is read once, here.
-                        digest = await asyncio.to_thread(_sha256_of, self.state.result_part(task_id), size)
+                        part = self.state.result_part(task_id)
+                        fh = open(part, "ab")
+                        # Hashed as it arrives; what an earlier call left is read once, here
+                        # (in a thread: it may be large; a fresh upload has nothing to read).
+                        digest = await asyncio.to_thread(_sha256_of, part, size) if size else hashlib.sha256()
                 elif chunk.task_id != task_id:
                     raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "one UploadResult call carries one task's result")
                 if complete:

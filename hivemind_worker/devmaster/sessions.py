@@ -4,7 +4,12 @@ A session starts with the node's hello, answered by Welcome; a second Connect fo
 the same node replaces the first (the old stream ends with ABORTED). The reader
 stores what the node sends (telemetry, task events, logs - acknowledged with
 LogAck once stored - and drain notices); the writer sends what ``dispatch()`` and
-the result upload queue for the node.
+the result upload queue for the node. Event acks are cumulative (an ack of seq n
+covers every seq up to n of that task's attempt), so a session holds them for
+``ACK_HOLD_S`` and sends only the highest per task and attempt: a write costs more
+CPU than the rest of an event's handling, and a task's events come in bursts
+(accepted/running, exited/uploading/done). A held ack still goes out before any
+later assign or cancel of its task, whose attempt's seqs may start again at 1.
 
 Hello reconciliation and the rules for events, deferrals, lost tasks and attempts
 live in ``attempts``; this module routes messages to them. Log lines - chunks (the
@@ -40,6 +45,9 @@ _STREAM_NAMES = {v.number: v.name.removeprefix("LOG_STREAM_").lower() for v in p
 logger = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 30.0
+# How long an event ack waits for later ones of the same task to merge with. Only
+# the node's journal feels it: after a cut it resends a little more (acked again).
+ACK_HOLD_S = 0.5
 REVOKED_MESSAGE = "node credential refused (revoked or unknown); re-enroll this node"
 
 
@@ -78,10 +86,14 @@ class _End:
         self.code, self.message = code, message
 
 
+_READER_DONE = object()  # queued when the node's side of the stream ended
+
+
 NODE_DEFAULT_MILLICORES = 1000  # what tasks.admission gives a task that asks for nothing
 NODE_DEFAULT_MEMORY_BYTES = 512 * 1024 * 1024
 DEFAULT_NODE_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default, for nodes that do not say
 MESSAGE_OVERHEAD_BYTES = 64  # oneof tag and length prefixes around the spec
+QUEUE_PAGE_MARGIN = 16  # queued rows read in a pass beyond the free slots (skipped ones)
 
 
 class Session:
@@ -98,13 +110,42 @@ class Session:
         self.stale: dict[str, int] = {}
         self.ending = False
         self.outbox: asyncio.Queue = asyncio.Queue()
+        # Held event acks: (task id, attempt) -> the highest seq, in the order first held.
+        self._acks: dict[tuple[str, int], int] = {}
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     def send(self, message: pb.MasterMessage) -> None:
-        if not self.ending:
-            self.outbox.put_nowait(message)
+        if self.ending:
+            return
+        kind = message.WhichOneof("kind")
+        if kind == "event_ack":
+            ack = message.event_ack
+            key = (ack.task_id, ack.attempt)
+            self._acks[key] = max(ack.seq, self._acks.get(key, 0))
+            if self._ack_timer is None:
+                self._ack_timer = asyncio.get_running_loop().call_later(ACK_HOLD_S, self.release_acks)
+            return
+        if kind in ("assign", "cancel"):
+            self.release_acks(getattr(message, kind).task_id)
+        self.outbox.put_nowait(message)
+
+    def release_acks(self, task_id: str | None = None) -> None:
+        """Queue the held event acks (of one task, or all), in the order they were held."""
+        if task_id is None:
+            keys = list(self._acks)
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+                self._ack_timer = None
+        else:
+            keys = [key for key in self._acks if key[0] == task_id]
+        for key in keys:
+            seq = self._acks.pop(key)
+            if not self.ending:
+                self.outbox.put_nowait(pb.MasterMessage(event_ack=pb.EventAck(task_id=key[0], attempt=key[1], seq=seq)))
 
     def end(self, code: grpc.StatusCode, message: str) -> None:
         if not self.ending:
+            self.release_acks()  # the node may still read them before the status
             self.ending = True
             self.outbox.put_nowait(_End(code, message))
 
@@ -164,14 +205,14 @@ class SessionHub:
             self.attempts.reconcile(node_id, hello.tasks, session.stale)
             self.wake.set()
             reader = asyncio.ensure_future(self._read(session, requests))
+            # The reader's end wakes the writer through the outbox: one await per
+            # message, not a task and an asyncio.wait each.
+            reader.add_done_callback(lambda _: session.outbox.put_nowait(_READER_DONE))
             while True:
-                getter = asyncio.ensure_future(session.outbox.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
+                item = await session.outbox.get()
+                if reader.done():
                     reader.result()  # re-raises a reader failure
                     break
-                item = getter.result()
                 if isinstance(item, _End):
                     end_reason = item.message
                     await context.abort(item.code, item.message)
@@ -186,6 +227,7 @@ class SessionHub:
             if current:
                 del self.sessions[node_id]
             session.ending = True
+            session.release_acks()  # drops them (ending): the timer must not outlive the session
             registry.mark_session(self.conn, node_id, session.session_id, connected=False, reason=end_reason,
                                   current=current)
             logger.info("node left (session %s): %s", session.session_id, end_reason, extra={"node_id": node_id})
@@ -280,10 +322,24 @@ class SessionHub:
         # Each node's room is read once per pass and kept as tasks go to it: a pass
         # costs a query per node, not per queued task and node.
         room = {s.node_id: self._room(s) for s in candidates}
+        if not any(r[3] > 0 for r in room.values()):
+            return  # every node's task slots are full: the queue is not even read
+        # A pass mostly fills the free slots from the queue's head: it reads that much
+        # first (a long queue costs no more per pass), and the rest only when skipped
+        # rows (deferred, too large, stale) used the page up; a row read twice is
+        # skipped twice, the room only shrinks.
+        page = sum(max(r[3], 0) for r in room.values()) + QUEUE_PAGE_MARGIN
+        rows = taskdb.queued(self.conn, page)
         now = time.time()
-        for row in taskdb.queued(self.conn):
+        if self._offer(rows, candidates, room, now) and len(rows) == page:
+            self._offer(taskdb.queued(self.conn), candidates, room, now)
+
+    def _offer(self, rows: list[sqlite3.Row], candidates: list[Session], room: dict[str, list[int]],
+               now: float) -> bool:
+        """First fit of ``rows`` in order; False once every node's task slots are full."""
+        for row in rows:
             if not any(r[3] > 0 for r in room.values()):
-                break  # every node's task slots are full: the rest wait for the next pass
+                return False  # the rest wait for the next pass
             need = _resources(json.loads(row["spec_json"]))
             message = pb.MasterMessage(assign=task_spec(row))
             size = message.ByteSize() + MESSAGE_OVERHEAD_BYTES
@@ -304,6 +360,7 @@ class SessionHub:
                     session.send(message)
                     logger.info("task assigned", extra={"node_id": session.node_id, "task_id": row["task_id"]})
                     break
+        return any(r[3] > 0 for r in room.values())
 
     def result_stored(self, node_id: str, task_id: str, attempt: int) -> None:
         self.send(node_id, pb.MasterMessage(result_ack=pb.ResultAck(task_id=task_id, attempt=attempt)))

@@ -69,9 +69,11 @@ def list_tasks(conn: sqlite3.Connection) -> list[dict]:
     return out
 
 
-def queued(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+def queued(conn: sqlite3.Connection, limit: int = -1) -> list[sqlite3.Row]:
+    """Queued tasks in assignment order, the first ``limit`` of them (-1: all)."""
     return conn.execute(
-        "SELECT * FROM tasks WHERE state='queued' AND cancel_requested=0 ORDER BY priority DESC, created_at"
+        "SELECT * FROM tasks WHERE state='queued' AND cancel_requested=0 ORDER BY priority DESC, created_at LIMIT ?",
+        (limit,),
     ).fetchall()
 
 
