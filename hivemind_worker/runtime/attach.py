@@ -42,9 +42,11 @@ class Attachments:
         self._held: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def open(self, api: Any, container_id: str) -> None:
+    def open(self, attach: Callable[[str], Any], container_id: str) -> None:
+        """Open (blocking) and hold the stream ``attach(container_id)`` gives: engine_probe's,
+        or docker-py's through open_attach_stream."""
         try:
-            response = open_attach_stream(api, container_id)
+            response = attach(container_id)
         except Exception as exc:  # the follower reads the logs endpoint instead
             logger.warning("could not attach to container %s before its start (%s); following its logs instead",
                            container_id[:12], exc)

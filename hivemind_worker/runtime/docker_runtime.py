@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import shutil
 import threading
@@ -298,7 +299,12 @@ class DockerRuntime:
 
     async def start(self, container_id: str) -> None:
         def run() -> None:
-            self._attached.open(self._docker().api, container_id)  # first: the task's first line is not missed
+            # First: the task's first line is not missed.
+            probe = self._probe
+            if probe is not None:
+                self._attached.open(probe.attach, container_id)
+            else:
+                self._attached.open(functools.partial(attach.open_attach_stream, self._docker().api), container_id)
             self._calls().start(container_id)
 
         await self._call(f"start container {container_id[:12]}", run)

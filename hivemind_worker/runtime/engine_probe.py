@@ -25,6 +25,7 @@ from typing import Any
 
 from hivemind_worker.errors import RuntimeUnavailable
 from hivemind_worker.runtime.dockertime import docker_time_ms
+from hivemind_worker.runtime.logstream import RawStream
 from hivemind_worker.runtime.spec import LABEL_GPUS, LABEL_NODE, LABEL_TASK, ContainerInfo
 from hivemind_worker.runtime.translate import FIX_DOCKER, EngineRefused
 
@@ -96,6 +97,27 @@ class EngineProbe:
                            f"wait for container {container_id[:12]}", timeout_s=None)
         return int(found["StatusCode"])
 
+    def attach(self, container_id: str) -> RawStream:
+        """POST /containers/{id}/attach (stdout, stderr, stream, no logs): the
+        container's output as the engine copies it, read with no timeout (a task may
+        be quiet for hours). Opened before the start, it misses nothing."""
+        what = f"attach to container {container_id[:12]}"
+        conn = _UnixConnection(self.socket_path, self.timeout_s)
+        try:
+            conn.request("POST", f"/containers/{_quote(container_id)}/attach?stdout=1&stderr=1&stream=1&logs=0")
+            sock = conn.sock  # the response closes the connection's hold on it, not the socket
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise RuntimeUnavailable(f"{what}: Docker engine not reachable at {self.socket_path} ({exc}); "
+                                     f"{FIX_DOCKER}") from exc
+        if response.status != 200:
+            body = response.read()
+            conn.close()
+            raise EngineRefused(response.status, _message(body))
+        sock.settimeout(None)
+        return RawStream(response.fp, sock, (response, conn))
+
     def kill(self, container_id: str) -> None:
         self._call("POST", f"/containers/{_quote(container_id)}/kill", f"kill container {container_id[:12]}")
 
@@ -120,11 +142,7 @@ class EngineProbe:
         """A call whose error statuses the caller tells apart (404, 409): EngineRefused."""
         status, body = self._send(method, path, what, payload, timeout_s)
         if status >= 400:
-            try:
-                message = str(json.loads(body).get("message", ""))
-            except (ValueError, AttributeError):
-                message = body.decode(errors="replace")
-            raise EngineRefused(status, " ".join(message.split())[:300])
+            raise EngineRefused(status, _message(body))
         return self._json(body, what) if body else None
 
     def _send(self, method: str, path: str, what: str, payload: Any, timeout_s: float | None) -> tuple[int, bytes]:
@@ -177,6 +195,15 @@ class DockerPyCalls:
 
     def remove(self, container_id: str) -> None:
         self.api.remove_container(container_id, force=True, v=True)
+
+
+def _message(body: bytes) -> str:
+    """The engine's reason in an error answer ({"message": ...}), short."""
+    try:
+        message = str(json.loads(body).get("message", ""))
+    except (ValueError, AttributeError):
+        message = body.decode(errors="replace")
+    return " ".join(message.split())[:300]
 
 
 def _quote(container_id: str) -> str:

@@ -229,8 +229,23 @@ class Dechunker:
         return bytes(out)
 
 
+class RawStream:
+    """A hijacked response body read straight from the engine's socket (the attach
+    stream opened through engine_probe): its buffered reader and the socket."""
+
+    def __init__(self, fp: Any, sock: socket.socket, closers: tuple[Any, ...]) -> None:
+        self.fp, self.sock, self._closers = fp, sock, closers
+
+    def close(self) -> None:
+        for thing in self._closers:
+            thing.close()
+
+
 def body_blocks(response: Any) -> Iterator[bytes]:
     """The response body as it arrives, in blocks of up to READ_BYTES."""
+    if isinstance(response, RawStream):
+        yield from iter(lambda: response.fp.read1(READ_BYTES), b"")
+        return
     fp = getattr(getattr(response.raw, "_fp", None), "fp", None)
     headers = response.headers
     if fp is None or not hasattr(fp, "read1") or "Content-Length" in headers:
@@ -255,6 +270,8 @@ def body_blocks(response: Any) -> Iterator[bytes]:
 
 
 def _raw_socket(api: Any, response: Any) -> Any:
+    if isinstance(response, RawStream):
+        return response.sock
     sock = api._get_raw_response_socket(response)
     return getattr(sock, "_sock", sock)
 

@@ -213,3 +213,28 @@ def test_wait_has_no_timeout_and_an_engine_gone_is_runtime_unavailable(tmp_path)
         asyncio.run(run())
     finally:
         server.close()
+
+
+@pytest.mark.docker
+def test_the_attach_stream_opened_before_the_start_has_every_byte(docker_client, task_image):
+    from hivemind_worker.runtime.logstream import FrameParser, body_blocks
+    from hivemind_worker.runtime.translate import EngineRefused
+    from hivemind_worker.vocab import LogStream
+
+    probe = EngineProbe()
+    cid = docker_client.api.create_container(task_image, ["sh", "-c", "echo first; echo err >&2; printf 'no newline'"])["Id"]
+    try:
+        stream = probe.attach(cid)
+        probe.start(cid)
+        parser, chunks = FrameParser(stamped=False), []
+        for block in body_blocks(stream):  # ends when the container does
+            chunks += parser.feed(block)
+        chunks += parser.flush()
+        stream.close()
+        text = {s: b"".join(t for s2, t, _ in chunks if s2 is s) for s in (LogStream.STDOUT, LogStream.STDERR)}
+        assert text == {LogStream.STDOUT: b"first\nno newline\n", LogStream.STDERR: b"err\n"}
+    finally:
+        docker_client.api.remove_container(cid, force=True)
+    with pytest.raises(EngineRefused) as err:
+        probe.attach(cid)
+    assert err.value.status_code == 404

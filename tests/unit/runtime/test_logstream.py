@@ -170,12 +170,11 @@ def test_an_attach_stream_nobody_takes_is_closed(monkeypatch):
             closed.set()
 
     monkeypatch.setattr(attach, "TAKE_WITHIN_S", 0.05)
-    monkeypatch.setattr(attach, "open_attach_stream", lambda api, cid: Response())
     held = attach.Attachments()
-    held.open(None, "never-followed")
+    held.open(lambda cid: Response(), "never-followed")
     assert closed.wait(5) and held.take("never-followed") is None
     closed.clear()
-    held.open(None, "followed")
+    held.open(lambda cid: Response(), "followed")
     taken = held.take("followed")
     held._expire("followed", taken)  # its timer, once it fires: the follower's now, left open
     assert taken is not None and not closed.is_set()
