@@ -20,12 +20,17 @@ from typing import Any, Callable, Coroutine
 
 from hivemind_worker.control.session import ControlSession
 from hivemind_worker.errors import MasterUnreachable, UsageRecordError
+from hivemind_worker.fsutil import sha256_file
 from hivemind_worker.tasks.model import LogChunk, TaskEvent
 from hivemind_worker.tasks.result import read_usage
 from hivemind_worker.identity import UsageKey
 from hivemind_worker.usage import SignedRecord
 
 logger = logging.getLogger(__name__)
+
+
+def _usage_and_digest(archive: Path) -> tuple[SignedRecord | None, str]:
+    return read_usage(archive), sha256_file(archive)
 
 
 class SessionHost:
@@ -71,11 +76,13 @@ class SessionHost:
     async def fetch_bundle(self, task_id: str, dest: Path, size: int, sha256: str) -> None:
         await self._transfer(self._connected().fetch_bundle(task_id, dest, size, sha256))
 
-    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1) -> None:
+    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1, fresh: bool = False) -> None:
+        """``fresh``: the archive was built by this process and never offered (the
+        upload skips asking the master where to resume)."""
         session = self._connected()
-        usage = await asyncio.to_thread(read_usage, archive)
+        usage, digest = await asyncio.to_thread(_usage_and_digest, archive)  # one thread hop, not two
         try:
-            await self._transfer(session.upload_result(task_id, attempt, archive, usage))
+            await self._transfer(session.upload_result(task_id, attempt, archive, usage, fresh=fresh, sha256=digest))
         except UsageRecordError as exc:
             # The same record is refused again on every retry: say it loudly once per attempt.
             if (task_id, attempt) not in self._refused:

@@ -139,12 +139,15 @@ class ControlSession:
         """Download a task's bundle over the current session (resuming, verified)."""
         await transfer.fetch_bundle(self._live_channel(), self._credential, task_id, dest, size, sha256)
 
-    async def upload_result(self, task_id: str, attempt: int, archive: Path, usage: SignedRecord | None = None) -> None:
-        """Upload a result from where the master left off; returns once it holds all."""
+    async def upload_result(self, task_id: str, attempt: int, archive: Path, usage: SignedRecord | None = None,
+                            fresh: bool = False, sha256: str = "") -> None:
+        """Upload a result from where the master left off; returns once it holds all.
+        ``fresh``: built by this process and never offered (transfer.upload_result);
+        ``sha256``: the archive's digest, when the caller has just read it."""
         channel = self._live_channel()
-        digest = await asyncio.to_thread(sha256_file, archive)
+        digest = sha256 or await asyncio.to_thread(sha256_file, archive)
         await transfer.upload_result(channel, self._credential, task_id, attempt, archive, digest, usage,
-                                     max_message_bytes=self._send_limit)
+                                     max_message_bytes=self._send_limit, fresh=fresh)
 
     def update_settings(self, initial_s: float, max_s: float) -> None:
         self._initial, self._max = initial_s, max_s

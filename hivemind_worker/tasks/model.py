@@ -222,9 +222,11 @@ class TaskHost(Protocol):
     async def fetch_bundle(self, task_id: str, dest: Path, size: int, sha256: str) -> None:
         """Download the task's bundle into ``dest``, verified; raises on failure."""
 
-    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1) -> None:
+    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1, fresh: bool = False) -> None:
         """Upload the attempt's archive, resuming where the master left off; returns
-        when the master holds all of it (it then acknowledges through ack_result())."""
+        when the master holds all of it (it then acknowledges through ack_result()).
+        ``fresh``: built by this process and not offered before (no need to ask the
+        master where to resume)."""
 
     def sign_usage(self, record: dict) -> SignedRecord | None:
         """Sign a task's usage record with the node's key (None: the node has none).

@@ -191,10 +191,12 @@ class TaskRun:
             await self._run_prepare()
         if self.row.status is TaskStatus.RUNNING:
             await self._watch(container)
+        fresh = False  # built just now, never offered: the master cannot hold a byte of it
         if self.row.status.finished and self.row.status not in (TaskStatus.UPLOADING, TaskStatus.DONE):
             await self._archive()
+            fresh = True
         if self.row.status is TaskStatus.UPLOADING:
-            await self._deliver()
+            await self._deliver(fresh)
 
     async def _run_prepare(self) -> None:
         if self.row.kill_reason:
@@ -341,16 +343,17 @@ class TaskRun:
     def _seal(self) -> UsageSeal:  # what signing the usage record needs; the key stays with the host
         return UsageSeal(self.row, self.ctx.node_id, self.resources, self.ctx.host.sign_usage)
 
-    async def _deliver(self) -> None:
+    async def _deliver(self, fresh: bool = False) -> None:
         while not self.result_acked.is_set():
             self.resynced.clear()
             try:
                 await asyncio.to_thread(ensure_usage, self.dirs.result, self._seal())  # spooled before records
-                await self.ctx.host.upload_result(self.task_id, self.dirs.result, self.row.attempt)
+                await self.ctx.host.upload_result(self.task_id, self.dirs.result, self.row.attempt, fresh=fresh)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 logger.info("result of %s not uploaded (%s); retried on the next session", self.task_id, exc, extra=self._extra)
+            fresh = False  # offered once: the master may hold part of it now
             acked = asyncio.create_task(self.result_acked.wait())
             resynced = asyncio.create_task(self.resynced.wait())
             try:

@@ -41,10 +41,10 @@ with open(os.path.join(deep, "fill.bin"), "wb") as fh:
 class Host(LocalTaskHost):
     at_upload: dict = {}
 
-    async def upload_result(self, task_id: str, archive: Path, *rest) -> None:
+    async def upload_result(self, task_id: str, archive: Path, *rest, **options) -> None:
         deep = archive.parent / "workspace" / "output" / "deep"
         self.at_upload = {"deep_left": deep.exists(), "free_mib": free_bytes(archive.parent) // MiB}
-        await super().upload_result(task_id, archive, *rest)
+        await super().upload_result(task_id, archive, *rest, **options)
 
 
 async def main() -> None:

@@ -67,7 +67,8 @@ class FakeMasterSession:
     async def fetch_bundle(self, *args) -> None:
         raise AssertionError("no bundles here")
 
-    async def upload_result(self, task_id: str, attempt: int, archive: Path, usage: object = None) -> None:
+    async def upload_result(self, task_id: str, attempt: int, archive: Path, usage: object = None,
+                            fresh: bool = False, sha256: str = "") -> None:
         if not self.connected:
             raise MasterUnreachable("down")
         self.results[task_id] = attempt
