@@ -32,7 +32,7 @@ from hivemind_worker.devmaster.hub import VpnHub
 from hivemind_worker.devmaster.layout import StateDir, split_listen
 from hivemind_worker.devmaster.service import (DEFAULT_MAX_RESULT_BYTES, ControlService, VpnSettings,
                                                tunnel_master_address)
-from hivemind_worker.devmaster.sessions import SessionHub
+from hivemind_worker.devmaster.sessions import ACK_HOLD_S, SessionHub
 from hivemind_worker.devmaster.taskdb import LogLimits
 from hivemind_worker.errors import ConfigError
 from hivemind_worker.proto import worker_pb2_grpc as pb_grpc
@@ -56,6 +56,7 @@ class MasterConfig:
     retry: RetryPolicy = RetryPolicy()
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     log_limits: LogLimits = LogLimits()
+    event_ack_hold_s: float = ACK_HOLD_S  # (tests shorten it; no CLI option)
 
     def validate(self) -> None:
         host, _ = split_listen(self.listen)
@@ -105,7 +106,7 @@ class DevMaster:
         registry.reset_sessions(conn)
         limit = self.config.max_message_bytes
         self.sessions = SessionHub(conn, self._wake, self.state, self.config.retry, self.config.log_limits,
-                                   max_message_bytes=limit)
+                                   max_message_bytes=limit, ack_hold_s=self.config.event_ack_hold_s)
         hub_ip = registry.hub_address(self.config.vpn_subnet).split("/")[0] if self.hub else ""
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),

@@ -45,9 +45,12 @@ _STREAM_NAMES = {v.number: v.name.removeprefix("LOG_STREAM_").lower() for v in p
 logger = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 30.0
-# How long an event ack waits for later ones of the same task to merge with. Only
-# the node's journal feels it: after a cut it resends a little more (acked again).
-ACK_HOLD_S = 0.5
+# How long an event ack waits for later ones of the same task to merge with: a
+# task's start (accepted, running) and its end (exited, uploading, done) each fit,
+# and a sub-second task's events all do (spy_c4: ~1 ack per task, was 5; with 0.5 s,
+# 2). Only the node's journal feels it: after a cut it resends a little more, and
+# each resent event is acknowledged again.
+ACK_HOLD_S = 1.0
 REVOKED_MESSAGE = "node credential refused (revoked or unknown); re-enroll this node"
 
 
@@ -97,7 +100,7 @@ QUEUE_PAGE_MARGIN = 16  # queued rows read in a pass beyond the free slots (skip
 
 
 class Session:
-    def __init__(self, node_id: str, hello: pb.Hello) -> None:
+    def __init__(self, node_id: str, hello: pb.Hello, ack_hold_s: float = ACK_HOLD_S) -> None:
         self.node_id = node_id
         self.session_id = "sess-" + secrets.token_hex(6)
         self.capacity = (hello.capacity.cpu_millicores, hello.capacity.memory_bytes, hello.capacity.gpu_count)
@@ -112,6 +115,7 @@ class Session:
         self.outbox: asyncio.Queue = asyncio.Queue()
         # Held event acks: (task id, attempt) -> the highest seq, in the order first held.
         self._acks: dict[tuple[str, int], int] = {}
+        self._ack_hold_s = ack_hold_s
         self._ack_timer: asyncio.TimerHandle | None = None
 
     def send(self, message: pb.MasterMessage) -> None:
@@ -123,7 +127,7 @@ class Session:
             key = (ack.task_id, ack.attempt)
             self._acks[key] = max(ack.seq, self._acks.get(key, 0))
             if self._ack_timer is None:
-                self._ack_timer = asyncio.get_running_loop().call_later(ACK_HOLD_S, self.release_acks)
+                self._ack_timer = asyncio.get_running_loop().call_later(self._ack_hold_s, self.release_acks)
             return
         if kind in ("assign", "cancel"):
             self.release_acks(getattr(message, kind).task_id)
@@ -155,8 +159,9 @@ class SessionHub:
 
     def __init__(self, conn: sqlite3.Connection, wake: asyncio.Event, state: StateDir,
                  policy: RetryPolicy = RetryPolicy(), log_limits: taskdb.LogLimits = taskdb.LogLimits(),
-                 max_message_bytes: int = 0) -> None:
+                 max_message_bytes: int = 0, ack_hold_s: float = ACK_HOLD_S) -> None:
         self.conn = conn
+        self.ack_hold_s = ack_hold_s
         self.max_message_bytes = max_message_bytes  # what this master receives (0: not said), told in the Welcome
         self.wake = wake
         self.sessions: dict[str, Session] = {}
@@ -189,7 +194,7 @@ class SessionHub:
         old = self.sessions.get(node_id)
         if old is not None:
             old.end(grpc.StatusCode.ABORTED, "replaced by a newer session of the same node")
-        session = Session(node_id, hello)
+        session = Session(node_id, hello, self.ack_hold_s)
         self.sessions[node_id] = session
         registry.mark_session(self.conn, node_id, session.session_id, connected=True)
         capacity = json_format.MessageToDict(hello.capacity, preserving_proto_field_name=True)

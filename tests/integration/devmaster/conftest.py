@@ -14,7 +14,9 @@ from tests.integration.devmaster.peer import FakeNode, MasterThread
 def master(tmp_path, request):
     """A dev-master; ``@pytest.mark.parametrize("master", [{...MasterConfig fields}],
     indirect=True)`` changes its settings."""
-    config = {"poll_interval_s": 0.05, **getattr(request, "param", {})}
+    # Short event-ack holds: these tests wait for an ack after each event
+    # (test_event_acks runs with the default hold).
+    config = {"poll_interval_s": 0.05, "event_ack_hold_s": 0.05, **getattr(request, "param", {})}
     m = MasterThread(tmp_path / "master", **config).start()
     yield m
     m.stop()

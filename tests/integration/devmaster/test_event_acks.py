@@ -9,10 +9,12 @@ import pytest
 
 from hivemind_worker.devmaster import taskdb
 from hivemind_worker.devmaster.attempts import RetryPolicy
+from hivemind_worker.devmaster.sessions import ACK_HOLD_S
 from hivemind_worker.proto import worker_pb2 as pb
 from tests.integration.devmaster.test_attempts import history, queue
 
 
+@pytest.mark.parametrize("master", [{"event_ack_hold_s": ACK_HOLD_S}], indirect=True)
 async def test_a_burst_of_events_is_acknowledged_once_with_the_highest_seq(master, make_node, db):
     node = await make_node()
     task_id = queue(master)
@@ -28,7 +30,8 @@ async def test_a_burst_of_events_is_acknowledged_once_with_the_highest_seq(maste
     assert taskdb.get_task(db, task_id)["outcome"] == "exited"
 
 
-@pytest.mark.parametrize("master", [{"retry": RetryPolicy(defer_backoff_s=0.01)}], indirect=True)
+@pytest.mark.parametrize("master", [{"retry": RetryPolicy(defer_backoff_s=0.01), "event_ack_hold_s": ACK_HOLD_S}],
+                         indirect=True)
 async def test_a_held_ack_goes_before_the_next_assign_of_its_task(master, make_node, db):
     node = await make_node()
     task_id = queue(master)
