@@ -98,7 +98,10 @@ class NodeControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadResult(self, request_iterator, context):
-        """A task's result archive, in chunks; resumable by offset.
+        """A task's result archive, in chunks; resumable by offset. The first chunk's offset
+        must equal the bytes the master holds (ResultOffset); otherwise the call fails
+        FAILED_PRECONDITION ("... resume from offset N"), and nothing is taken from it. A node
+        sending an archive it has never offered starts at 0 without asking.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
