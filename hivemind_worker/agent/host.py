@@ -29,8 +29,8 @@ from hivemind_worker.usage import SignedRecord
 logger = logging.getLogger(__name__)
 
 
-def _usage_and_digest(archive: Path) -> tuple[SignedRecord | None, str]:
-    return read_usage(archive), sha256_file(archive)
+def _usage_and_digest(archive: Path, sha256: str) -> tuple[SignedRecord | None, str]:
+    return read_usage(archive), sha256 or sha256_file(archive)
 
 
 class SessionHost:
@@ -76,11 +76,13 @@ class SessionHost:
     async def fetch_bundle(self, task_id: str, dest: Path, size: int, sha256: str) -> None:
         await self._transfer(self._connected().fetch_bundle(task_id, dest, size, sha256))
 
-    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1, fresh: bool = False) -> None:
+    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1, fresh: bool = False,
+                            sha256: str = "") -> None:
         """``fresh``: the archive was built by this process and never offered (the
-        upload skips asking the master where to resume)."""
+        upload skips asking the master where to resume); ``sha256``: its digest as
+        built (not read again: ~2 s per GiB per try)."""
         session = self._connected()
-        usage, digest = await asyncio.to_thread(_usage_and_digest, archive)  # one thread hop, not two
+        usage, digest = await asyncio.to_thread(_usage_and_digest, archive, sha256)  # one thread hop
         try:
             await self._transfer(session.upload_result(task_id, attempt, archive, usage, fresh=fresh, sha256=digest))
         except UsageRecordError as exc:

@@ -222,11 +222,13 @@ class TaskHost(Protocol):
     async def fetch_bundle(self, task_id: str, dest: Path, size: int, sha256: str) -> None:
         """Download the task's bundle into ``dest``, verified; raises on failure."""
 
-    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1, fresh: bool = False) -> None:
+    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1, fresh: bool = False,
+                            sha256: str = "") -> None:
         """Upload the attempt's archive, resuming where the master left off; returns
         when the master holds all of it (it then acknowledges through ack_result()).
         ``fresh``: built by this process and not offered before (no need to ask the
-        master where to resume)."""
+        master where to resume). ``sha256``: the archive's digest as built (the usage
+        record names it too), so it is not read again per try; "" to have it read."""
 
     def sign_usage(self, record: dict) -> SignedRecord | None:
         """Sign a task's usage record with the node's key (None: the node has none).

@@ -348,7 +348,8 @@ class TaskRun:
             self.resynced.clear()
             try:
                 await asyncio.to_thread(ensure_usage, self.dirs.result, self._seal())  # spooled before records
-                await self.ctx.host.upload_result(self.task_id, self.dirs.result, self.row.attempt, fresh=fresh)
+                await self.ctx.host.upload_result(self.task_id, self.dirs.result, self.row.attempt, fresh=fresh,
+                                                  sha256=self.row.result_sha256)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

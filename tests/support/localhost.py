@@ -102,7 +102,8 @@ class LocalTaskHost:
         if size and dest.stat().st_size != size:
             raise BundleError(f"bundle of {task_id} has {dest.stat().st_size} bytes, expected {size}")
 
-    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1, fresh: bool = False) -> None:
+    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1, fresh: bool = False,
+                            sha256: str = "") -> None:
         self._check_online()
         self.results_dir.mkdir(parents=True, exist_ok=True)
         dest = self.results_dir / f"{task_id}.result"

@@ -74,9 +74,9 @@ class ContainerSeeingHost(LocalTaskHost):
 
     runtime, node_id, at_upload = None, "", None
 
-    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1) -> None:
+    async def upload_result(self, task_id: str, archive: Path, *rest, **options) -> None:
         self.at_upload = [c.task_id for c in await self.runtime.list_managed() if c.node_id == self.node_id]
-        await super().upload_result(task_id, archive, attempt)
+        await super().upload_result(task_id, archive, *rest, **options)
 
 
 async def test_bundle_runs_and_result_comes_back_intact(tmp_path, settings, docker_runtime, node_id) -> None:

@@ -19,9 +19,10 @@ class OfferLog(LocalTaskHost):
         super().__init__(results_dir, **kw)
         self.offers: list[bool] = []
 
-    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1, fresh: bool = False) -> None:
+    async def upload_result(self, task_id: str, archive: Path, attempt: int = 1, fresh: bool = False,
+                            sha256: str = "") -> None:
         self.offers.append(fresh)
-        await super().upload_result(task_id, archive, attempt, fresh)
+        await super().upload_result(task_id, archive, attempt, fresh, sha256)
 
 
 async def test_only_the_first_try_is_fresh(settings, runtime, tmp_path) -> None:
