@@ -175,8 +175,8 @@ def worker_run(stack: DevStack, kind: str, size: int, cut: bool = False) -> dict
                 proc = psutil.Process(stack.worker.pid)
         time.sleep(0.02)
     held = time.time()
+    stack.wait_done([task_id], 120)  # the row's result_size may be written just after the file
     row = stack.conn.execute("SELECT result_size FROM tasks WHERE task_id=?", (task_id,)).fetchone()
-    stack.wait_done([task_id], 120)
     exited, uploading = event_at(stack, task_id, "exited"), event_at(stack, task_id, "uploading")
     final.unlink()  # the master keeps results; the bench does not need them
     return {"task_id": task_id, "s": held - exited, "archive_s": uploading - exited, "archive": row[0],
