@@ -5,10 +5,11 @@ Why it exists (issue 13): docker-py with requests, urllib3, charset_normalizer a
 idna costs ~8 MB resident, and each of its calls ~1.1-1.5 ms of CPU here against
 ~0.4 ms through http.client. An idle node only asks the engine its version, its info
 and its labelled task containers, so it never loads docker-py; a task's life
-(create, start, wait, inspect, kill, remove) costs the node ~4 ms less CPU per task,
-which on a busy 2-core host is the engine's own time. docker-py still builds the
-create call's body (its ContainerConfig) and serves what is not here (attach and
-log streams, pulls, images, networks). DOCKER_HOST unset or unix://PATH as docker-py
+(create, attach, start, wait, inspect, kill, remove) through here cost the node 22-26
+ms of CPU per task instead of 36-38 (100 tasks at concurrency 4), which on a busy
+2-core host is the engine's own time. docker-py still builds the create call's body
+(its ContainerConfig) and serves what is not here (the logs endpoint of a resumed
+read, pulls, images, networks, stats). DOCKER_HOST unset or unix://PATH as docker-py
 reads it; any other host (tcp, ssh, TLS) has no probe (``for_env`` returns None) and
 docker-py does everything. Each call opens a connection of its own: a shutting-down
 engine refuses it at once (see DockerRuntime._inspect_fresh).
