@@ -5,14 +5,34 @@ before usage records, here: its record deleted while the master was away)."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from hivemind_worker import usage
 from hivemind_worker.tasks.model import TaskStatus
 from hivemind_worker.tasks.result import read_usage, usage_path
+from tests.support.localhost import LocalTaskHost
 from tests.unit.tasks.fakes import Script, request
 from tests.unit.tasks.test_manager import manager, until
 
 
-async def test_a_result_without_its_record_gets_one_before_the_upload(settings, runtime, host) -> None:
+class AwayHost(LocalTaskHost):
+    """Says when an upload was refused because the master was away."""
+
+    def __init__(self, results_dir: Path) -> None:
+        super().__init__(results_dir)
+        self.upload_refused = asyncio.Event()
+
+    async def upload_result(self, task_id: str, archive: Path, *rest, **options) -> None:
+        try:
+            await super().upload_result(task_id, archive, *rest, **options)
+        except ConnectionError:
+            self.upload_refused.set()
+            raise
+
+
+async def test_a_result_without_its_record_gets_one_before_the_upload(settings, runtime, tmp_path) -> None:
+    host = AwayHost(tmp_path / "results")
     runtime.scripts["t"] = Script(lines=["x"], hang=True)
     m = manager(settings, runtime, host)
     await m.start()
@@ -22,6 +42,8 @@ async def test_a_result_without_its_record_gets_one_before_the_upload(settings, 
     m.session_closed()
     runtime._exit(runtime.by_task("t"), 3, False)
     await until(lambda: m.held_tasks() and m.held_tasks()[0].result_pending)
+    # Its first try failed: the master comes back only after the record is gone.
+    await asyncio.wait_for(host.upload_refused.wait(), 15)
     result = settings.state_dir / "tasks" / "t" / "result.tar.gz"
     assert "t" not in host.usage  # nothing uploaded yet
     first = usage.verify(read_usage(result), usage.public_key_bytes(host.usage_key))
