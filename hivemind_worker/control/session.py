@@ -143,7 +143,7 @@ class ControlSession:
                             fresh: bool = False, sha256: str = "") -> None:
         """Upload a result from where the master left off; returns once it holds all.
         ``fresh``: built by this process and never offered (transfer.upload_result);
-        ``sha256``: the archive's digest, when the caller has just read it."""
+        ``sha256``: the archive's digest when the caller knows it ("": read it here)."""
         channel = self._live_channel()
         digest = sha256 or await asyncio.to_thread(sha256_file, archive)
         await transfer.upload_result(channel, self._credential, task_id, attempt, archive, digest, usage,

@@ -15,6 +15,7 @@ import pytest
 from hivemind_worker.control import transfer
 from hivemind_worker.devmaster import submit as submit_core
 from tests.integration.devmaster.conftest import db, make_node, master, token  # noqa: F401 (fixtures)
+from tests.support.wait import until
 
 MiB = 1024 * 1024
 
@@ -126,8 +127,4 @@ async def test_a_cut_fresh_upload_is_resumed_by_the_next_try(upload, master, tmp
 
 
 async def wait_part(part, size: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while not (part.exists() and part.stat().st_size >= size):
-        assert loop.time() < deadline, f"the master never held {size} bytes of the result"
-        await asyncio.sleep(0.005)
+    await until(lambda: part.exists() and part.stat().st_size >= size, 30, f"the master holding {size} bytes of the result")

@@ -1,14 +1,17 @@
-"""EngineProbe (the idle node's read-only questions without docker-py) against the
-real engine's socket, a missing socket and a socket that never answers; and
+"""EngineProbe (the node's engine calls without docker-py) against the real engine's
+socket, a missing socket, a socket that never answers and one that hangs up; and
 DockerRuntime's answers through it the same as through docker-py."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 import uuid
+from typing import Callable
 
+import docker.errors
 import pytest
 
 from hivemind_worker.errors import RuntimeUnavailable
@@ -95,29 +98,43 @@ def test_an_engine_that_never_answers_times_out(tmp_path):
         server.close()
 
 
-def test_not_an_engine_is_runtime_unavailable(tmp_path):
-    """Something else on the socket: an HTTP error status is a clear error, not JSON parsed."""
-    path = str(tmp_path / "other.sock")
+def against_one_connection(path: str, answer: Callable[[socket.socket], None], call: Callable[[], object]) -> None:
+    """Run ``call()`` (blocking) against a unix socket at ``path`` whose one connection
+    ``answer(conn)`` serves after reading the request; the socket is closed afterwards."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(1)
 
-    def answer() -> None:
+    def serve() -> None:
         conn, _ = server.accept()
         conn.recv(4096)
-        conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\noops")
-        conn.close()
+        try:
+            answer(conn)
+        finally:
+            conn.close()
 
     async def run() -> None:
-        serving = asyncio.create_task(asyncio.to_thread(answer))
-        with pytest.raises(RuntimeUnavailable, match="Docker answered 500 \\(oops\\)"):
-            await asyncio.to_thread(EngineProbe(path, timeout_s=5).version)
-        await serving
+        serving = asyncio.create_task(asyncio.to_thread(serve))
+        try:
+            await asyncio.to_thread(call)
+        finally:
+            await serving
 
     try:
         asyncio.run(run())
     finally:
         server.close()
+
+
+def test_not_an_engine_is_runtime_unavailable(tmp_path):
+    """Something else on the socket: an HTTP error status is a clear error, not JSON parsed."""
+    path = str(tmp_path / "other.sock")
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\noops")
+
+    with pytest.raises(RuntimeUnavailable, match="Docker answered 500 \\(oops\\)"):
+        against_one_connection(path, answer, EngineProbe(path, timeout_s=5).version)
 
 
 @pytest.mark.parametrize(("host", "tls", "expected"), [
@@ -183,36 +200,22 @@ def test_a_containers_life_and_the_engines_refusals_read_the_same_either_way(doc
         assert "hivemind-no-such-image" in str(error), "the engine's own words are kept"
     finally:
         for leftover in (cid, name + "-x"):
-            try:
+            with contextlib.suppress(docker.errors.NotFound):  # removed by the test already, or never made
                 docker_client.api.remove_container(leftover, force=True)
-            except Exception:
-                pass
 
 
 def test_wait_has_no_timeout_and_an_engine_gone_is_runtime_unavailable(tmp_path):
     """wait() blocks as long as the task runs (no read timeout); a socket that closes
     mid-call (the engine going away) is RuntimeUnavailable, as for docker-py."""
     path = str(tmp_path / "closing.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen(1)
 
-    def hang_up_later() -> None:
-        conn, _ = server.accept()
-        conn.recv(4096)
-        time.sleep(0.8)  # longer than the probe's timeout: wait() must not time out
-        conn.close()
+    def hang_up_later(conn: socket.socket) -> None:
+        # The task's run, longer than the probe's 0.3 s timeout: a timeout would say
+        # "did not answer in 0.3 s"; the hang-up says "not reachable".
+        time.sleep(0.8)
 
-    async def run() -> None:
-        serving = asyncio.create_task(asyncio.to_thread(hang_up_later))
-        with pytest.raises(RuntimeUnavailable, match="not reachable"):
-            await asyncio.to_thread(EngineProbe(path, timeout_s=0.3).wait, "c1")
-        await serving
-
-    try:
-        asyncio.run(run())
-    finally:
-        server.close()
+    with pytest.raises(RuntimeUnavailable, match="not reachable"):
+        against_one_connection(path, hang_up_later, lambda: EngineProbe(path, timeout_s=0.3).wait("c1"))
 
 
 @pytest.mark.docker
